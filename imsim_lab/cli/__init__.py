@@ -1,0 +1,51 @@
+"""The ``imsim-lab`` command line: one module per sub-command family.
+
+Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds its
+sub-commands and sets ``func`` (called with the parsed arguments, returns an exit code).
+Errors about user input (:class:`~imsim_lab.errors.ImsimError`) are printed on one line and
+exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+from ..errors import ImsimError
+
+#: sub-command modules, in the order of ``imsim-lab --help``
+COMMAND_MODULES = ["eval_cmd"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imsim-lab",
+        description="Teach, reproduce and compare image copy detection (ISC2021 / DISC21).",
+    )
+    parser.add_argument("--version", action="version", version=f"imsim-lab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except ImsimError as e:
+        print(f"imsim-lab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imsim-lab: interrupted; what was finished is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
