@@ -139,8 +139,12 @@ class DescriptorSubmission:
 # helpers
 
 
-def _check_ids(ids: np.ndarray, kind: str, path, where: str) -> None:
-    """Raise on the first id (in file order) that does not match the format of ``kind``."""
+def _check_ids(ids: np.ndarray, kind: str, path, where: str, offset: int = 0) -> None:
+    """Raise on the first id (in file order) that does not match the format of ``kind``.
+
+    ``where`` is formatted with the position of the bad id plus ``offset`` (2 for CSV rows:
+    1-based, after the header).
+    """
     pat = ID_PATTERNS[kind]
     uniq, first = np.unique(ids.astype(str), return_index=True)
     bad = [i for u, i in zip(uniq, first) if not pat.fullmatch(u)]
@@ -148,7 +152,7 @@ def _check_ids(ids: np.ndarray, kind: str, path, where: str) -> None:
         i = min(bad)
         raise FormatError(path, f"unknown {kind} id format {str(ids[i])!r} (expected like "
                                 f"{ {'query': 'Q00000', 'reference': 'R000000', 'training': 'T000000'}[kind]})",
-                          where.format(i))
+                          where.format(i + offset))
 
 
 def _open_text(path: Path):
@@ -174,15 +178,19 @@ def _read_columns(path: Path, ncols: int):
     import pandas as pd
 
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, header=0,
+        # header=None + skiprows: the header is checked by _read_header, and a data row with an
+        # extra field is an error instead of silently becoming an index column
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, header=None, skiprows=1,
                          skip_blank_lines=True, engine="c", encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame({i: pd.Series([], dtype=str) for i in range(ncols)})
     except pd.errors.ParserError as e:
         m = re.search(r"line (\d+)", str(e))
-        raise FormatError(path, f"malformed CSV ({e})", f"row {m.group(1)}" if m else None) from None
+        raise FormatError(path, f"malformed CSV ({str(e).strip()})", f"row {m.group(1)}" if m else None) from None
     except UnicodeDecodeError as e:
         raise FormatError(path, f"not UTF-8 text ({e.reason})") from None
     if df.shape[1] != ncols:
-        raise FormatError(path, f"expected {ncols} columns, found {df.shape[1]}", "row 1")
+        raise FormatError(path, f"expected {ncols} columns, found {df.shape[1]}", "row 2")
     return df
 
 
@@ -214,7 +222,7 @@ def read_ground_truth(path: str | Path) -> GroundTruth:
     empty_q = np.flatnonzero(q == "")
     if len(empty_q):
         raise FormatError(path, "empty query_id", f"row {empty_q[0] + 2}")
-    _check_ids(q, "query", path, "row {}")
+    _check_ids(q, "query", path, "row {}", 2)
     has = r != ""
     if has.any():
         rr = r[has]
@@ -289,7 +297,7 @@ def read_predictions(path: str | Path, max_rows: int | None = MAX_PREDICTIONS,
         empty = np.flatnonzero(arr == "")
         if len(empty):
             raise FormatError(path, f"empty {PREDICTIONS_HEADER[col - 1]}", f"row {empty[0] + 2}")
-        _check_ids(arr, kind, path, "row {}")
+        _check_ids(arr, kind, path, "row {}", 2)
     if not allow_duplicates:
         dup = find_duplicate_pairs(q, r)
         if dup is not None:
