@@ -1,0 +1,26 @@
+"""The transformation families of DISC21, as recorded, replayable edits.
+
+    from imsim_lab.augment import FAMILIES, apply_family, apply_ops, ops_from_json
+
+    img2, ops = apply_family(img, "crop", strength=0.7, rng=np.random.default_rng(0))
+    assert np.array_equal(np.asarray(apply_ops(img, ops)), np.asarray(img2))
+
+``FAMILIES.names()`` lists the families; ``FAMILIES.get(name).group`` groups them for tables.
+See :mod:`imsim_lab.augment.core` for the model (families sample ops, ops replay exactly).
+"""
+
+from .assets import Assets, AssetError, synthetic_image
+from .core import (
+    FAMILIES, MAX_SIDE, OPS, AugmentError, Family, Op, OpSpec, apply_family, apply_op, apply_ops,
+    cap_size, op_to_dict, ops_from_json, ops_to_json, register_family, register_op, sample_ops,
+    to_rgb,
+)
+from . import geometric, photometric, quality  # noqa: F401  (register their ops and families)
+from .geometric import perspective, perspective_coeffs
+
+__all__ = [
+    "Assets", "AssetError", "AugmentError", "FAMILIES", "Family", "MAX_SIDE", "OPS", "Op", "OpSpec",
+    "apply_family", "apply_op", "apply_ops", "cap_size", "op_to_dict", "ops_from_json", "ops_to_json",
+    "perspective", "perspective_coeffs", "register_family", "register_op", "sample_ops",
+    "synthetic_image", "to_rgb",
+]
