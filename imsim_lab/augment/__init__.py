@@ -15,12 +15,16 @@ from .core import (
     cap_size, op_to_dict, ops_from_json, ops_to_json, register_family, register_op, sample_ops,
     to_rgb,
 )
-from . import geometric, photometric, quality  # noqa: F401  (register their ops and families)
+from . import geometric, photometric, quality, overlay, frames, composite, airgap  # noqa: F401
+from . import compose  # noqa: F401  (last: chain draws from the families registered above)
+from .compose import sample_chain
+from .frames import feed_frame, meme
 from .geometric import perspective, perspective_coeffs
 
 __all__ = [
     "Assets", "AssetError", "AugmentError", "FAMILIES", "Family", "MAX_SIDE", "OPS", "Op", "OpSpec",
     "apply_family", "apply_op", "apply_ops", "cap_size", "op_to_dict", "ops_from_json", "ops_to_json",
-    "perspective", "perspective_coeffs", "register_family", "register_op", "sample_ops",
+    "feed_frame", "meme", "perspective", "perspective_coeffs", "register_family", "register_op",
+    "sample_chain", "sample_ops",
     "synthetic_image", "to_rgb",
 ]
