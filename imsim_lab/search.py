@@ -6,8 +6,13 @@ has fewer than k results. ``metric`` is ``"l2"`` (squared Euclidean, smaller = c
 ``"ip"`` (inner product, larger = closer). Scores handed to the metrics are always "higher = more
 similar": L2 distances are negated once, here, at the edge.
 
-``backend``: ``"faiss"`` (exact flat index, CPU) or ``"numpy"`` (the exact reference path);
-``"auto"`` picks faiss when it imports.
+``backend``: ``"faiss"`` (exact flat index, CPU), ``"faiss-gpu"`` (exact flat index on every
+visible GPU, the database sharded across them), or ``"numpy"`` (the exact reference path);
+``"auto"`` picks faiss on GPU when one is visible, faiss on CPU otherwise, numpy without faiss.
+
+Databases larger than memory: :func:`knn_blocks` streams the database (for instance a read-only
+memmap of float16 descriptors) in blocks of rows and merges the per-block results, so the peak
+memory is one block plus the queries. ``knn(..., block_size=...)`` routes there.
 """
 
 from __future__ import annotations
@@ -64,32 +69,117 @@ def knn_numpy(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", block:
     return D, I
 
 
-def knn(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", backend: str = "auto"):
+BACKENDS = ("auto", "faiss", "faiss-gpu", "numpy")
+
+
+def num_gpus() -> int:
+    """GPUs that faiss can use (0 without a GPU build of faiss or without CUDA)."""
+    faiss = _faiss()
+    try:
+        return int(faiss.get_num_gpus()) if faiss is not None and hasattr(faiss, "get_num_gpus") else 0
+    except RuntimeError:  # pragma: no cover - driver problems
+        return 0
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """The concrete backend of ``backend`` on this machine."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    if backend == "auto":
+        if _faiss() is None:
+            return "numpy"
+        return "faiss-gpu" if num_gpus() > 0 else "faiss"
+    if backend in ("faiss", "faiss-gpu") and _faiss() is None:
+        raise ImportError("faiss is not installed")
+    if backend == "faiss-gpu" and num_gpus() == 0:
+        raise RuntimeError("backend 'faiss-gpu' asked for, but faiss sees no GPU")
+    return backend
+
+
+def flat_index(d: int, metric: str = "l2", gpu: bool = False, ngpu: int | None = None,
+               float16: bool = False):
+    """An exact faiss index; on GPU cloned to ``ngpu`` GPUs (all by default), the database sharded
+    across them (each GPU holds 1/ngpu of it), optionally stored in float16."""
+    faiss = _faiss()
+    index = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
+    if not gpu:
+        return index
+    co = faiss.GpuMultipleClonerOptions()
+    co.shard = True
+    co.useFloat16 = float16
+    n = ngpu or num_gpus()
+    if n == 1:
+        res = faiss.StandardGpuResources()
+        c1 = faiss.GpuClonerOptions()
+        c1.useFloat16 = float16
+        return faiss.index_cpu_to_gpu(res, 0, index, c1)
+    return faiss.index_cpu_to_all_gpus(index, co, ngpu=n)
+
+
+def knn(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", backend: str = "auto",
+        block_size: int | None = None):
     """Exact k nearest neighbours of each query.
 
     Args:
-        xq: (nq, d) queries. xb: (nb, d) database. k: neighbours per query.
+        xq: (nq, d) queries. xb: (nb, d) database (any float dtype, may be a memmap).
+        k: neighbours per query.
         metric: "l2" (squared distances, ascending) or "ip" (similarities, descending).
-        backend: "faiss", "numpy" or "auto".
+        backend: "auto", "faiss", "faiss-gpu" or "numpy" (see module docstring).
+        block_size: search the database in blocks of this many rows (:func:`knn_blocks`).
 
     Returns:
         D, I: (nq, k) float32 and int64; I == -1 (and D = ±inf) past the database size.
     """
+    if block_size is not None and len(xb) > block_size:
+        return knn_blocks(xq, xb, k, metric, backend, block_size)
     xq, xb = _check(xq, xb, metric)
-    faiss = _faiss() if backend in ("auto", "faiss") else None
-    if backend == "faiss" and faiss is None:
-        raise ImportError("faiss is not installed")
-    if faiss is None or backend == "numpy":
+    backend = resolve_backend(backend)
+    if backend == "numpy" or len(xb) == 0 or k == 0:
         return knn_numpy(xq, xb, k, metric)
-    if len(xb) == 0 or k == 0:
-        return knn_numpy(xq, xb, k, metric)
-    index = faiss.IndexFlatL2(xb.shape[1]) if metric == "l2" else faiss.IndexFlatIP(xb.shape[1])
+    index = flat_index(xb.shape[1], metric, gpu=backend == "faiss-gpu")
     index.add(xb)
     D, I = index.search(xq, k)
     if metric == "l2":
         D[I < 0] = np.inf
     else:
         D[I < 0] = -np.inf
+    return D, I
+
+
+def merge_knn(D1, I1, D2, I2, k: int, metric: str = "l2"):
+    """Merge two k-NN results of the same queries (ties: smaller index first, as knn_numpy)."""
+    D = np.concatenate([D1, D2], axis=1)
+    I = np.concatenate([I1, I2], axis=1)
+    key = D.astype(np.float64) if metric == "l2" else -D.astype(np.float64)
+    key = np.where(I < 0, np.inf, key)
+    idx = np.where(I < 0, np.iinfo(np.int64).max, I)
+    o = np.lexsort((idx, key), axis=1)[:, :k]
+    return np.take_along_axis(D, o, 1), np.take_along_axis(I, o, 1)
+
+
+def iter_blocks(xb: np.ndarray, block_size: int):
+    """Yield (offset, float32 block) over the rows of ``xb`` (a memmap is read block by block)."""
+    for i0 in range(0, len(xb), block_size):
+        yield i0, np.ascontiguousarray(xb[i0:i0 + block_size], dtype=np.float32)
+
+
+def knn_blocks(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", backend: str = "auto",
+               block_size: int = 65536):
+    """Exact k-NN over a database read in blocks of ``block_size`` rows.
+
+    Peak memory: one float32 block, the queries and 2 x (nq, k) results; ``xb`` can be a
+    read-only memmap of float16 descriptors far larger than memory. Same output as :func:`knn`.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    nq = len(xq)
+    D = np.full((nq, k), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
+    I = np.full((nq, k), -1, dtype=np.int64)
+    for i0, block in iter_blocks(xb, block_size):
+        Db, Ib = knn(xq, block, min(k, len(block)), metric, backend)
+        Ib = np.where(Ib >= 0, Ib + i0, -1)
+        D, I = merge_knn(D, I, Db, Ib, k, metric)
     return D, I
 
 
