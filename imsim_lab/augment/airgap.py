@@ -61,11 +61,11 @@ def airgap(img: Image.Image, p: dict) -> Image.Image:
                for (bx, by), (jx, jy) in zip(base, p["jitter"])]
         src = [(0, 0), (pic.width, 0), (pic.width, pic.height), (0, pic.height)]
         coeffs = perspective_coeffs(dst, src)
-        warped = pic.transform((W, H), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR)
-        mask = Image.new("L", pic.size, 255).transform((W, H), Image.Transform.PERSPECTIVE, coeffs,
-                                                       Image.Resampling.BILINEAR)
+        # one RGBA warp: its alpha (0 outside the quad, soft at the edges) is the paste mask
+        warped = pic.convert("RGBA").transform((W, H), Image.Transform.PERSPECTIVE, coeffs,
+                                               Image.Resampling.BILINEAR)
         canvas = _background((W, H), p["bg_top"], p["bg_bottom"])
-        canvas.paste(warped, (0, 0), mask)
+        canvas.paste(warped, (0, 0), warped)
         pic = canvas
     a = np.asarray(pic, dtype=np.float32) / 255.0
     gain, gamma, vig = float(p["gain"]), float(p["gamma"]), float(p["vignette"])

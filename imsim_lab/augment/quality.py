@@ -28,13 +28,17 @@ def blur_family(s, rng, size, assets):
 
 def gaussian_noise(img: Image.Image, std: float, seed: int, mono: bool = False) -> Image.Image:
     """Add zero-mean Gaussian noise of ``std`` (in 0..1 intensity units), clipped, seeded."""
-    a = np.asarray(img, dtype=np.float32)
     if std <= 0:
         return img.copy()
+    a = np.asarray(img)
     g = np.random.default_rng(int(seed))
     shape = a.shape[:2] + (1,) if mono else a.shape
-    n = g.standard_normal(shape, dtype=np.float32) * (std * 255.0)
-    return Image.fromarray(np.clip(np.rint(a + n), 0, 255).astype(np.uint8), "RGB")
+    n = g.standard_normal(shape, dtype=np.float32)
+    n *= std * 255.0
+    n = n + a if mono else np.add(n, a, out=n)
+    n += 0.5  # round half up on the cast below
+    np.clip(n, 0, 255.49, out=n)
+    return Image.fromarray(n.astype(np.uint8), "RGB")
 
 
 @register_op("noise")
