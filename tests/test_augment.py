@@ -237,3 +237,37 @@ def test_default_assets_use_augly_fonts_emoji_and_templates():
     assert (d.screenshot_dir / "bboxes.json").is_file()
     out = apply_ops(_rgb(200, 150), [Op("screenshot", {"template": "mobile.png", "crop": True})])
     assert out.size == (414, 736)
+
+
+def test_every_augly_function_used_runs_with_installed_versions():
+    from imsim_lab.augment._augly import REPLACED, USED, augly_status
+
+    status = augly_status()
+    assert set(status) == set(USED)
+    broken = {k: v for k, v in status.items() if v is not None}
+    assert not broken, broken
+    assert set(REPLACED) == {"perspective_transform", "meme_format"}
+
+
+def test_assets_pickle_without_their_cache():
+    import pickle
+
+    a = Assets.from_augly(images={"A": _rgb(10, 10)}, seed=3)
+    a.font("Impact.ttf", 12)
+    b = pickle.loads(pickle.dumps(a))
+    assert b.fonts == a.fonts and b.image_ids == ("A",) and b._cache == {}
+    assert b.font("Impact.ttf", 12) is not None
+
+
+def test_huge_inputs_are_capped_before_the_edits():
+    big = Image.new("RGB", (3000, 1500), (10, 20, 30))
+    out, ops = apply_family(big, "crop", 0.0, np.random.default_rng(0))
+    assert out.size == (MAX_SIDE, MAX_SIDE // 2)
+
+
+def test_describe_families_lists_every_family():
+    from imsim_lab.augment import describe_families
+
+    rows = describe_families()
+    assert [r["family"] for r in rows] == FAMILIES.names()
+    assert all(r["description"] and r["group"] for r in rows)

@@ -106,6 +106,16 @@ class Assets:
         """Shared default: AugLy's assets and the procedural stand-in images."""
         return _default_assets()
 
+    def __getstate__(self) -> dict:
+        # loaded fonts and emoji are a cache: rebuild them in the receiving process
+        state = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "_cache"}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+        object.__setattr__(self, "_cache", {})
+
     # -- other images ------------------------------------------------------------------------
     def image(self, image_id: str) -> Image.Image:
         """The image with this id, RGB (procedural ``synth:`` ids need no provider)."""

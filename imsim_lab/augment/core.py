@@ -322,12 +322,13 @@ def apply_ops(img: Image.Image, ops: Sequence[Op], assets: Assets | None = None)
     """Replay recorded ops deterministically; the result is always an RGB image.
 
     Args:
-        img: any PIL image (L, P, RGBA, LA, ...), converted with :func:`to_rgb` first.
+        img: any PIL image (L, P, RGBA, LA, ...), converted with :func:`to_rgb` and capped to
+            :data:`MAX_SIDE` first (so huge inputs cost no more than DISC21-sized ones).
         ops: ops from :func:`sample_ops` or :func:`ops_from_json` (dicts are accepted too).
         assets: the assets the ops were sampled with (fonts, emoji, other images by id).
     """
     assets = assets or Assets.default()
-    out = cap_size(to_rgb(img)) if not ops else to_rgb(img)
+    out = cap_size(to_rgb(img))
     for op in ops:
         out = apply_op(out, op if isinstance(op, Op) else Op.from_dict(op), assets)
     return out
@@ -340,3 +341,9 @@ def apply_family(img: Image.Image, family: str, strength: float,
     assets = assets or Assets.default()
     ops = sample_ops(family, strength, rng, img.size, assets)
     return apply_ops(img, ops, assets), ops
+
+
+def describe_families() -> list[dict]:
+    """One row per family (name, group, identity_at_zero, description) for tables and dashboards."""
+    return [{"family": f.name, "group": f.group, "identity_at_zero": f.identity_at_zero,
+             "description": f.description} for f in (FAMILIES.get(n) for n in FAMILIES.names())]
