@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -97,6 +97,11 @@ class Predictions:
     reference_ids: np.ndarray
     scores: np.ndarray
     path: str | None = None
+    #: optional caches of the CSV reader, which gets them for free: integer codes with equal
+    #: codes for equal ids, and the query vocabulary (``query_vocab[query_codes] == query_ids``)
+    reference_codes: np.ndarray | None = field(default=None, repr=False)
+    query_codes: np.ndarray | None = field(default=None, repr=False)
+    query_vocab: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self):
         n = len(self.query_ids)
@@ -139,28 +144,12 @@ class DescriptorSubmission:
 # helpers
 
 
-def _check_ids(ids: np.ndarray, kind: str, path, where: str, offset: int = 0) -> None:
-    """Raise on the first id (in file order) that does not match the format of ``kind``.
-
-    ``where`` is formatted with the position of the bad id plus ``offset`` (2 for CSV rows:
-    1-based, after the header).
-    """
-    pat = ID_PATTERNS[kind]
-    uniq, first = np.unique(ids.astype(str), return_index=True)
-    bad = [i for u, i in zip(uniq, first) if not pat.fullmatch(u)]
-    if bad:
-        i = min(bad)
-        raise FormatError(path, f"unknown {kind} id format {str(ids[i])!r} (expected like "
-                                f"{ {'query': 'Q00000', 'reference': 'R000000', 'training': 'T000000'}[kind]})",
-                          where.format(i + offset))
-
-
 def _open_text(path: Path):
     if not path.exists():
         raise FormatError(path, "file not found")
     if path.is_dir():
         raise FormatError(path, "is a folder, expected a CSV file")
-    return open(path, newline="", encoding="utf-8-sig")
+    return open(path, newline="", encoding="utf-8-sig", errors="replace")
 
 
 def _read_header(path: Path, expected: tuple[str, ...]) -> None:
@@ -173,25 +162,126 @@ def _read_header(path: Path, expected: tuple[str, ...]) -> None:
         raise FormatError(path, f"wrong header {','.join(header)!r}; expected {','.join(expected)!r}", "row 1")
 
 
-def _read_columns(path: Path, ncols: int):
-    """Read the CSV body as string columns with pandas (fast C parser), keeping empty fields."""
+def _data_row(path: Path, index: int) -> int:
+    """The 1-based file row of the index-th data row (blank lines are skipped by the reader)."""
+    with _open_text(path) as f:
+        next(f, None)
+        seen = -1
+        for row, line in enumerate(f, start=2):
+            if line.strip():
+                seen += 1
+                if seen == index:
+                    return row
+    return index + 2
+
+
+def _read_columns(path: Path, ncols: int) -> list:
+    """Read the CSV body as ``ncols`` pyarrow string arrays (fast, multi-threaded parser).
+
+    The header is checked by :func:`_read_header`; empty fields stay empty strings.
+    """
+    import pyarrow as pa
+    from pyarrow import csv as pa_csv
+
+    invalid = []
+
+    def on_invalid(row):
+        invalid.append(row)
+        return "skip"
+
+    names = [f"c{i}" for i in range(ncols)]
+    try:
+        table = pa_csv.read_csv(
+            path,
+            read_options=pa_csv.ReadOptions(skip_rows=1, autogenerate_column_names=True),
+            parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={f"f{i}": pa.string() for i in range(ncols + 8)},
+                strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+    except pa.ArrowInvalid as e:
+        msg = str(e).splitlines()[0]
+        if "Empty CSV file" in msg:
+            return [pa.array([], pa.string()) for _ in names]
+        if "UTF8" in msg or "utf8" in msg.lower():
+            raise FormatError(path, "not UTF-8 text") from None
+        raise FormatError(path, f"malformed CSV ({msg})") from None
+    if table.num_columns != ncols:
+        raise FormatError(path, f"expected {ncols} fields per row, found {table.num_columns}", f"row {_data_row(path, 0)}")
+    if invalid:
+        bad = invalid[0]
+        with _open_text(path) as f:
+            row = next((i for i, line in enumerate(f, start=1) if i > 1 and line.rstrip("\r\n") == bad.text), None)
+        raise FormatError(path, f"expected {ncols} fields per row, found {bad.actual_columns}",
+                          f"row {row}" if row else None)
+    return [table.column(i).combine_chunks() for i in range(ncols)]
+
+
+_EXAMPLE_ID = {"query": "Q00000", "reference": "R000000", "training": "T000000"}
+
+
+def _id_column(arr, path: Path, kind: str, column: str, allow_empty: bool = False):
+    """Strip, validate and encode a column of ids.
+
+    Returns (values, codes, vocabulary): values (n,) object array of str; codes (n,) int64
+    with ``vocabulary[codes] == values``. Raises FormatError at the first row holding an empty or malformed id.
+    """
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    enc = pc.dictionary_encode(arr)
+    idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    stripped = np.array([u.strip() for u in enc.dictionary.to_pylist()], dtype=object)
+    ucode, uniq = pd.factorize(stripped)  # ids equal once stripped share one code
+    codes = ucode.astype(np.int64)[idx] if len(idx) else idx
+    uniq = np.asarray(uniq, dtype=object)
+    pat = ID_PATTERNS[kind]
+    bad = [j for j, u in enumerate(uniq) if not ((allow_empty and u == "") or pat.fullmatch(u))]
+    if bad:
+        i = int(np.flatnonzero(np.isin(codes, bad))[0])
+        u = uniq[codes[i]]
+        problem = f"empty {column}" if u == "" else f"unknown {kind} id format {u!r} (expected like {_EXAMPLE_ID[kind]})"
+        raise FormatError(path, problem, f"row {_data_row(path, i)}")
+    return uniq[codes] if len(codes) else np.array([], dtype=object), codes, uniq
+
+
+def _first_repeat(*codes: np.ndarray) -> int | None:
+    """Index of the first row whose tuple of codes repeats an earlier row, or None."""
     import pandas as pd
 
+    if len(codes[0]) < 2:
+        return None
+    key = np.zeros(len(codes[0]), np.int64)
+    for c in codes:
+        key = key * (int(c.max()) + 1) + c
+    hits = np.flatnonzero(pd.Series(key).duplicated(keep="first").to_numpy())
+    return int(hits[0]) if len(hits) else None
+
+
+def _scores(arr, path: Path) -> np.ndarray:
+    """Parse a column of scores; FormatError at the first non-numeric, NaN or infinite one."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     try:
-        # header=None + skiprows: the header is checked by _read_header, and a data row with an
-        # extra field is an error instead of silently becoming an index column
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, header=None, skiprows=1,
-                         skip_blank_lines=True, engine="c", encoding="utf-8-sig")
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame({i: pd.Series([], dtype=str) for i in range(ncols)})
-    except pd.errors.ParserError as e:
-        m = re.search(r"line (\d+)", str(e))
-        raise FormatError(path, f"malformed CSV ({str(e).strip()})", f"row {m.group(1)}" if m else None) from None
-    except UnicodeDecodeError as e:
-        raise FormatError(path, f"not UTF-8 text ({e.reason})") from None
-    if df.shape[1] != ncols:
-        raise FormatError(path, f"expected {ncols} columns, found {df.shape[1]}", "row 2")
-    return df
+        s = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. surrounding spaces: slow path
+        s = pd.to_numeric(pd.Series(arr.to_pylist(), dtype=object).str.strip(), errors="coerce").to_numpy(np.float64)
+    bad = np.flatnonzero(~np.isfinite(s))
+    if len(bad):
+        i = int(bad[0])
+        txt = arr[i].as_py().strip()
+        if txt == "":
+            what = "empty"
+        elif txt.lower().lstrip("+-") == "nan":
+            what = "NaN"
+        elif np.isinf(s[i]):
+            what = "infinite"
+        else:
+            what = "non-numeric"
+        raise FormatError(path, f"{what} score {txt!r}", f"row {_data_row(path, i)}")
+    return s
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -214,38 +304,21 @@ def read_ground_truth(path: str | Path) -> GroundTruth:
     """
     path = Path(path)
     _read_header(path, GT_HEADER)
-    df = _read_columns(path, 2)
-    q = df.iloc[:, 0].str.strip().to_numpy(dtype=object)
-    r = df.iloc[:, 1].str.strip().to_numpy(dtype=object)
-    if len(q) == 0:
+    qcol, rcol = _read_columns(path, 2)
+    if len(qcol) == 0:
         raise FormatError(path, "no rows after the header")
-    empty_q = np.flatnonzero(q == "")
-    if len(empty_q):
-        raise FormatError(path, "empty query_id", f"row {empty_q[0] + 2}")
-    _check_ids(q, "query", path, "row {}", 2)
+    q, qc, _ = _id_column(qcol, path, "query", "query_id")
+    r, rc, _ = _id_column(rcol, path, "reference", "reference_id", allow_empty=True)
+    dup = _first_repeat(qc, rc)
+    if dup is not None:
+        raise FormatError(path, f"duplicate row {q[dup]},{r[dup]}", f"row {_data_row(path, dup)}")
     has = r != ""
-    if has.any():
-        rr = r[has]
-        idx = np.flatnonzero(has)
-        uniq, first = np.unique(rr.astype(str), return_index=True)
-        bad = [i for u, i in zip(uniq, first) if not ID_PATTERNS["reference"].fullmatch(u)]
-        if bad:
-            i = idx[min(bad)]
-            raise FormatError(path, f"unknown reference id format {r[i]!r} (expected like R000000)", f"row {i + 2}")
-    keys = np.char.add(np.char.add(q.astype(str), ","), r.astype(str))
-    _, first, counts = np.unique(keys, return_index=True, return_counts=True)
-    if (counts > 1).any():
-        dup = first[counts > 1].min()
-        # the second occurrence is the offending row
-        second = np.flatnonzero(keys == keys[dup])[1]
-        raise FormatError(path, f"duplicate row {keys[dup]!r}", f"row {second + 2}")
-    # a query listed with an empty reference AND with a reference is contradictory
-    q_neg = set(q[~has].astype(str))
-    if q_neg:
-        both = np.flatnonzero(has & np.isin(q.astype(str), list(q_neg)))
-        if len(both):
-            raise FormatError(path, f"query {q[both[0]]} is listed both without a match and with one",
-                              f"row {both[0] + 2}")
+    neg = np.zeros(int(qc.max()) + 1, bool)
+    neg[qc[~has]] = True
+    both = np.flatnonzero(has & neg[qc])
+    if len(both):
+        i = int(both[0])
+        raise FormatError(path, f"query {q[i]} is listed both without a match and with one", f"row {_data_row(path, i)}")
     return GroundTruth(q, r, str(path))
 
 
@@ -275,49 +348,28 @@ def read_predictions(path: str | Path, max_rows: int | None = MAX_PREDICTIONS,
     """
     path = Path(path)
     _read_header(path, PREDICTIONS_HEADER)
-    df = _read_columns(path, 3)
-    n = len(df)
+    qcol, rcol, scol = _read_columns(path, 3)
+    n = len(qcol)
     if max_rows is not None and n > max_rows:
-        raise FormatError(path, f"{n} predictions, more than the limit of {max_rows}", f"row {max_rows + 2}")
-    if n == 0:
-        return Predictions(np.array([], object), np.array([], object), np.array([], np.float64), str(path))
-    q = df.iloc[:, 0].str.strip().to_numpy(dtype=object)
-    r = df.iloc[:, 1].str.strip().to_numpy(dtype=object)
-    s_txt = df.iloc[:, 2].str.strip()
-    import pandas as pd
-
-    s = pd.to_numeric(s_txt, errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(s))
-    if len(bad):
-        i = bad[0]
-        what = "empty" if s_txt.iloc[i] == "" else ("NaN" if s_txt.iloc[i].lower() in ("nan", "-nan") else
-                                                     "infinite" if np.isinf(s[i]) else "non-numeric")
-        raise FormatError(path, f"{what} score {s_txt.iloc[i]!r}", f"row {i + 2}")
-    for col, arr, kind in ((1, q, "query"), (2, r, "reference")):
-        empty = np.flatnonzero(arr == "")
-        if len(empty):
-            raise FormatError(path, f"empty {PREDICTIONS_HEADER[col - 1]}", f"row {empty[0] + 2}")
-        _check_ids(arr, kind, path, "row {}", 2)
+        raise FormatError(path, f"{n} predictions, more than the limit of {max_rows}", f"row {_data_row(path, max_rows)}")
+    q, qc, qvocab = _id_column(qcol, path, "query", "query_id")
+    r, rc, _ = _id_column(rcol, path, "reference", "reference_id")
+    s = _scores(scol, path)
     if not allow_duplicates:
-        dup = find_duplicate_pairs(q, r)
+        dup = _first_repeat(qc, rc)
         if dup is not None:
-            raise FormatError(path, f"duplicate prediction ({q[dup]}, {r[dup]})", f"row {dup + 2}")
-    return Predictions(q, r, s, str(path))
+            raise FormatError(path, f"duplicate prediction ({q[dup]}, {r[dup]})", f"row {_data_row(path, dup)}")
+    return Predictions(q, r, s, str(path), reference_codes=rc, query_codes=qc, query_vocab=qvocab)
 
 
 def find_duplicate_pairs(query_ids: np.ndarray, reference_ids: np.ndarray) -> int | None:
     """Index of the first row that repeats an earlier (query, reference) pair, or None."""
-    if len(query_ids) == 0:
+    import pandas as pd
+
+    if len(query_ids) < 2:
         return None
-    _, qi = np.unique(query_ids.astype(str), return_inverse=True)
-    _, ri = np.unique(reference_ids.astype(str), return_inverse=True)
-    key = qi.astype(np.int64) * (int(ri.max()) + 1) + ri
-    order = np.argsort(key, kind="stable")
-    ks = key[order]
-    rep = np.flatnonzero(ks[1:] == ks[:-1]) + 1
-    if len(rep) == 0:
-        return None
-    return int(order[rep].min())
+    return _first_repeat(pd.factorize(np.asarray(query_ids, dtype=object))[0].astype(np.int64),
+                         pd.factorize(np.asarray(reference_ids, dtype=object))[0].astype(np.int64))
 
 
 def write_predictions(path: str | Path, preds: Predictions) -> None:
@@ -344,6 +396,14 @@ def _decode_ids(ds, path, name) -> np.ndarray:
     except UnicodeDecodeError:
         raise FormatError(path, "ids are not ASCII", f"dataset '{name}'") from None
     return ids
+
+
+def _check_id_array(ids: np.ndarray, kind: str, path, dataset: str) -> None:
+    pat = ID_PATTERNS[kind]
+    for i, u in enumerate(ids):
+        if not pat.fullmatch(u):
+            raise FormatError(path, f"unknown {kind} id format {u!r} at position {i} (expected like {_EXAMPLE_ID[kind]})",
+                              f"dataset '{dataset}'")
 
 
 def _check_sorted_unique(ids: np.ndarray, path, name: str) -> None:
@@ -388,8 +448,8 @@ def read_descriptors(path: str | Path, max_dim: int | None = MAX_DESCRIPTOR_DIM)
                 raise FormatError(path, f"missing dataset (found: {sorted(f.keys())})", f"dataset '{name}'")
         qids = _decode_ids(f["query_ids"], path, "query_ids")
         rids = _decode_ids(f["reference_ids"], path, "reference_ids")
-        _check_ids(qids, "query", path, "dataset 'query_ids', position {}")
-        _check_ids(rids, "reference", path, "dataset 'reference_ids', position {}")
+        _check_id_array(qids, "query", path, "query_ids")
+        _check_id_array(rids, "reference", path, "reference_ids")
         _check_sorted_unique(qids, path, "query_ids")
         _check_sorted_unique(rids, path, "reference_ids")
         xq = _check_matrix(f["query"][()], path, "query", len(qids), max_dim)

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import FormatError
-from .formats import GroundTruth, Predictions, find_duplicate_pairs
+from .formats import GroundTruth, Predictions
 
 PROTOCOLS = ("isc2021", "drivendata")
 REQUIRED_PRECISION = 0.9
@@ -81,12 +81,44 @@ class Metrics:
         return {k: clean(getattr(self, k)) for k in keys}
 
 
-def _codes(*arrays: np.ndarray) -> list[np.ndarray]:
-    """Integer codes of string arrays over one shared vocabulary (pandas hashing, fast)."""
+def _codes(*arrays: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Integer codes of string arrays over one shared vocabulary (pandas hashing, fast).
+
+    Returns ([codes of each array], vocabulary) with ``vocabulary[codes] == array``.
+    """
     sizes = [len(a) for a in arrays]
     allv = np.concatenate([np.asarray(a, dtype=object) for a in arrays]) if sum(sizes) else np.array([], object)
-    codes, _ = pd.factorize(allv)
-    return np.split(codes.astype(np.int64), np.cumsum(sizes)[:-1])
+    codes, uniques = pd.factorize(allv)
+    return np.split(codes.astype(np.int64), np.cumsum(sizes)[:-1]), np.asarray(uniques, dtype=object)
+
+
+def first_duplicate(query_codes: np.ndarray, reference_ids: np.ndarray,
+                    reference_codes: np.ndarray | None = None) -> int | None:
+    """Index of the first prediction that repeats an earlier (query, reference) pair, or None.
+
+    With ``reference_codes`` (equal codes for equal ids, from the CSV reader) the check is
+    exact on integers. Otherwise the reference strings are hashed (Python caches str hashes)
+    and the rare candidate collisions are confirmed on the strings themselves.
+    """
+    n = len(query_codes)
+    if n < 2:
+        return None
+    q = query_codes.astype(np.int64)
+    if reference_codes is not None:
+        key = q * (int(reference_codes.max()) + 1) + reference_codes
+        hits = np.flatnonzero(pd.Series(key).duplicated(keep="first").to_numpy())
+        return int(hits[0]) if len(hits) else None
+    rh = np.fromiter(map(hash, reference_ids), dtype=np.int64, count=n)
+    with np.errstate(over="ignore"):
+        key = rh * np.int64(1_000_003) + q
+    cand = np.flatnonzero(pd.Series(key).duplicated(keep=False).to_numpy())
+    seen: set = set()
+    for i in cand.tolist():  # only the colliding rows: a handful unless there are duplicates
+        k = (int(q[i]), reference_ids[i])
+        if k in seen:
+            return i
+        seen.add(k)
+    return None
 
 
 def precision_recall(is_correct: np.ndarray, scores: np.ndarray, n_positives: int):
@@ -102,10 +134,20 @@ def precision_recall(is_correct: np.ndarray, scores: np.ndarray, n_positives: in
     """
     y = np.asarray(is_correct, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
-    # primary key: score descending; inside a tie: wrong (0) before right (1)
-    order = np.lexsort((y, -s))
-    y = y[order]
+    # score descending (an unstable sort is enough: the order inside a tie is rebuilt below)
+    order = np.argsort(-s)
     s = s[order]
+    y = y[order]
+    # pessimistic ties: inside each run of equal scores the wrong predictions come first, so a
+    # run of length L with c right ones ends with exactly c right ones
+    n = len(s)
+    starts = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]])) if n else np.zeros(0, np.int64)
+    if len(starts) < n:
+        lengths = np.diff(np.append(starts, n))
+        n_right = np.add.reduceat(y.astype(np.int64), starts)
+        run = np.repeat(np.arange(len(starts)), lengths)
+        pos = np.arange(n) - starts[run]
+        y = pos >= (lengths - n_right)[run]
     ntp = np.cumsum(y)
     nres = np.arange(1, len(y) + 1)
     precisions = ntp / nres
@@ -145,8 +187,13 @@ def tp_ranks(pq: np.ndarray, ps: np.ndarray, correct: np.ndarray, n_positives: i
         (N_gt,) float ranks (``inf`` for the positives not predicted).
     """
     ranks = np.full(n_positives, np.inf)
-    if len(pq) == 0:
+    if not correct.any():
         return ranks
+    # only the queries with a found positive matter
+    with_hit = np.zeros(int(pq.max()) + 1, bool)
+    with_hit[pq[correct]] = True
+    sel = with_hit[pq]
+    pq, ps, correct = pq[sel], ps[sel], correct[sel]
     order = np.lexsort((-ps, pq))  # by query, then score descending
     q, s = pq[order], ps[order]
     n = len(q)
@@ -189,32 +236,56 @@ def evaluate(gt: GroundTruth, preds: Predictions, protocol: str = "isc2021",
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
     pq_s, pr_s, ps = preds.query_ids, preds.reference_ids, np.asarray(preds.scores, np.float64)
+    gq_s, gr_s = gt.query_ids, gt.reference_ids
+    # one integer vocabulary for the query ids of the GT and of the predictions
+    if preds.query_codes is not None and preds.query_vocab is not None:
+        # reuse the reader's codes: only the (small) GT is looked up in its vocabulary
+        index = pd.Index(preds.query_vocab)
+        gq = index.get_indexer(np.asarray(gq_s, dtype=object)).astype(np.int64)
+        unknown = gq < 0
+        extra = pd.unique(np.asarray(gq_s, dtype=object)[unknown])
+        vocab = np.concatenate([np.asarray(preds.query_vocab, dtype=object), extra])
+        if unknown.any():
+            gq[unknown] = len(index) + pd.Index(extra).get_indexer(np.asarray(gq_s, dtype=object)[unknown])
+        pq = preds.query_codes.astype(np.int64)
+    else:
+        (gq, pq), vocab = _codes(gq_s, pq_s)
+    nvoc = len(vocab)
     if protocol == "isc2021":
-        dup = find_duplicate_pairs(pq_s, pr_s)
+        dup = first_duplicate(pq, pr_s, preds.reference_codes)
         if dup is not None:
             raise FormatError(preds.path, f"duplicate prediction ({pq_s[dup]}, {pr_s[dup]}); isc2021 refuses "
                                           "duplicates (the drivendata protocol counts them again)",
                               f"row {dup + 2}" if preds.path else f"prediction {dup}")
-    gq_s, gr_s = gt.query_ids, gt.reference_ids
-    gq, gr, pq, pr = _codes(gq_s, gr_s, pq_s, pr_s)
     has = gr_s != ""
-    in_gt = np.isin(pq, gq)
     n_total = len(pq)
     keep = np.ones(n_total, bool)
     if protocol == "drivendata":
-        keep &= in_gt
-    pos_q_mask = np.ones(len(gq), bool)
+        in_gt = np.zeros(nvoc, bool)
+        in_gt[gq] = True
+        keep &= in_gt[pq]
+    counted = has
     if queries is not None:
-        sub = _codes(gq_s, np.asarray(list(queries), dtype=object))[1]
-        gsub = np.isin(gq, sub)
-        pos_q_mask = gsub
-        excluded = np.unique(gq[has & ~gsub])  # positive queries outside the subset
-        keep &= ~np.isin(pq, excluded)
-    pos_q, pos_r = gq[has & pos_q_mask], gr[has & pos_q_mask]
-    pq, pr, ps = pq[keep], pr[keep], ps[keep]
+        sub = pd.Index(vocab).get_indexer(np.asarray(list(queries), dtype=object))
+        in_sub = np.zeros(nvoc, bool)
+        in_sub[sub[sub >= 0]] = True
+        counted = has & in_sub[gq]
+        excluded = np.zeros(nvoc, bool)  # positive queries outside the subset
+        excluded[gq[has & ~in_sub[gq]]] = True
+        keep &= ~excluded[pq]
+    pos_q, pos_r = gq[counted], gr_s[counted]
     n_pos = len(pos_q)
-    span = int(max(pr.max(initial=0), gr.max(initial=0))) + 1
-    correct = np.isin(pq * span + pr, pos_q * span + pos_r)
+    if n_pos == 0 or np.bincount(pos_q).max() <= 1:
+        # at most one match per query (DISC21): compare with the expected reference directly
+        expected = np.full(nvoc, None, dtype=object)
+        expected[pos_q] = pos_r
+        correct = pr_s == expected[pq]
+        correct = np.asarray(correct, dtype=bool)
+    else:
+        (rp, rg), _ = _codes(pr_s, pos_r)
+        span = int(max(rp.max(initial=0), rg.max(initial=0))) + 1
+        correct = np.isin(pq * span + rp, pos_q * span + rg)
+    pq, ps, correct = pq[keep], ps[keep], correct[keep]
     precisions, recalls, thresholds, y = precision_recall(correct, ps, n_pos)
     if n_pos == 0:
         ap = math.nan

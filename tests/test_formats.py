@@ -82,7 +82,7 @@ def test_predictions_round_trip_keeps_full_precision(tmp_path):
     ("Q0,R000000,1\n", "unknown query id format", "row 2"),
     ("Q00000,R000000,1\nQ00001,T000000,1\n", "unknown reference id format", "row 3"),
     ("Q00000,,1\n", "empty reference_id", "row 2"),
-    ("Q00000,R000000,1\nQ00001,R000000,1\nQ00002,R000000,1,5\n", "Expected 3 fields", "row 4"),
+    ("Q00000,R000000,1\nQ00001,R000000,1\nQ00002,R000000,1,5\n", "expected 3 fields per row, found 4", "row 4"),
 ])
 def test_prediction_errors(tmp_path, body, match, where):
     p = write(tmp_path, "query_id,reference_id,score\n" + body)
@@ -94,7 +94,7 @@ def test_prediction_errors(tmp_path, body, match, where):
 def test_prediction_header_and_columns(tmp_path):
     with pytest.raises(FormatError, match="wrong header"):
         read_predictions(write(tmp_path, "query_id,reference_id\nQ00000,R000000\n"))
-    with pytest.raises(FormatError, match="columns|malformed"):
+    with pytest.raises(FormatError, match="expected 3 fields per row, found 4"):
         read_predictions(write(tmp_path, "query_id,reference_id,score\nQ00000,R000000,1,7\n"))
 
 
@@ -186,3 +186,20 @@ def test_split_vectors_round_trip_strips_paths(tmp_path):
     names, back = read_split_vectors(p)
     assert names.tolist() == ["R000001", "R000002", "R000003"]
     np.testing.assert_array_equal(back, x)
+
+
+def test_blank_lines_and_spaces_are_tolerated_and_rows_stay_exact(tmp_path):
+    p = write(tmp_path, "query_id,reference_id,score\nQ00000, R000000 , 0.5\n\nQ00001,R000001,x\n")
+    with pytest.raises(FormatError, match="non-numeric score 'x'") as e:
+        read_predictions(p)
+    assert "row 4" in str(e.value)
+    p = write(tmp_path, "query_id,reference_id,score\r\nQ00000, R000000 , 0.5\r\n\r\nQ00001,R000001,2\r\n", "crlf.csv")
+    preds = read_predictions(p)
+    assert preds.reference_ids.tolist() == ["R000000", "R000001"] and preds.scores.tolist() == [0.5, 2.0]
+
+
+def test_not_utf8(tmp_path):
+    p = tmp_path / "latin1.csv"
+    p.write_bytes("query_id,reference_id,score\nQ00000,R000000,0.5\xe9\n".encode("latin-1"))
+    with pytest.raises(FormatError):
+        read_predictions(p)

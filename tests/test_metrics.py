@@ -222,3 +222,44 @@ def test_large_random_against_reference():
     triples = list({(q, r): (q, r, s) for q, r, s in triples}.values())
     check_against_reference(gt_pairs, triples, "isc2021")
     check_against_reference(gt_pairs, triples, "drivendata")
+
+
+def test_duplicate_detection_paths_agree():
+    from imsim_lab.metrics import first_duplicate
+
+    rng = np.random.default_rng(1)
+    q = rng.integers(0, 50, 2000)
+    r = np.array([f"R{x:06d}" for x in rng.integers(0, 60, 2000)], dtype=object)
+    codes = np.unique(r, return_inverse=True)[1]
+    expected = next(i for i in range(2000) if (q[i], r[i]) in {(q[j], r[j]) for j in range(i)})
+    assert first_duplicate(q, r) == expected == first_duplicate(q, r, codes)
+    uq = np.arange(100)
+    ur = np.array([f"R{x:06d}" for x in range(100)], dtype=object)
+    assert first_duplicate(uq, ur) is None
+
+
+def test_multiple_matches_per_query_use_the_general_path():
+    gt = GroundTruth.from_pairs([("Q00000", "R000000"), ("Q00000", "R000001"), ("Q00001", None)])
+    preds = [("Q00000", "R000001", 0.9), ("Q00000", "R000002", 0.8), ("Q00000", "R000000", 0.7), ("Q00001", "R000000", 0.95)]
+    check_against_reference([("Q00000", "R000000"), ("Q00000", "R000001"), ("Q00001", None)], preds, "isc2021")
+    m = evaluate(gt, Predictions.from_triples(preds), "isc2021")
+    assert m.n_positives == 2 and m.is_correct.sum() == 2
+
+
+def test_reader_codes_give_the_same_metrics(tmp_path):
+    from imsim_lab.formats import read_predictions, write_predictions
+
+    rng = np.random.default_rng(3)
+    gt_pairs = [(f"Q{i:05d}", f"R{i:06d}" if i % 3 == 0 else None) for i in range(60)]
+    triples = list({(f"Q{q:05d}", f"R{r:06d}"): (f"Q{q:05d}", f"R{r:06d}", float(s)) for q, r, s in
+                    zip(rng.integers(0, 70, 600), rng.integers(0, 60, 600), rng.integers(0, 8, 600))}.values())
+    p = tmp_path / "sub.csv"
+    write_predictions(p, Predictions.from_triples(triples))
+    read = read_predictions(p)
+    assert read.query_codes is not None
+    gt = GroundTruth.from_pairs(gt_pairs)
+    for protocol in ("isc2021", "drivendata"):
+        for subset in (None, ["Q00000", "Q00003", "Q00004"]):
+            a = evaluate(gt, read, protocol, queries=subset).to_dict()
+            b = evaluate(gt, Predictions.from_triples(triples), protocol, queries=subset).to_dict()
+            assert a == b

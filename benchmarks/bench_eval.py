@@ -1,0 +1,146 @@
+"""Benchmark of the evaluation: prints figures, asserts nothing about time.
+
+Data: 500,000 predictions over 50,000 queries, 10,000 of which have a match (the DISC21 dev
+shape), scores with ties. Compares, in the same run:
+
+* the vectorised :func:`imsim_lab.metrics.evaluate` (isc2021 protocol, rank recall included);
+* a straightforward reference: Python sort over (score, not-correct) tuples and a per-query
+  dictionary for the ranks, the way isc2021's ``isc/metrics.py`` computes them;
+* reading the 500,000-row CSV with validation, and the whole ``imsim-lab eval`` command.
+
+Run: ``.venv/bin/python benchmarks/bench_eval.py`` (``make bench``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import astuple, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imsim_lab.formats import GroundTruth, Predictions, read_ground_truth, read_predictions, write_ground_truth, write_predictions
+from imsim_lab.metrics import evaluate
+
+
+def make_data(seed=0, nq=50_000, n_pos=10_000, n_preds=500_000, nr=1_000_000):
+    rng = np.random.default_rng(seed)
+    qids = np.array([f"Q{i:05d}" for i in range(nq)], dtype=object)
+    pos_q = rng.choice(nq, n_pos, replace=False)
+    refs = rng.choice(nr, n_pos, replace=False)
+    gt_r = np.full(nq, "", dtype=object)
+    gt_r[pos_q] = [f"R{r:06d}" for r in refs]
+    gt = GroundTruth(qids, gt_r)
+    # 10 predictions per query; the true reference among them for 70 % of the positives
+    q = np.repeat(np.arange(nq), n_preds // nq)
+    r = rng.integers(0, nr, len(q))
+    first = np.arange(0, len(q), n_preds // nq)
+    hit = pos_q[rng.random(n_pos) < 0.7]
+    # place the true reference of each hit query at its first slot
+    ref_of = dict(zip(pos_q.tolist(), refs.tolist()))
+    r[first[hit]] = [ref_of[h] for h in hit.tolist()]
+    s = np.round(rng.normal(size=len(q)), 2)  # rounding makes many ties
+    s[first[hit]] += 1.5
+    # a repeated random pair would be refused by isc2021: keep the first of each pair
+    _, first_of_pair = np.unique(q.astype(np.int64) * nr + r, return_index=True)
+    keep = np.sort(first_of_pair)
+    preds = Predictions(qids[q[keep]], np.array([f"R{x:06d}" for x in r[keep]], dtype=object), s[keep])
+    return gt, preds
+
+
+@dataclass
+class GTMatch:
+    query: str
+    db: str
+
+
+@dataclass
+class PredictedMatch:
+    query: str
+    db: str
+    score: float
+
+
+def to_records(gt: GroundTruth, preds: Predictions):
+    """The input form of isc2021's evaluate(): lists of small dataclass records (not timed)."""
+    gt_matches = [GTMatch(q, r) for q, r in zip(*gt.positives)]
+    predictions = [PredictedMatch(q, r, s) for q, r, s in zip(preds.query_ids, preds.reference_ids, preds.scores)]
+    return gt_matches, predictions
+
+
+def reference_evaluate(gt_matches: list[GTMatch], predictions: list[PredictedMatch]):
+    """The straightforward algorithm of isc2021's ``isc/metrics.py``, re-written for this benchmark.
+
+    A set of (query, db) tuples for the duplicate check and the labels, a Python ``sorted`` over
+    (score, not correct) tuples, and for each positive a small numpy array of its query's
+    results for the rank. This is the named baseline ("sort of tuples").
+    """
+    if len({(p.query, p.db) for p in predictions}) != len(predictions):
+        raise ValueError("duplicates")
+    gt_set = {astuple(g) for g in gt_matches}
+    scores = np.array([p.score for p in predictions])
+    y = np.array([(p.query, p.db) in gt_set for p in predictions], dtype=bool)
+    keyed = list(zip(scores, ~y))
+    order = sorted(range(len(keyed)), key=keyed.__getitem__)[::-1]
+    ntp = np.cumsum(y[order])
+    prec = ntp / np.arange(1, len(order) + 1)
+    rec = ntp / len(gt_matches)
+    ap = float(((rec - np.concatenate([[0], rec[:-1]])) * prec).sum())
+    by_q = defaultdict(list)
+    for p in predictions:
+        by_q[p.query].append(p)
+    ranks = []
+    for m in gt_matches:
+        res = np.array([(p.score, p.db == m.db) for p in by_q.get(m.query, [])]).reshape(-1, 2)
+        hit = np.flatnonzero(res[:, 1] == 1)
+        ranks.append((res[:, 0] >= res[hit[0], 0]).sum() - 1 if len(hit) else 1 << 35)
+    ranks = np.array(ranks)
+    return ap, float((ranks == 0).mean())
+
+
+def timed(fn, repeat=3):
+    best = float("inf")
+    out = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main():
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    gt, preds = make_data()
+    print(f"data: {len(preds):,} predictions, {len(gt):,} queries, {gt.n_positives:,} positives")
+
+    t_vec, m = timed(lambda: evaluate(gt, preds, "isc2021"))
+    records = to_records(gt, preds)
+    t_ref, (ap_ref, r1_ref) = timed(lambda: reference_evaluate(*records), repeat=1)
+    assert abs(m.micro_ap - ap_ref) < 1e-12 and abs(m.recall_at_rank1 - r1_ref) < 1e-12
+    print(f"evaluate (vectorised, isc2021, with ranks): {t_vec:.3f} s   µAP {m.micro_ap:.5f}")
+    print(f"reference (isc2021's algorithm: records, sort of tuples): {t_ref:.3f} s   µAP {ap_ref:.5f}")
+    print(f"speed-up: {t_ref / t_vec:.1f}x (target >= 15x)")
+
+    with tempfile.TemporaryDirectory() as d:
+        gt_p, sub_p = Path(d) / "gt.csv", Path(d) / "sub.csv"
+        write_ground_truth(gt_p, gt)
+        write_predictions(sub_p, preds)
+        t_read, read_back = timed(lambda: read_predictions(sub_p))
+        t_vec2, _ = timed(lambda: evaluate(gt, read_back, "isc2021"))
+        print(f"evaluate on the predictions read from the CSV (reader's id codes reused): {t_vec2:.3f} s"
+              f"   speed-up {t_ref / t_vec2:.1f}x")
+        t_gt, _ = timed(lambda: read_ground_truth(gt_p))
+        print(f"read + validate the {len(preds):,}-row CSV: {t_read:.3f} s; the ground truth: {t_gt:.3f} s")
+        cli = [sys.executable, "-m", "imsim_lab", "eval", "--gt", str(gt_p), "--predictions", str(sub_p), "--json"]
+        t_cli, _ = timed(lambda: subprocess.run(cli, check=True, capture_output=True))
+        print(f"whole `imsim-lab eval` on the CSV (process start included): {t_cli:.3f} s (target < 2 s)")
+
+
+if __name__ == "__main__":
+    main()
