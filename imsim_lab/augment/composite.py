@@ -7,7 +7,6 @@ hardest DISC21 family: the query is one tile of a 2-4 image collage, or blended 
 
 from __future__ import annotations
 
-import numpy as np
 from PIL import Image, ImageOps
 
 from ._augly import augly
@@ -60,6 +59,8 @@ def _overlay(img, p, assets):
     if int(img.height * size) < 1 or opacity <= 0:
         return img.copy()
     top = _other(assets, p["image"])
+    if int(top.width * max(1, int(img.height * size)) / top.height) < 1:
+        return img.copy()  # a sliver thinner than one pixel: AugLy would ask PIL for width 0
     return augly("overlay_image", img, overlay=top, overlay_size=size, opacity=opacity,
                  x_pos=float(p["x"]), y_pos=float(p["y"]))
 

@@ -204,9 +204,6 @@ def sign(rng: np.random.Generator) -> int:
     return 1 if rng.random() < 0.5 else -1
 
 
-def color(rng: np.random.Generator) -> list[int]:
-    return [int(v) for v in rng.integers(0, 256, 3)]
-
 
 # ----------------------------------------------------------------------------------------------
 # image helpers shared by the ops
