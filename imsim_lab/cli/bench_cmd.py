@@ -1,0 +1,128 @@
+"""``imsim-lab bench``: build the embedded disc-synth benchmark and describe any benchmark folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="build disc-synth, describe a benchmark folder",
+                       description="The embedded benchmark disc-synth and the benchmark folder format.")
+    bsub = p.add_subparsers(dest="bench_command", metavar="ACTION")
+
+    b = bsub.add_parser("build", help="build disc-synth (offline, deterministic)",
+                        description="Build the disc-synth benchmark: drawn scenes and packaged photos as "
+                                    "originals (or --source photos), queries made with the DISC21-style "
+                                    "transformation families. Same --seed, same bytes.")
+    b.add_argument("--preset", default="small", help="tiny | small | medium (default: small)")
+    b.add_argument("--seed", type=int, default=0, help="global seed (default 0)")
+    b.add_argument("--out", required=True, help="benchmark folder to write")
+    b.add_argument("--source", help="folder of your own photos to use as originals")
+    b.add_argument("--workers", type=int, help="processes (default: every available CPU)")
+    b.add_argument("--name", help="benchmark name (default disc-synth-PRESET-sSEED)")
+    b.add_argument("--overwrite", action="store_true", help="replace a folder that holds another build")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=run_build)
+
+    i = bsub.add_parser("info", help="counts, families and manifest of a benchmark folder")
+    i.add_argument("root", help="benchmark folder")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.set_defaults(func=run_info)
+    p.set_defaults(func=lambda args: _help(p))
+
+
+def _help(parser) -> int:
+    parser.print_help()
+    return 1
+
+
+class _Bars:
+    """tqdm bars on stderr, one per phase."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar = None
+        self.phase = None
+        self.t0 = time.perf_counter()
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+            self.bar = tqdm(total=total, desc=f"{phase:>12}", unit="img", file=sys.stderr, leave=True,
+                            dynamic_ncols=True)
+        if self.bar is not None:
+            self.bar.n = done
+            self.bar.refresh() if done == total or done % 8 == 0 else None
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def run_build(args) -> int:
+    from ..synth import BuildConfig, build_benchmark
+
+    cfg = BuildConfig(preset=args.preset, seed=args.seed, source=args.source, workers=args.workers, name=args.name)
+    try:
+        cfg.resolved_preset()
+    except KeyError as e:
+        from ..errors import ImsimError
+
+        raise ImsimError(str(e).strip('"')) from None
+    bars = _Bars(args.quiet)
+    try:
+        rep = build_benchmark(cfg, args.out, overwrite=args.overwrite, progress=bars)
+    finally:
+        bars.close()
+    m = rep.manifest
+    c = m["counts"]
+    print(f"built {m['name']} in {args.out} ({rep.workers} worker{'s' if rep.workers > 1 else ''})")
+    for phase, sec in rep.timings.items():
+        print(f"  {phase:<13} {sec:8.2f} s")
+    print(f"  images written {rep.images_written} ({rep.images_reused} kept from an earlier run), "
+          f"{rep.images_per_second:.1f} images/s")
+    print(f"  references {c['references']}, training {c['training']}, queries {c['queries']} "
+          f"({c['positives']} with a match, {c.get('hard_negatives', 0)} near-duplicate negatives)")
+    if rep.skipped or rep.converted:
+        print(f"source report: {len(rep.skipped)} skipped, {len(rep.converted)} converted "
+              f"(details in {args.out}/build_report.json)")
+        for s in rep.skipped[:20]:
+            print(f"  skipped   {s['path']}: {s['reason']}")
+        for s in rep.converted[:20]:
+            print(f"  converted {s['path']}: {s['note']}")
+    return 0
+
+
+def run_info(args) -> int:
+    from ..benchmark import load_benchmark
+
+    b = load_benchmark(args.root)
+    s = b.summary()
+    if args.json:
+        print(json.dumps(s, sort_keys=True))
+        return 0
+    m = b.manifest
+    c = s["counts"]
+    print(f"benchmark   : {b.name}  ({b.root})")
+    print(f"generator   : {m.get('generator', '?')} {m.get('version', '')}  seed {m.get('seed', '-')}  "
+          f"preset {m.get('preset', '-')}")
+    print(f"queries     : {c['queries']} ({c['positives']} with a match, match rate {s['match_rate']:.1%})")
+    print(f"references  : {c['references']}   training: {c['training']}   held-out originals: {c['held_out']}")
+    if s["strength"]:
+        st = s["strength"]
+        print(f"strength    : {st['min']:.2f} .. {st['max']:.2f} (mean {st['mean']:.2f})")
+    print("families    : queries (with a match)")
+    for fam, v in s["families"].items():
+        print(f"  {fam:<16} {v['queries']:6d} ({v['positives']})")
+    if b.references is not None and "scene" in b.references:
+        sc = b.references["scene"].value_counts().sort_index()
+        print("reference scenes: " + ", ".join(f"{k} {v}" for k, v in sc.items()))
+    return 0
