@@ -389,6 +389,22 @@ def _h5():
     return h5py
 
 
+def _open_h5(path: Path, required: tuple[str, ...]):
+    """Open an HDF5 file for reading, checking that it holds the ``required`` datasets."""
+    if not path.exists():
+        raise FormatError(path, "file not found")
+    try:
+        f = _h5().File(path, "r")
+    except OSError as e:
+        raise FormatError(path, f"not a readable HDF5 file ({e})") from None
+    for name in required:
+        if name not in f:
+            found = sorted(f.keys())
+            f.close()
+            raise FormatError(path, f"missing dataset (found: {found})", f"dataset '{name}'")
+    return f
+
+
 def _decode_ids(ds, path, name) -> np.ndarray:
     raw = ds[()]
     try:
@@ -435,17 +451,7 @@ def _check_matrix(x, path, name: str, n_ids: int, max_dim: int | None) -> np.nda
 def read_descriptors(path: str | Path, max_dim: int | None = MAX_DESCRIPTOR_DIM) -> DescriptorSubmission:
     """Read a descriptor-track HDF5 submission and validate it (see module docstring)."""
     path = Path(path)
-    if not path.exists():
-        raise FormatError(path, "file not found")
-    h5py = _h5()
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise FormatError(path, f"not a readable HDF5 file ({e})") from None
-    with f:
-        for name in ("query", "reference", "query_ids", "reference_ids"):
-            if name not in f:
-                raise FormatError(path, f"missing dataset (found: {sorted(f.keys())})", f"dataset '{name}'")
+    with _open_h5(path, ("query", "reference", "query_ids", "reference_ids")) as f:
         qids = _decode_ids(f["query_ids"], path, "query_ids")
         rids = _decode_ids(f["reference_ids"], path, "reference_ids")
         _check_id_array(qids, "query", path, "query_ids")
@@ -491,17 +497,7 @@ def read_split_vectors(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     Returns (ids, x): ids (n,) with folders and extensions stripped, x (n, d) float32.
     """
     path = Path(path)
-    if not path.exists():
-        raise FormatError(path, "file not found")
-    h5py = _h5()
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise FormatError(path, f"not a readable HDF5 file ({e})") from None
-    with f:
-        for name in ("vectors", "image_names"):
-            if name not in f:
-                raise FormatError(path, f"missing dataset (found: {sorted(f.keys())})", f"dataset '{name}'")
+    with _open_h5(path, ("vectors", "image_names")) as f:
         names = _decode_ids(f["image_names"], path, "image_names")
         ids = np.array([os.path.splitext(os.path.basename(n))[0] for n in names], dtype=object)
         x = _check_matrix(f["vectors"][()], path, "vectors", len(ids), None)
