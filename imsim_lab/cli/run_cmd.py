@@ -1,0 +1,127 @@
+"""``imsim-lab run METHOD --bench DIR --out RUNDIR`` and ``imsim-lab methods``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..errors import ImsimError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run a method on a benchmark and write a run folder",
+                       description="Extract descriptors (resumable), post-process, search, and evaluate "
+                                   "under both protocols; writes config.json, features/, predictions.csv, "
+                                   "descriptors.h5, metrics.json, per_query.parquet and timings.json.")
+    p.add_argument("method", help="a method name (see `imsim-lab methods`)")
+    p.add_argument("--bench", required=True, help="benchmark folder")
+    p.add_argument("--out", required=True, help="run folder (re-running reuses what is done)")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
+                   help="method parameter (e.g. beta=0.3) or model setting (model.weights_path=w.pth); "
+                        "VALUE is read as JSON when it parses, else as text")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if present)")
+    p.add_argument("--backend", default="auto", choices=["auto", "faiss", "faiss-gpu", "numpy"],
+                   help="search backend")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="feature storage")
+    p.add_argument("--force", action="store_true", help="redo post-processing and evaluation")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.set_defaults(func=run)
+
+    m = sub.add_parser("methods", help="list the registered methods")
+    m.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'sscd*'")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=list_cmd)
+
+
+def parse_params(items: list[str]) -> dict:
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise ImsimError(f"--param {it!r}: expected KEY=VALUE")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def _bars():
+    from tqdm import tqdm
+
+    bars = []
+
+    def make(split: str, total: int):
+        bar = tqdm(total=total, desc=f"extract {split}", unit="img", file=sys.stderr, dynamic_ncols=True)
+        bars.append(bar)
+
+        def update(n: int) -> None:
+            bar.update(n)
+            if bar.n >= bar.total:
+                bar.close()
+
+        return update
+
+    return make, bars
+
+
+def run(args) -> int:
+    from ..extraction import ExtractConfig
+    from ..methods import METHODS
+    from ..runs import RunOptions, run_method
+
+    if args.method not in METHODS:
+        raise ImsimError(f"unknown method {args.method!r}; see `imsim-lab methods` "
+                         f"(known: {', '.join(METHODS.names())})")
+    try:
+        extract = ExtractConfig(args.batch_size, args.workers, args.shard_size, args.dtype)
+    except ValueError as e:
+        raise ImsimError(str(e)) from None
+    opts = RunOptions(device=args.device, backend=args.backend, extract=extract, force=args.force)
+    make, bars = _bars()
+    try:
+        res = run_method(args.method, args.bench, args.out, parse_params(args.param), opts, progress=make)
+    except KeyError as e:
+        raise ImsimError(str(e.args[0]) if e.args else str(e)) from None
+    finally:
+        for b in bars:
+            b.close()
+    if args.json:
+        print(json.dumps({"out": str(res.out), "reused": res.reused, **res.metrics}))
+        return 0
+    from .eval_cmd import format_metrics
+
+    print(f"run folder        : {res.out}{'  (already done, reused)' if res.reused else ''}")
+    failed = res.config.get("failed_images") or {}
+    if failed:
+        print(f"unreadable images : {', '.join(f'{k} {v}' for k, v in failed.items())} (skipped, listed "
+              f"in features/*_failed.json)")
+    for proto in ("isc2021", "drivendata"):
+        print(f"--- {proto}")
+        print(format_metrics(res.metrics[proto]))
+    if res.timings:
+        print("--- seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in res.timings.items()))
+    return 0
+
+
+def list_cmd(args) -> int:
+    from ..methods import METHODS
+
+    names = METHODS.names(args.pattern)
+    rows = [METHODS.get(n) for n in names]
+    if args.json:
+        print(json.dumps([{"name": s.name, "model": s.model, "post": s.post, "params": s.params,
+                           "needs_training": s.needs_training, "description": s.description,
+                           "paper": s.paper} for s in rows], indent=1))
+        return 0
+    if not rows:
+        print(f"no method matches {args.pattern!r}")
+        return 1
+    w = max(len(n) for n in names)
+    for s in rows:
+        params = ", ".join(f"{k}={v}" for k, v in s.params.items())
+        print(f"{s.name:<{w}}  {s.description}" + (f"  [{params}]" if params else ""))
+    return 0

@@ -1,0 +1,218 @@
+"""Runs: the run folder of docs/CONTRACTS.md, reuse, refusals, and the CLI."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageOps
+
+from imsim_lab.benchmark import BenchmarkError, sha256_file
+from imsim_lab.cli import main
+from imsim_lab.errors import ImsimError
+from imsim_lab.extraction import ExtractConfig
+from imsim_lab.formats import GroundTruth, read_descriptors, read_predictions, write_ground_truth
+from imsim_lab.methods import METHODS, MethodSpec, get_method, prepare
+from imsim_lab.runs import PER_QUERY_COLUMNS, RunOptions, is_run_folder, run_method
+
+
+def texture(rng, h=72, w=96):
+    """A smooth random colour image (distinct per seed, so descriptors differ)."""
+    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((w, h), Image.BICUBIC)
+
+
+def make_bench(root: Path, n_ref=12, n_train=8, n_pos=5, n_neg=3, seed=0) -> Path:
+    """A minimal benchmark folder in the format of docs/CONTRACTS.md."""
+    rng = np.random.default_rng(seed)
+    for d in ("queries", "references", "training"):
+        (root / d).mkdir(parents=True)
+    refs = []
+    for i in range(n_ref):
+        im = texture(rng)
+        im.save(root / "references" / f"R{i:06d}.jpg", quality=95)
+        refs.append(im)
+    for i in range(n_train):
+        texture(rng).save(root / "training" / f"T{i:06d}.jpg", quality=95)
+    rows, pairs = [], []
+    edits = [lambda im: im.crop((8, 6, 90, 66)), ImageOps.mirror, lambda im: im.rotate(8),
+             lambda im: ImageOps.grayscale(im).convert("RGB"), lambda im: im.resize((60, 45))]
+    for q in range(n_pos + n_neg):
+        qid = f"Q{q:05d}"
+        if q < n_pos:
+            rid = f"R{q:06d}"
+            edits[q % len(edits)](refs[q]).save(root / "queries" / f"{qid}.jpg", quality=90)
+            fam = ["crop", "flip", "rotate", "color", "resize"][q % 5]
+        else:
+            rid = ""
+            texture(rng).save(root / "queries" / f"{qid}.jpg", quality=90)
+            fam = "none"
+        pairs.append((qid, rid))
+        rows.append(dict(query_id=qid, has_match=bool(rid), reference_id=rid, source_id=rid or f"H{q:06d}",
+                         family=fam, ops="[]", strength=0.5))
+    write_ground_truth(root / "ground_truth.csv", GroundTruth.from_pairs(pairs))
+    pd.DataFrame(rows).to_parquet(root / "queries.parquet", index=False)
+    manifest = {"generator": "test", "version": "0", "name": "unit", "seed": seed, "preset": "unit",
+                "counts": {"queries": n_pos + n_neg, "references": n_ref, "training": n_train},
+                "sha256": {"ground_truth.csv": sha256_file(root / "ground_truth.csv"),
+                           "queries.parquet": sha256_file(root / "queries.parquet")}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    return make_bench(tmp_path_factory.mktemp("bench") / "b")
+
+
+FAST = RunOptions(device="cpu", extract=ExtractConfig(batch_size=4, num_workers=0, shard_size=8))
+
+
+def check_run_folder(out: Path, descriptor_file: bool):
+    assert is_run_folder(out)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["benchmark"]["manifest_sha256"] and cfg["benchmark"]["name"] == "unit"
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m) == {"isc2021", "drivendata"}
+    for proto in m:
+        assert 0.0 <= m[proto]["micro_ap"] <= 1.0
+    preds = read_predictions(out / "predictions.csv")
+    assert len(preds) > 0 and np.all(np.diff(preds.scores) <= 0)
+    pq = pd.read_parquet(out / "per_query.parquet")
+    assert list(pq.columns) == list(PER_QUERY_COLUMNS) and len(pq) == 8
+    assert (pq.loc[~pq.has_match, "true_rank"] == -1).all()
+    assert pq.loc[~pq.has_match, "true_score"].isna().all()
+    t = json.loads((out / "timings.json").read_text())
+    assert t["total"] > 0 and "extract_query" in t
+    for split in ("query", "reference"):
+        assert (out / "features" / f"{split}.npy").is_file() and (out / "features" / f"{split}_ids.npy").is_file()
+    assert (out / "descriptors.h5").is_file() == descriptor_file
+    return cfg, m, pq, preds
+
+
+def test_sscd_run_folder_and_reuse(bench, tmp_path):
+    out = tmp_path / "run"
+    res = run_method("sscd", bench, out, opts=FAST)
+    cfg, m, pq, _ = check_run_folder(out, descriptor_file=False)
+    assert "d=512 > 256" in cfg["notes"]["descriptors.h5"]
+    # real SSCD finds these easy copies
+    assert (pq.loc[pq.has_match, "true_rank"] == 0).mean() >= 0.8
+    assert m["isc2021"]["micro_ap"] > 0.6
+    # the top score of a retrieved true pair is its true score
+    hit = pq[pq.true_rank == 0]
+    np.testing.assert_allclose(hit.top_score, hit.true_score, rtol=1e-4, atol=1e-4)
+    mtime = (out / "features" / "query.npy").stat().st_mtime_ns
+    again = run_method("sscd", bench, out, opts=FAST)
+    assert again.reused and again.metrics == res.metrics
+    forced = run_method("sscd", bench, out, opts=RunOptions(**{**FAST.__dict__, "force": True}))
+    assert not forced.reused and (out / "features" / "query.npy").stat().st_mtime_ns == mtime
+    assert forced.metrics["isc2021"]["micro_ap"] == pytest.approx(res.metrics["isc2021"]["micro_ap"])
+
+
+def test_score_normalised_run_keeps_rankings_and_writes_no_hdf5_for_512(bench, tmp_path):
+    base = run_method("sscd", bench, tmp_path / "a", opts=FAST)
+    sn = run_method("sscd+sn", bench, tmp_path / "b", opts=FAST)
+    pa = pd.read_parquet(tmp_path / "a" / "per_query.parquet")
+    pb = pd.read_parquet(tmp_path / "b" / "per_query.parquet")
+    np.testing.assert_array_equal(pa.true_rank, pb.true_rank)
+    np.testing.assert_array_equal(pa.top_reference_id, pb.top_reference_id)
+    assert sn.config["notes"]["mean_bias"] > 0
+    assert not (tmp_path / "b" / "descriptors.h5").exists()
+    assert base.config["params"] == {}
+
+
+@pytest.mark.parametrize("method", ["gist_pca", "pdq", "sscd+pcaw256"])
+def test_descriptor_methods_write_the_official_hdf5(bench, tmp_path, method):
+    out = tmp_path / method
+    run_method(method, bench, out, opts=FAST)
+    check_run_folder(out, descriptor_file=True)
+    sub = read_descriptors(out / "descriptors.h5")
+    assert sub.xq.shape[1] <= 256 and len(sub.query_ids) == 8
+
+
+def test_pdq_scores_are_minus_hamming(bench, tmp_path):
+    out = tmp_path / "pdq"
+    run_method("pdq", bench, out, opts=FAST)
+    preds = read_predictions(out / "predictions.csv")
+    assert np.all(preds.scores <= 0) and np.all(preds.scores == np.round(preds.scores))
+    sub = read_descriptors(out / "descriptors.h5")
+    qi = list(sub.query_ids).index(preds.query_ids[0])
+    ri = list(sub.reference_ids).index(preds.reference_ids[0])
+    hamming = int((sub.xq[qi] != sub.xb[ri]).sum())
+    assert preds.scores[0] == -hamming
+
+
+@pytest.mark.parametrize("method", ["sscd+nes", "sscd+stretch", "sscd+ssquare"])
+def test_background_methods_run(bench, tmp_path, method):
+    res = run_method(method, bench, tmp_path / "r", opts=FAST)
+    assert (tmp_path / "r" / "features" / "training.npy").is_file()
+    assert 0 <= res.metrics["isc2021"]["micro_ap"] <= 1
+
+
+def test_timm_random_run_notes_random_weights(bench, tmp_path):
+    res = run_method("timm_random", bench, tmp_path / "t", {"model.input_size": 64}, opts=FAST)
+    assert "RANDOM" in res.config["notes"]["weights"]
+    check_run_folder(tmp_path / "t", descriptor_file=True)
+
+
+def test_another_configuration_in_the_same_folder_is_refused(bench, tmp_path):
+    run_method("pdq", bench, tmp_path / "r", opts=FAST)
+    with pytest.raises(ImsimError, match="another configuration"):
+        run_method("gist", bench, tmp_path / "r", opts=FAST)
+
+
+def test_unknown_parameter_is_refused():
+    with pytest.raises(KeyError, match="no parameter 'betta'"):
+        get_method("sscd+nes").resolve({"betta": 1})
+    assert get_method("sscd+nes").resolve({"beta": 0.2, "model.threads": 1}) == (
+        {"threads": 1}, {"dba_k": 10, "dba_alpha": 3.0, "beta": 0.2, "k": 10, "n_iter": 1})
+
+
+def test_not_a_benchmark_says_what_is_missing(tmp_path):
+    (tmp_path / "queries").mkdir()
+    with pytest.raises(BenchmarkError, match="missing"):
+        run_method("pdq", tmp_path, tmp_path / "out", opts=FAST)
+
+
+def test_unreadable_images_are_reported_and_skipped(tmp_path):
+    b = make_bench(tmp_path / "b", seed=3)
+    (b / "queries" / "Q00001.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    res = run_method("pdq", b, tmp_path / "r", opts=FAST)
+    assert res.config["failed_images"] == {"query": 1}
+    failed = json.loads((tmp_path / "r" / "features" / "query_failed.json").read_text())
+    assert failed[0]["id"] == "Q00001" and "Error" in failed[0]["error"]
+    pq = pd.read_parquet(tmp_path / "r" / "per_query.parquet")
+    row = pq.set_index("query_id").loc["Q00001"]
+    assert row.true_rank == -1 and row.top_reference_id == ""
+
+
+def test_prepare_needs_training_vectors():
+    x = np.eye(3, dtype=np.float32)
+    with pytest.raises(ImsimError, match="needs training"):
+        prepare(get_method("sscd+sn"), x, x, None, get_method("sscd+sn").params)
+
+
+def test_cli_run_and_methods(bench, tmp_path, capsys):
+    assert main(["methods", "sscd*"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("sscd", "sscd+sn", "sscd+nes", "sscd+stretch", "sscd+ssquare"):
+        assert f"\n{name} " in "\n" + listed
+    out = tmp_path / "cli"
+    assert main(["run", "pdq", "--bench", str(bench), "--out", str(out), "--workers", "0", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert d["reused"] is False and "micro_ap" in d["isc2021"]
+    assert main(["run", "pdq", "--bench", str(bench), "--out", str(out), "--workers", "0"]) == 0
+    assert "reused" in capsys.readouterr().out
+    assert main(["run", "nope", "--bench", str(bench), "--out", str(out)]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["run", "sscd+nes", "--bench", str(bench), "--out", str(tmp_path / "x"), "-p", "betta=1"]) == 2
+    assert "no parameter" in capsys.readouterr().err
+
+
+def test_registered_methods_of_the_issue():
+    for name in ("gist_pca", "pdq", "sscd", "sscd+sn", "sscd+nes", "sscd+stretch", "sscd+ssquare", "timm_random",
+                 "timm"):
+        assert name in METHODS
+    assert isinstance(get_method("sscd"), MethodSpec)
