@@ -102,6 +102,8 @@ class Predictions:
     reference_codes: np.ndarray | None = field(default=None, repr=False)
     query_codes: np.ndarray | None = field(default=None, repr=False)
     query_vocab: np.ndarray | None = field(default=None, repr=False)
+    #: True when the reader already refused repeated (query, reference) pairs
+    pairs_checked_unique: bool = field(default=False, repr=False)
 
     def __post_init__(self):
         n = len(self.query_ids)
@@ -359,7 +361,8 @@ def read_predictions(path: str | Path, max_rows: int | None = MAX_PREDICTIONS,
         dup = _first_repeat(qc, rc)
         if dup is not None:
             raise FormatError(path, f"duplicate prediction ({q[dup]}, {r[dup]})", f"row {_data_row(path, dup)}")
-    return Predictions(q, r, s, str(path), reference_codes=rc, query_codes=qc, query_vocab=qvocab)
+    return Predictions(q, r, s, str(path), reference_codes=rc, query_codes=qc, query_vocab=qvocab,
+                       pairs_checked_unique=not allow_duplicates)
 
 
 def find_duplicate_pairs(query_ids: np.ndarray, reference_ids: np.ndarray) -> int | None:

@@ -251,7 +251,7 @@ def evaluate(gt: GroundTruth, preds: Predictions, protocol: str = "isc2021",
     else:
         (gq, pq), vocab = _codes(gq_s, pq_s)
     nvoc = len(vocab)
-    if protocol == "isc2021":
+    if protocol == "isc2021" and not preds.pairs_checked_unique:
         dup = first_duplicate(pq, pr_s, preds.reference_codes)
         if dup is not None:
             raise FormatError(preds.path, f"duplicate prediction ({pq_s[dup]}, {pr_s[dup]}); isc2021 refuses "
@@ -279,8 +279,11 @@ def evaluate(gt: GroundTruth, preds: Predictions, protocol: str = "isc2021",
         # at most one match per query (DISC21): compare with the expected reference directly
         expected = np.full(nvoc, None, dtype=object)
         expected[pos_q] = pos_r
-        correct = pr_s == expected[pq]
-        correct = np.asarray(correct, dtype=bool)
+        has_pos = np.zeros(nvoc, bool)
+        has_pos[pos_q] = True
+        cand = np.flatnonzero(has_pos[pq])  # only these predictions can be right
+        correct = np.zeros(len(pq), bool)
+        correct[cand] = np.asarray(pr_s[cand] == expected[pq[cand]], dtype=bool)
     else:
         (rp, rg), _ = _codes(pr_s, pos_r)
         span = int(max(rp.max(initial=0), rg.max(initial=0))) + 1
