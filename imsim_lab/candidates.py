@@ -58,4 +58,7 @@ def descriptor_predictions(sub: DescriptorSubmission, gt: GroundTruth | None = N
     scores = sign * dist.astype(np.float64)
     order = np.argsort(-scores, kind="stable")
     rids = np.asarray(sub.reference_ids, dtype=object)
-    return Predictions(qids[qi[order]], rids[bi[order]], scores[order])
+    qi, bi = qi[order], bi[order]
+    # the search indices are the id codes: hand them over so that evaluate need not hash ids
+    return Predictions(qids[qi], rids[bi], scores[order], reference_codes=bi.astype(np.int64),
+                       query_codes=qi.astype(np.int64), query_vocab=qids, pairs_checked_unique=True)

@@ -88,3 +88,16 @@ def test_isc2021_knn_and_budget():
     assert len(p) == 55
     p = descriptor_predictions(sub, None, "isc2021")  # 500,000 cap > all pairs
     assert len(p) == 40 * 120
+
+
+def test_predictions_carry_codes_that_give_the_same_metrics():
+    from imsim_lab.formats import Predictions
+    from imsim_lab.metrics import evaluate
+
+    sub = make_sub()
+    gt = GroundTruth.from_pairs([(f"Q{i:05d}", f"R{i:06d}" if i < 10 else None) for i in range(40)])
+    p = descriptor_predictions(sub, gt, "isc2021", max_results=300)
+    assert p.query_codes is not None and p.pairs_checked_unique
+    plain = Predictions(p.query_ids, p.reference_ids, p.scores)
+    for protocol in ("isc2021", "drivendata"):
+        assert evaluate(gt, p, protocol).to_dict() == evaluate(gt, plain, protocol).to_dict()
