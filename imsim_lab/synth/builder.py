@@ -107,10 +107,18 @@ def _path(image_id: str) -> Path:
     return _W["root"] / folder / f"{image_id}.jpg"
 
 
-def save_jpeg(img: Image.Image, path: Path, quality: int) -> None:
-    """Deterministic JPEG (fixed quality and subsampling, no optimisation pass), written atomically."""
+def save_jpeg(img: Image.Image, path, quality: int) -> None:
+    """Deterministic JPEG (fixed quality and subsampling, no optimisation pass).
+
+    ``path`` is a file path (written atomically: temporary file, then rename) or a binary buffer.
+    """
+    opts = dict(format="JPEG", quality=quality, subsampling=2, optimize=False, progressive=False)
+    if not isinstance(path, (str, os.PathLike)):
+        img.convert("RGB").save(path, **opts)
+        return
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    img.convert("RGB").save(tmp, "JPEG", quality=quality, subsampling=2, optimize=False, progressive=False)
+    img.convert("RGB").save(tmp, **opts)
     os.replace(tmp, path)
 
 
@@ -231,8 +239,8 @@ class _Runner:
 
 
 def _state_of(cfg: BuildConfig, preset: Preset) -> dict:
-    return {"generator": GENERATOR, "version": VERSION, "seed": int(cfg.seed), "preset": asdict(preset),
-            "source": str(Path(cfg.source).resolve()) if cfg.source else None}
+    return json.loads(json.dumps({"generator": GENERATOR, "version": VERSION, "seed": int(cfg.seed), "preset": asdict(preset),
+            "source": str(Path(cfg.source).resolve()) if cfg.source else None}))
 
 
 def _prepare_out(out: Path, state: dict, overwrite: bool) -> None:

@@ -163,7 +163,7 @@ def food(ctx: Ctx) -> np.ndarray:
         paste(canvas, np.broadcast_to(plate, (di, di, 3)), inner, int(cx - di / 2), int(cy - di / 2))
         fc = palette(rng, 3)
         for _ in range(int(rng.integers(3, 25))):  # food pieces
-            s = int(d * rng.uniform(0.06, 0.25))
+            s = max(int(d * rng.uniform(0.06, 0.25)), 3)
             px, py = cx + rng.normal(0, d * 0.15), cy + rng.normal(0, d * 0.15)
             sp, al = lit_sphere(s, fc[rng.integers(3)], light, rng.uniform(0, 0.6))
             paste(canvas, sp * (0.8 + 0.4 * fractal_noise(rng, s, s, 1.5)[..., None]), al, int(px - s / 2), int(py - s / 2))
