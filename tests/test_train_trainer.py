@@ -1,0 +1,162 @@
+"""The shared trainer: exact resume after an interruption, accumulation, refusals, DDP with gloo."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from imsim_lab.train import TrainConfig, TrainError, XBMContrastiveLoss, load_checkpoint, lr_at, train
+from imsim_lab.train.trainer import resolve_amp
+
+# A BN-free net and an array dataset shared (as source) with the torchrun worker below.
+COMMON = '''
+import numpy as np, torch
+from torch import nn
+
+class Items:
+    """(index, epoch) -> two noisy views of a fixed random 'image' (the noise depends on the epoch)."""
+    def __init__(self, n=32, size=8):
+        self.n, self.size = n, size
+    def __len__(self):
+        return self.n
+    def __getitem__(self, key):
+        i, e = key
+        base = np.random.default_rng(i).standard_normal((3, self.size, self.size)).astype(np.float32)
+        g = np.random.default_rng([i, e])
+        views = np.stack([base + 0.3 * g.standard_normal(base.shape).astype(np.float32) for _ in range(2)])
+        return views, np.array([i, i], np.int64)
+
+def make_net(dropout=0.0):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Dropout(dropout), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 16))
+'''
+ns: dict = {}
+exec(COMMON, ns)
+Items, make_net = ns["Items"], ns["make_net"]
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def _run(out, cfg, interrupt_at=None, dropout=0.1):
+    net = make_net(dropout)
+    loss = XBMContrastiveLoss(16, 40)
+
+    def stop(rec):
+        if interrupt_at is not None and rec["step"] == interrupt_at:
+            raise KeyboardInterrupt("simulated kill")
+
+    return train(net, loss, Items(), cfg, out, on_step=stop)
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=0.05, checkpoint_every=3, seed=1)  # 8 steps / epoch
+    full = _run(tmp_path / "full", cfg)
+    assert full.steps == full.total_steps == 24
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "cut", cfg, interrupt_at=11)  # last checkpoint at step 9, mid-epoch 2
+    state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert state["step"] == 9 and int(state["criterion"]["ptr"]) > 0
+    assert not (tmp_path / "cut" / "weights.pt").exists()
+    resumed = _run(tmp_path / "cut", cfg)
+    assert resumed.resumed_from == 9 and resumed.steps == 24
+    a, b = _weights(full.weights), _weights(resumed.weights)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]
+    # a finished run resumed again does nothing
+    again = _run(tmp_path / "cut", cfg)
+    assert again.resumed_from == 24 and again.steps == 24
+
+
+def test_other_configuration_is_refused(tmp_path):
+    _run(tmp_path / "r", TrainConfig(epochs=1, batch_size=4, max_steps=2))
+    with pytest.raises(TrainError, match="another configuration"):
+        _run(tmp_path / "r", TrainConfig(epochs=1, batch_size=4, max_steps=2, lr=0.01))
+
+
+def test_corrupt_checkpoint_is_named(tmp_path):
+    out = tmp_path / "r"
+    _run(out, TrainConfig(epochs=1, batch_size=4, max_steps=2))
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainError, match="checkpoint.pt: unreadable checkpoint"):
+        _run(out, TrainConfig(epochs=1, batch_size=4, max_steps=2))
+
+
+def test_gradient_accumulation_matches_a_large_batch(tmp_path):
+    class MeanNorm(nn.Module):  # a per-sample loss: accumulation of 2 x 4 == one batch of 8
+        def forward(self, x, y):
+            return (x ** 2).sum(1).mean()
+
+    res = {}
+    for name, cfg in {"big": TrainConfig(batch_size=8, max_steps=3, lr=0.01, seed=3),
+                      "acc": TrainConfig(batch_size=4, accum_steps=2, max_steps=3, lr=0.01, seed=3)}.items():
+        net = make_net()
+        train(net, MeanNorm(), Items(), cfg, tmp_path / name)
+        res[name] = {k: v.clone() for k, v in net.state_dict().items()}
+    for k in res["big"]:
+        assert torch.allclose(res["big"][k], res["acc"][k], atol=1e-6), k
+
+
+def test_learning_rate_schedules():
+    c = TrainConfig(lr=0.1, lr_schedule="linear")
+    assert lr_at(0, 10, c) == pytest.approx(0.1) and lr_at(5, 10, c) == pytest.approx(0.05)
+    c = TrainConfig(lr=0.1, lr_schedule="cosine", warmup_steps=2)
+    assert lr_at(0, 10, c) == pytest.approx(0.05) and lr_at(1, 10, c) == pytest.approx(0.1)
+    assert lr_at(9, 10, c) < 0.01
+    assert lr_at(7, 10, TrainConfig(lr=0.3)) == 0.3
+    assert resolve_amp("auto", "cpu") is None and resolve_amp("bf16", "cpu") is None
+    with pytest.raises(ValueError):
+        TrainConfig(amp="fp8")
+
+
+def test_checkpoint_holds_only_safe_types(tmp_path):
+    _run(tmp_path / "r", TrainConfig(epochs=1, batch_size=4, max_steps=2))
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)  # raises on pickled objects
+    assert {"model", "criterion", "optimizer", "rng", "step", "history"} <= set(state)
+    json.loads(state["config"])
+    assert json.loads((tmp_path / "r" / "history.json").read_text())[-1]["step"] == 2
+
+
+WORKER = COMMON + '''
+import sys
+from imsim_lab.train import TrainConfig, XBMContrastiveLoss, init_distributed, train
+rank, world = init_distributed()
+out, batch = sys.argv[1], int(sys.argv[2])
+res = train(make_net(), XBMContrastiveLoss(16, 40), Items(), TrainConfig(epochs=2, batch_size=batch, lr=0.05,
+            checkpoint_every=2, seed=5), out)
+import torch.distributed as dist
+if dist.is_initialized():
+    dist.destroy_process_group()
+'''
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_equals_one_process_with_the_global_batch(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(29500 + os.getpid() % 1000), str(script), str(tmp_path / "ddp"), "4"],
+                       capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "8"], capture_output=True, text=True,
+                       env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = json.loads((tmp_path / "ddp" / "train_config.json").read_text())
+    assert cfg["world_size"] == 2
+    a, b = _weights(tmp_path / "ddp" / "weights.pt"), _weights(tmp_path / "one" / "weights.pt")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    ha = json.loads((tmp_path / "ddp" / "history.json").read_text())
+    hb = json.loads((tmp_path / "one" / "history.json").read_text())
+    assert np.allclose([h["loss"] for h in ha], [h["loss"] for h in hb], atol=1e-5)
