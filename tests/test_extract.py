@@ -1,0 +1,168 @@
+"""Extraction: equality with direct embedding, failures by id, atomic shards and resumption,
+float16 storage, official HDF5, and a two-process gloo torchrun run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imsim_lab.errors import ImsimError
+from imsim_lab.extraction import ExtractConfig, export_split_hdf5, extract_split, load_features
+from imsim_lab.extraction import extract as extract_mod
+from imsim_lab.extraction.store import shard_path
+from imsim_lab.formats import read_split_vectors
+from imsim_lab.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    paths, ids = [], []
+    for i in range(13):
+        p = d / f"T{i:06d}.jpg"
+        Image.fromarray(rng.integers(0, 256, (40 + 3 * i, 56, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+        ids.append(p.stem)
+    return paths, ids
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model("resnet18_gem", input_size=48, dim=32, device="cpu")
+
+
+def direct(model, paths):
+    return model.embed([model.preprocess(Image.open(p).convert("RGB")) for p in paths])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_extraction_equals_direct_embedding(images, model, tmp_path, workers):
+    paths, ids = images
+    seen = []
+    fs = extract_split(model, paths, ids, tmp_path, "training",
+                       ExtractConfig(batch_size=4, num_workers=workers, shard_size=5), progress=seen.append)
+    assert list(fs.ids) == ids and fs.failed == []
+    np.testing.assert_allclose(fs.x, direct(model, paths), atol=1e-5)
+    assert sum(seen) == 13
+    assert isinstance(load_features(tmp_path, "training").x, np.memmap)
+    assert not (tmp_path / "shards").exists()  # work files removed after the merge
+
+
+def test_unreadable_images_are_reported_by_id(images, model, tmp_path):
+    paths, ids = list(images[0]), list(images[1])
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\x89PNG broken")
+    paths[3] = bad
+    paths[7] = tmp_path / "missing.jpg"
+    fs = extract_split(model, paths, ids, tmp_path / "o", "query", ExtractConfig(batch_size=4, num_workers=0, shard_size=5))
+    assert len(fs.ids) == 11 and ids[3] not in fs.ids and ids[7] not in fs.ids
+    assert {f["id"] for f in fs.failed} == {ids[3], ids[7]}
+    assert any("FileNotFoundError" in f["error"] for f in fs.failed)
+    on_disk = json.loads((tmp_path / "o" / "query_failed.json").read_text())
+    assert on_disk == fs.failed
+
+
+def test_killed_extraction_resumes_without_recomputing(images, model, tmp_path, monkeypatch):
+    paths, ids = images
+    cfg = ExtractConfig(batch_size=2, num_workers=0, shard_size=4)
+    calls = {"n": 0}
+    real = extract_mod.write_shard
+
+    def dying(shard_dir, s, *a, **k):
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed while shard 2 is being written
+        calls["n"] += 1
+        real(shard_dir, s, *a, **k)
+
+    monkeypatch.setattr(extract_mod, "write_shard", dying)
+    with pytest.raises(KeyboardInterrupt):
+        extract_split(model, paths, ids, tmp_path, "reference", cfg)
+    sd = tmp_path / "shards" / "reference"
+    assert shard_path(sd, 0).is_file() and shard_path(sd, 1).is_file() and not shard_path(sd, 2).is_file()
+    assert not (tmp_path / "reference.npy").exists()
+    assert not list(sd.glob(".*tmp*"))  # no half-written file
+    before = shard_path(sd, 0).stat().st_mtime_ns
+    monkeypatch.setattr(extract_mod, "write_shard", real)
+    embedded = []
+    orig_embed = model.embed
+    monkeypatch.setattr(model, "embed", lambda b: embedded.append(len(b)) or orig_embed(b))
+    fs = extract_split(model, paths, ids, tmp_path, "reference", cfg)
+    assert sum(embedded) == 13 - 8  # only the shards that were missing
+    np.testing.assert_allclose(fs.x, direct(model, paths), atol=1e-5)
+    assert not sd.exists() or shard_path(sd, 0).stat().st_mtime_ns == before
+
+
+def test_other_settings_do_not_mix_with_unfinished_shards(images, model, tmp_path, monkeypatch):
+    paths, ids = images
+    monkeypatch.setattr(extract_mod, "write_shard", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        extract_split(model, paths, ids, tmp_path, "x", ExtractConfig(num_workers=0, shard_size=4))
+    monkeypatch.undo()
+    other = create_model("resnet18_gem", input_size=40, dim=32, device="cpu")
+    with pytest.raises(ImsimError, match="other settings"):
+        extract_split(other, paths, ids, tmp_path, "x", ExtractConfig(num_workers=0, shard_size=4))
+
+
+def test_float16_storage_and_official_hdf5(images, model, tmp_path):
+    paths, ids = images
+    fs = extract_split(model, paths[:5], ids[:5], tmp_path, "training",
+                       ExtractConfig(num_workers=0, dtype="float16"))
+    assert fs.x.dtype == np.float16
+    np.testing.assert_allclose(fs.x.astype(np.float32), direct(model, paths[:5]), atol=2e-3)
+    export_split_hdf5(fs, tmp_path / "t.h5")
+    got_ids, x = read_split_vectors(tmp_path / "t.h5")
+    assert list(got_ids) == ids[:5] and x.dtype == np.float32 and x.shape == (5, 32)
+
+
+def test_a_finished_split_is_reused(images, model, tmp_path, monkeypatch):
+    paths, ids = images
+    extract_split(model, paths[:3], ids[:3], tmp_path, "q", ExtractConfig(num_workers=0))
+    monkeypatch.setattr(model, "embed", lambda b: pytest.fail("recomputed a finished split"))
+    assert len(extract_split(model, paths[:3], ids[:3], tmp_path, "q", ExtractConfig(num_workers=0))) == 3
+
+
+def _torchrun(tmp_path, images, nproc, extra_env=None):
+    paths, ids = images
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"{i}\t{p}\n" for i, p in zip(ids, paths)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(extra_env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "imsim_lab.extraction.distributed", "--model", "resnet18_gem",
+           "--model-args", json.dumps({"input_size": 48, "dim": 32}), "--images", str(lst),
+           "--out", str(tmp_path / "out"), "--name", "reference", "--shard-size", "3", "--batch-size", "2",
+           "--workers", "0"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return load_features(tmp_path / "out", "reference")
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_merge_to_the_single_process_result(images, model, tmp_path):
+    fs = _torchrun(tmp_path, images, 2)
+    assert list(fs.ids) == images[1]
+    np.testing.assert_allclose(fs.x, direct(model, images[0]), atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torchrun_nccl_on_the_gpus(images, model, tmp_path):
+    n = min(2, torch.cuda.device_count())
+    fs = _torchrun(tmp_path, images, n)
+    assert (fs.x * direct(model, images[0])).sum(1).min() > 0.999
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_extraction_with_amp_matches_cpu(images, model, tmp_path):
+    gpu = create_model("resnet18_gem", input_size=48, dim=32, device="cuda")
+    fs = extract_split(gpu, images[0], images[1], tmp_path, "q", ExtractConfig(batch_size=4, num_workers=2))
+    assert (fs.x * direct(model, images[0])).sum(1).min() > 0.999
