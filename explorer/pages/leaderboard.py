@@ -1,0 +1,60 @@
+"""Leaderboard: every run of a benchmark with µAP, R@P90 and R@1 and bootstrap intervals."""
+
+import pandas as pd
+import streamlit as st
+
+import common as c
+from imsim_lab.report import leaderboard, runs_table
+from imsim_lab.report.figures import leaderboard_figure
+
+
+@st.cache_data(show_spinner="Bootstrapping…", max_entries=32)
+def _board(key: tuple, protocol: str, n_boot: int, _runs) -> pd.DataFrame:
+    return leaderboard(_runs, protocol, n_boot=n_boot, seed=0)
+
+
+st.title("Leaderboard")
+runs, problems, bench_of = c.discovered()
+for p in problems:
+    st.warning(f"`{p.path}`: {p.problem}")
+name, infos, folder = c.select_benchmark(runs, bench_of)
+protocol = c.select_protocol()
+n_boot = st.sidebar.select_slider("Bootstrap resamples", [200, 500, 1000], value=200, key="boot",
+                                  bind="query-params")
+metric = st.sidebar.radio("Figure metric", list(c.METRICS), format_func=c.METRICS.get, key="metric",
+                          bind="query-params")
+rds = c.load_runs(infos, folder)
+if not rds:
+    st.stop()
+key = tuple((str(r.info.path), r.info.path.joinpath("metrics.json").stat().st_mtime) for r in rds)
+lb = _board(key, protocol, n_boot, rds)
+
+st.caption(f"Benchmark **{name}** · {len(lb)} runs · protocol **{protocol}** · {n_boot} resamples of the queries "
+           "(95 % percentile intervals). *Tie rank* = 1 + the number of runs significantly better in a paired "
+           "bootstrap; runs sharing a tie rank cannot be separated on this benchmark.")
+show = lb.rename(columns={"micro_ap": "µAP", "recall_at_p90": "R@P90", "recall_at_rank1": "R@1"})
+fmt = st.column_config.NumberColumn(format="%.4f")
+cols = {k: fmt for k in show.columns if k.startswith(("µAP", "R@", "micro_ap", "recall"))}
+st.dataframe(show, hide_index=True, column_config={**cols, "tied_with_best": st.column_config.CheckboxColumn(
+    "tied with best"), "threshold_at_p90": st.column_config.NumberColumn("P90 threshold", format="%.4f")},
+    column_order=["rank", "tie_rank", "label", "µAP", "micro_ap_low", "micro_ap_high", "R@P90", "recall_at_p90_low",
+                  "recall_at_p90_high", "R@1", "recall_at_rank1_low", "recall_at_rank1_high", "tied_with_best",
+                  "n_positives", "n_predictions", "threshold_at_p90", "notes"], key="board")
+c.csv_download(lb, f"leaderboard-{name}-{protocol}")
+
+if metric == "recall_at_rank1" and protocol == "drivendata":
+    st.info("R@1 is an isc2021 metric; switch the protocol to see it.")
+else:
+    c.figure(leaderboard_figure(lb, metric), f"leaderboard-{name}-{protocol}-{metric}")
+
+random = lb[lb["notes"].str.contains("RANDOM", na=False)]
+if len(random):
+    st.warning("Runs with random weights are a floor, not the method's accuracy: " + ", ".join(random["label"]))
+
+with st.expander("Runs, timings and configuration"):
+    rt = runs_table(infos)
+    st.dataframe(rt, hide_index=True, key="runs")
+    c.csv_download(rt, f"runs-{name}", where=st)
+    tim = pd.DataFrame([{"label": r.label, **r.info.timings} for r in rds])
+    st.dataframe(tim, hide_index=True, key="timings")
+    c.csv_download(tim, f"timings-{name}", where=st)
