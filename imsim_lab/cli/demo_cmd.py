@@ -1,0 +1,170 @@
+"""``imsim-lab demo``: the main job. Build the disc-synth benchmark, run the baseline set, start
+the explorer on 127.0.0.1 and say what to look at first. Every phase is printed with its duration;
+re-running reuses what is done (finished builds and runs, extracted features).
+
+Methods that share a descriptor (SSCD and its post-processings) share its extraction: the feature
+files of the first run are hard-linked (or copied) into the next one before it starts, so SSCD
+is extracted once. The files are identical by construction (same model fingerprint, same
+benchmark), and the runner reuses finished splits it finds in ``features/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from ..errors import ImsimError
+
+BASELINE = ["gist_pca", "pdq", "sscd", "sscd+sn", "sscd+nes", "sscd+stretch", "sscd+ssquare", "timm_random"]
+_SPLIT_FILES = ("{s}.npy", "{s}_ids.npy", "{s}_failed.json")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="the main job: build disc-synth, run the baselines, start the explorer",
+                       description="Build the disc-synth benchmark, run the baseline set (GIST+PCA, PDQ, SSCD "
+                                   "with each post-processing, a timm descriptor), then start the explorer on "
+                                   "127.0.0.1. Re-running reuses what is done.")
+    p.add_argument("--preset", default="small", help="benchmark size: tiny | small | medium (default small)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results/demo", help="demo folder: OUT/bench and OUT/runs (default results/demo)")
+    p.add_argument("--methods", default=",".join(BASELINE), help=f"comma-separated (default: {','.join(BASELINE)})")
+    p.add_argument("--workers", type=int, default=2, help="image loading processes")
+    p.add_argument("--no-serve", action="store_true", help="stop after the runs (print the findings only)")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=run)
+
+
+def _phase(title: str):
+    print(f"==> {title}", flush=True)
+    return time.perf_counter()
+
+
+def _done(t0: float, what: str = "done") -> float:
+    dt = time.perf_counter() - t0
+    print(f"    {what} in {dt:.1f} s", flush=True)
+    return dt
+
+
+def share_features(donor: Path, target: Path) -> list[str]:
+    """Hard-link (or copy) the finished feature splits of ``donor/features`` that ``target/features``
+    lacks. Returns the splits shared."""
+    src, dst = donor / "features", target / "features"
+    shared = []
+    for split in ("query", "reference", "training"):
+        if not (src / f"{split}.npy").is_file() or (dst / f"{split}.npy").is_file():
+            continue
+        dst.mkdir(parents=True, exist_ok=True)
+        for pat in _SPLIT_FILES[::-1][1:] + _SPLIT_FILES[:1]:  # ids first, the .npy (the "done" mark) last
+            f = src / pat.format(s=split)
+            if not f.is_file():
+                continue
+            d = dst / f.name
+            tmp = d.with_name(f".{d.name}.tmp{os.getpid()}")
+            try:
+                os.link(f, tmp)
+            except OSError:
+                shutil.copy2(f, tmp)
+            os.replace(tmp, d)
+        shared.append(split)
+    return shared
+
+
+def build_phase(preset: str, seed: int, bench: Path, workers: int) -> None:
+    from ..benchmark import BenchmarkError, load_benchmark
+    from ..synth import BuildConfig, build_benchmark
+    from .bench_cmd import _Bars
+
+    try:
+        b = load_benchmark(bench, check_hashes=False)
+        if b.manifest.get("preset") == preset and b.manifest.get("seed") == seed:
+            print(f"    {b.name} already built in {bench} (reused)", flush=True)
+            return
+    except BenchmarkError:
+        pass
+    bars = _Bars(False)
+    try:
+        rep = build_benchmark(BuildConfig(preset=preset, seed=seed, workers=workers), bench, progress=bars)
+    finally:
+        bars.close()
+    c = rep.manifest["counts"]
+    print(f"    {rep.manifest['name']}: {c['queries']} queries ({c['positives']} with a match), {c['references']} "
+          f"references, {c['training']} training images", flush=True)
+
+
+def runs_phase(methods: list[str], bench: Path, runs: Path, workers: int) -> dict:
+    from ..extraction import ExtractConfig
+    from ..methods import METHODS
+    from ..runs import RunOptions, run_method
+    from .run_cmd import _bars
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ImsimError(f"unknown method(s) {', '.join(unknown)}; see `imsim-lab methods`")
+    opts = RunOptions(extract=ExtractConfig(num_workers=workers))
+    donors: dict[tuple, Path] = {}
+    results = {}
+    for i, m in enumerate(methods, 1):
+        spec = METHODS.get(m)
+        out = runs / m.replace("/", "_")
+        key = (spec.model, tuple(sorted(spec.model_args.items())))
+        if key in donors and not (out / "metrics.json").is_file():
+            shared = share_features(donors[key], out)
+            if shared:
+                print(f"    [{i}/{len(methods)}] {m}: reusing the {', '.join(shared)} descriptors of "
+                      f"{donors[key].name}", flush=True)
+        t = time.perf_counter()
+        make, bars = _bars()
+        try:
+            res = run_method(m, bench, out, None, opts, progress=make)
+        finally:
+            for b in bars:
+                b.close()
+        dt = time.perf_counter() - t
+        mi = res.metrics["isc2021"]
+        r90 = mi["recall_at_p90"]
+        print(f"    [{i}/{len(methods)}] {m:<14} µAP {mi['micro_ap']:.3f}  R@P90 "
+              f"{'n/a' if r90 is None else f'{r90:.3f}'}  R@1 {mi['recall_at_rank1']:.3f}  "
+              f"{dt:6.1f} s{'  (reused)' if res.reused else ''}", flush=True)
+        if (res.config.get("notes") or {}).get("weights"):
+            print(f"          note: {res.config['notes']['weights']}", flush=True)
+        donors.setdefault(key, out)
+        if spec.needs_training:
+            donors[key] = out  # the richest donor: it has the training split too
+        results[m] = res
+    return results
+
+
+def run(args) -> int:
+    from ..report.guide import first_look
+    from .explore_cmd import free_port, serve
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    out = Path(args.out)
+    bench, runs = out / "bench", out / "runs"
+    t_all = time.perf_counter()
+    timings = {}
+    t = _phase(f"1/3 benchmark: disc-synth preset '{args.preset}', seed {args.seed} -> {bench}")
+    build_phase(args.preset, args.seed, bench, args.workers)
+    timings["benchmark"] = _done(t)
+    t = _phase(f"2/3 runs: {len(methods)} methods -> {runs}")
+    runs_phase(methods, bench, runs, args.workers)
+    timings["runs"] = _done(t)
+    t = _phase("3/3 findings")
+    findings = first_look(runs)
+    timings["findings"] = _done(t)
+    total = time.perf_counter() - t_all
+    print(f"demo ready in {total:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + ")",
+          flush=True)
+    if args.no_serve:
+        print("what to look at first (imsim-lab explore " + str(runs) + "):")
+        for i, f in enumerate(findings, 1):
+            print(f"  {i}. {f.text}")
+        return 0
+    port = free_port(args.port)
+    base = f"http://127.0.0.1:{port}"
+    hints = ["what to look at first:"] + [f"  {i}. {f.text}\n     {f.url(base)}" for i, f in enumerate(findings, 1)]
+    sys.stdout.flush()
+    return serve(runs, port, hints=hints)
