@@ -46,6 +46,9 @@ class RunOptions:
         per_query_k: depth of the per-query search (true_rank = -1 beyond it).
         max_results: isc2021 global budget (default 500,000).
         force: recompute post-processing and evaluation even if the run is finished.
+        feature_cache: a folder shared by runs: descriptors of the same model on the same
+            benchmark are extracted once (``sscd``, ``sscd+sn``, ``sscd+nes``... share them) and
+            hard-linked (or copied) into each run's ``features/``.
     """
 
     device: str | None = None
@@ -54,6 +57,7 @@ class RunOptions:
     per_query_k: int = 100
     max_results: int | None = None
     force: bool = False
+    feature_cache: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,13 +159,21 @@ def run_method(method: str | MethodSpec, bench_root: str | Path, out: str | Path
         splits.append(("training", bench.training_ids))
     model = None
     fsets = {}
+    cache = None
+    if opts.feature_cache:
+        key = f"{config['benchmark']['name']}-{(config['benchmark']['manifest_sha256'] or 'nosha')[:12]}"
+        cache = Path(opts.feature_cache) / key / f"{spec.model}-{config['model_fingerprint']}-{opts.extract.dtype}"
     for name, ids in splits:
         t = time.perf_counter()
+        if cache is not None and not has_features(feats, name) and has_features(cache, name):
+            _link_split(cache, feats, name)
         if not has_features(feats, name):
             model = model or create_model(spec.model, device=opts.device, **model_args)
             paths = [bench.image_path(i) for i in ids]
             upd = progress(name, len(ids)) if progress else None
             fsets[name] = extract_split(model, paths, list(ids), feats, name, opts.extract, upd)
+            if cache is not None:
+                _link_split(feats, cache, name)
         else:
             fsets[name] = load_features(feats, name)
         timings[f"extract_{name}"] = time.perf_counter() - t
@@ -183,6 +195,24 @@ def run_method(method: str | MethodSpec, bench_root: str | Path, out: str | Path
     atomic_write_json(out / "timings.json", {k: round(v, 4) for k, v in timings.items()})
     atomic_write_json(out / "metrics.json", metrics)  # last: marks the run finished
     return RunResult(out, config, metrics, timings, False)
+
+
+def _link_split(src: Path, dst: Path, name: str) -> None:
+    """Hard-link (or copy) a finished split from ``src`` to ``dst``; the .npy goes last."""
+    import os
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for fname in (f"{name}_failed.json", f"{name}_ids.npy", f"{name}.npy"):
+        s, d = src / fname, dst / fname
+        if not s.is_file():
+            continue
+        tmp = d.with_name(f".{fname}.tmp{os.getpid()}")
+        try:
+            os.link(s, tmp)
+        except OSError:
+            shutil.copyfile(s, tmp)
+        os.replace(tmp, d)
 
 
 def _scored(preds, prep):

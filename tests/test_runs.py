@@ -67,7 +67,16 @@ def bench(tmp_path_factory):
     return make_bench(tmp_path_factory.mktemp("bench") / "b")
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("feature_cache"))
+
+
 FAST = RunOptions(device="cpu", extract=ExtractConfig(batch_size=4, num_workers=0, shard_size=8))
+
+
+def cached(cache):
+    return RunOptions(**{**FAST.__dict__, "feature_cache": cache})
 
 
 def check_run_folder(out: Path, descriptor_file: bool):
@@ -92,6 +101,14 @@ def check_run_folder(out: Path, descriptor_file: bool):
     return cfg, m, pq, preds
 
 
+def test_feature_cache_is_shared_between_methods(bench, tmp_path, cache):
+    run_method("sscd+sn", bench, tmp_path / "a", opts=cached(cache))
+    res = run_method("sscd+stretch", bench, tmp_path / "b", opts=cached(cache))
+    assert res.timings["extract_training"] < 1.0
+    a = np.load(tmp_path / "a" / "features" / "training.npy")
+    np.testing.assert_array_equal(a, np.load(tmp_path / "b" / "features" / "training.npy"))
+
+
 def test_sscd_run_folder_and_reuse(bench, tmp_path):
     out = tmp_path / "run"
     res = run_method("sscd", bench, out, opts=FAST)
@@ -111,9 +128,9 @@ def test_sscd_run_folder_and_reuse(bench, tmp_path):
     assert forced.metrics["isc2021"]["micro_ap"] == pytest.approx(res.metrics["isc2021"]["micro_ap"])
 
 
-def test_score_normalised_run_keeps_rankings_and_writes_no_hdf5_for_512(bench, tmp_path):
-    base = run_method("sscd", bench, tmp_path / "a", opts=FAST)
-    sn = run_method("sscd+sn", bench, tmp_path / "b", opts=FAST)
+def test_score_normalised_run_keeps_rankings_and_writes_no_hdf5_for_512(bench, tmp_path, cache):
+    base = run_method("sscd", bench, tmp_path / "a", opts=cached(cache))
+    sn = run_method("sscd+sn", bench, tmp_path / "b", opts=cached(cache))
     pa = pd.read_parquet(tmp_path / "a" / "per_query.parquet")
     pb = pd.read_parquet(tmp_path / "b" / "per_query.parquet")
     np.testing.assert_array_equal(pa.true_rank, pb.true_rank)
@@ -124,9 +141,9 @@ def test_score_normalised_run_keeps_rankings_and_writes_no_hdf5_for_512(bench, t
 
 
 @pytest.mark.parametrize("method", ["gist_pca", "pdq", "sscd+pcaw256"])
-def test_descriptor_methods_write_the_official_hdf5(bench, tmp_path, method):
+def test_descriptor_methods_write_the_official_hdf5(bench, tmp_path, method, cache):
     out = tmp_path / method
-    run_method(method, bench, out, opts=FAST)
+    run_method(method, bench, out, opts=cached(cache))
     check_run_folder(out, descriptor_file=True)
     sub = read_descriptors(out / "descriptors.h5")
     assert sub.xq.shape[1] <= 256 and len(sub.query_ids) == 8
@@ -145,8 +162,8 @@ def test_pdq_scores_are_minus_hamming(bench, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["sscd+nes", "sscd+stretch", "sscd+ssquare"])
-def test_background_methods_run(bench, tmp_path, method):
-    res = run_method(method, bench, tmp_path / "r", opts=FAST)
+def test_background_methods_run(bench, tmp_path, method, cache):
+    res = run_method(method, bench, tmp_path / "r", opts=cached(cache))
     assert (tmp_path / "r" / "features" / "training.npy").is_file()
     assert 0 <= res.metrics["isc2021"]["micro_ap"] <= 1
 

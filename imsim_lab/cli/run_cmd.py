@@ -26,6 +26,8 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="feature storage")
+    p.add_argument("--feature-cache", default=None, metavar="DIR",
+                   help="share descriptors between runs of the same model on the same benchmark")
     p.add_argument("--force", action="store_true", help="redo post-processing and evaluation")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(func=run)
@@ -80,7 +82,8 @@ def run(args) -> int:
         extract = ExtractConfig(args.batch_size, args.workers, args.shard_size, args.dtype)
     except ValueError as e:
         raise ImsimError(str(e)) from None
-    opts = RunOptions(device=args.device, backend=args.backend, extract=extract, force=args.force)
+    opts = RunOptions(device=args.device, backend=args.backend, extract=extract, force=args.force,
+                      feature_cache=args.feature_cache)
     make, bars = _bars()
     try:
         res = run_method(args.method, args.bench, args.out, parse_params(args.param), opts, progress=make)
