@@ -158,9 +158,26 @@ def merge_knn(D1, I1, D2, I2, k: int, metric: str = "l2"):
 
 
 def iter_blocks(xb: np.ndarray, block_size: int):
-    """Yield (offset, float32 block) over the rows of ``xb`` (a memmap is read block by block)."""
+    """Yield (offset, float32 block) over the rows of ``xb``.
+
+    A whole-file memmap (``np.load(..., mmap_mode="r")``) is read through a fresh mapping per
+    block that is closed right after the copy, so pages already searched do not stay resident.
+    """
+    import mmap
+
+    # only a memmap that owns its mapping (not a slice of one: its offset would be stale)
+    whole_file = (isinstance(xb, np.memmap) and getattr(xb, "filename", None) and xb.flags.c_contiguous
+                  and xb.ndim == 2 and isinstance(xb.base, mmap.mmap))
     for i0 in range(0, len(xb), block_size):
-        yield i0, np.ascontiguousarray(xb[i0:i0 + block_size], dtype=np.float32)
+        rows = min(block_size, len(xb) - i0)
+        if whole_file:
+            part = np.memmap(xb.filename, dtype=xb.dtype, mode="r", shape=(rows, xb.shape[1]),
+                             offset=xb.offset + i0 * xb.shape[1] * xb.dtype.itemsize)
+            block = np.array(part, dtype=np.float32)
+            del part
+        else:
+            block = np.ascontiguousarray(xb[i0:i0 + rows], dtype=np.float32)
+        yield i0, block
 
 
 def knn_blocks(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", backend: str = "auto",

@@ -48,6 +48,9 @@ def test_block_search_over_a_float16_memmap(data, tmp_path):
     D, I = knn_blocks(xq, ro, 5, "l2", block_size=128)
     D0, I0 = knn_numpy(xq, xb.astype(np.float16).astype(np.float32), 5, "l2")
     np.testing.assert_array_equal(I, I0)
+    _, I_slice = knn_blocks(xq, ro[100:], 5, "l2", block_size=128)  # a slice of a memmap too
+    _, I1 = knn_numpy(xq, xb[100:].astype(np.float16).astype(np.float32), 5, "l2")
+    np.testing.assert_array_equal(I_slice, I1)
 
 
 def test_more_neighbours_than_database_pads_with_minus_one(data):
