@@ -98,6 +98,12 @@ def select_benchmark(runs, bench_of, where=st.sidebar):
     return name, by[name], folder
 
 
+def select_metric(where=st.sidebar, label: str = "Metric") -> str:
+    """µAP / R@P90 / R@1 (URL key ``metric``, readable values); returns the column name."""
+    names = {v: k for k, v in METRICS.items()}
+    return names[where.radio(label, list(names), key="metric", bind="query-params")]
+
+
 def select_protocol(where=st.sidebar) -> str:
     return where.segmented_control("Protocol", PROTOCOLS, default="isc2021", key="protocol", bind="query-params",
                                    required=True, help="isc2021: the organisers' metrics (R@1 included); "

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,9 @@ def demo_results(tmp_path_factory):
 
     from imsim_lab.cli import main
 
+    reuse = os.environ.get("IMSIM_TEST_DEMO_DIR")  # a finished demo folder, to iterate on the pages quickly
+    if reuse:
+        return Path(reuse) / "runs", Path(reuse) / "bench"
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if base.name.startswith("popen-gw") else base
     out = shared / "explorer-demo"

@@ -40,8 +40,8 @@ c.csv_download(cmp, f"compare-{la}-{lb}-{protocol}")
 
 st.subheader("Queries one finds and the other misses")
 f1, f2, f3 = st.columns([2, 2, 3])
-found = f1.radio("Found means", ["rank1", "retrieved"], key="found", bind="query-params",
-                 format_func={"rank1": "ranked first", "retrieved": "in the top-k at all"}.get)
+found = {"ranked first": "rank1", "in the top-k at all": "retrieved"}[
+    f1.radio("Found means", ["ranked first", "in the top-k at all"], key="found", bind="query-params")]
 winner = f2.radio("Found only by", [la, lb], key="winner", bind="query-params")
 fams = sorted(a.per_query["family"].unique())
 chosen = f3.multiselect("Families", fams, key="cfam", bind="query-params")

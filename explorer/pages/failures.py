@@ -37,8 +37,8 @@ thr = info.metric(protocol, "threshold_at_p90")
 thr_txt = "not reached" if thr is None else f"{thr:.4f}"
 sub = filter_queries(pq, chosen, (lo, hi))
 if view == "Missed matches":
-    crit = f3.radio("Missed means", ["rank1", "threshold"], key="crit", bind="query-params",
-                    format_func={"rank1": "not ranked first", "threshold": "not reported at P90"}.get)
+    crit = {"not ranked first": "rank1", "not reported at P90": "threshold"}[
+        f3.radio("Missed means", ["not ranked first", "not reported at P90"], key="crit", bind="query-params")]
     table = missed_matches(sub, thr, crit, groups)
     st.caption(f"Positive queries whose true reference is {'not ranked first' if crit == 'rank1' else 'not ranked first or scored below the P90 threshold'} "
                f"(threshold {thr_txt}, {protocol}). Worst first: not retrieved at all, then by how far the truth "

@@ -25,7 +25,7 @@ st.title("Per-augmentation AP")
 runs, problems, bench_of = c.discovered()
 name, infos, folder = c.select_benchmark(runs, bench_of)
 protocol = c.select_protocol()
-metric = st.sidebar.radio("Metric", list(c.METRICS), format_func=c.METRICS.get, key="metric", bind="query-params")
+metric = c.select_metric()
 rds = c.load_runs(infos, folder)
 if not rds:
     st.stop()

@@ -21,8 +21,7 @@ name, infos, folder = c.select_benchmark(runs, bench_of)
 protocol = c.select_protocol()
 n_boot = st.sidebar.select_slider("Bootstrap resamples", [200, 500, 1000], value=200, key="boot",
                                   bind="query-params")
-metric = st.sidebar.radio("Figure metric", list(c.METRICS), format_func=c.METRICS.get, key="metric",
-                          bind="query-params")
+metric = c.select_metric(label="Figure metric")
 rds = c.load_runs(infos, folder)
 if not rds:
     st.stop()

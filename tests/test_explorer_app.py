@@ -1,0 +1,134 @@
+"""Every explorer page under Streamlit's AppTest, on a tiny benchmark and real runs made by the demo."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from test_explorer_support import demo_results, make_mini_bench, scored_predictions, write_run  # noqa: F401
+
+APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
+PAGES = ["pages/leaderboard.py", "pages/families.py", "pages/failures.py", "pages/compare.py", "pages/browser.py",
+         "pages/submit.py"]
+METHODS = ["pdq", "sscd", "sscd+sn"]
+
+
+def app(monkeypatch, runs_dir, page, **params):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("IMSIM_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(page)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def frame(at, i=0):
+    return at.dataframe[i].value
+
+
+def charts(at):
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def test_demo_made_real_runs(demo_results):
+    runs, bench = demo_results
+    assert sorted(p.name for p in runs.iterdir()) == sorted(METHODS)
+    for m in METHODS:
+        cfg = json.loads((runs / m / "config.json").read_text())
+        assert cfg["method"] == m and (runs / m / "per_query.parquet").is_file()
+    # SSCD was extracted once: the post-processed run holds links to (or copies of) the same features
+    a, b = runs / "sscd" / "features" / "query.npy", runs / "sscd+sn" / "features" / "query.npy"
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_leaderboard(monkeypatch, demo_results):
+    runs, _ = demo_results
+    at = app(monkeypatch, runs, PAGES[0])
+    board = frame(at)
+    assert sorted(board["label"]) == sorted(METHODS)
+    assert (board["micro_ap_low"] <= board["µAP"] + 1e-9).all() and board["µAP"].between(0, 1).all()
+    (fig,) = charts(at)
+    assert fig["data"][0]["type"] == "scatter"
+    dd = app(monkeypatch, runs, PAGES[0], protocol="drivendata", metric="R@1")
+    assert any("R@1 is an isc2021 metric" in i.value for i in dd.info)
+    assert frame(dd)["R@1"].isna().all()
+
+
+def test_families_heatmap_cell_and_strength(monkeypatch, demo_results):
+    runs, _ = demo_results
+    at = app(monkeypatch, runs, PAGES[1])
+    heat, strength = charts(at)[:2]
+    assert heat["data"][0]["marker"]["symbol"] == "square" and heat["data"][0]["type"] == "scatter"
+    assert len(strength["data"]) == len(METHODS)
+    # the examples of a cell chosen through the URL
+    fam = at.selectbox(key="cell_family").options[0]
+    at2 = app(monkeypatch, runs, PAGES[1], cell_run="sscd", cell_family=fam)
+    assert at2.selectbox(key="cell_run").value == "sscd" and at2.selectbox(key="cell_family").value == fam
+    assert any(f"sscd · {fam}" in m.value for m in at2.markdown) or any("no query with a match" in i.value
+                                                                           for i in at2.info)
+
+
+def test_failures_filters_change_the_table(monkeypatch, demo_results):
+    runs, _ = demo_results
+    at = app(monkeypatch, runs, PAGES[2], run="pdq")
+    all_rows = frame(at)
+    assert len(all_rows) > 0 and len(at.image) >= 3
+    fam = all_rows["family"].iloc[0]
+    at2 = app(monkeypatch, runs, PAGES[2], run="pdq", fam=fam)
+    sub = frame(at2)
+    assert set(sub["family"]) == {fam} and len(sub) <= len(all_rows)
+    fp = app(monkeypatch, runs, PAGES[2], run="pdq", view="Confident false positives")
+    assert list(frame(fp).columns)[:4] == ["query_id", "family", "strength", "kind"]
+
+
+def test_compare(monkeypatch, demo_results):
+    runs, _ = demo_results
+    at = app(monkeypatch, runs, PAGES[3], a="sscd", b="sscd+sn")
+    assert charts(at)[0]["data"][0]["type"] == "bar"
+    cmp = frame(at)
+    assert {"family", "micro_ap_a", "micro_ap_b", "diff"} <= set(cmp.columns)
+    same = app(monkeypatch, runs, PAGES[3], a="pdq", b="pdq")
+    assert any("two different" in w.value for w in same.warning)
+
+
+def test_browser_kinds(monkeypatch, demo_results):
+    runs, _ = demo_results
+    at = app(monkeypatch, runs, PAGES[4])
+    q = frame(at)
+    assert {"copy", "distractor"} <= set(q["kind"]) and len(at.image) >= 2
+    only = app(monkeypatch, runs, PAGES[4], kind="copy")
+    assert set(frame(only)["kind"]) == {"copy"}
+
+
+def test_submit_page_and_empty_results(monkeypatch, demo_results, tmp_path):
+    runs, _ = demo_results
+    at = app(monkeypatch, runs, PAGES[5])
+    assert at.selectbox(key="sbench").value and not at.error
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for page in PAGES[:4]:
+        e = app(monkeypatch, empty, page)
+        assert any("No run folder" in i.value for i in e.info)
+    missing = app(monkeypatch, tmp_path / "nope", PAGES[0])
+    assert any("not found" in x.value for x in missing.error)
+
+
+def test_synthetic_runs_and_broken_run(monkeypatch, tmp_path):
+    """Pages on hand-made runs, one of them broken: the others are shown, the broken one named."""
+    from imsim_lab.benchmark import load_benchmark
+
+    bench = load_benchmark(make_mini_bench(tmp_path / "bench"))
+    res = tmp_path / "results"
+    write_run(res / "a", bench, scored_predictions(bench, 3.0, 1), "sscd")
+    write_run(res / "b", bench, scored_predictions(bench, 0.5, 2), "pdq")
+    write_run(res / "c", bench, scored_predictions(bench, 1.0, 3), "gist")
+    (res / "c" / "metrics.json").write_text("[]")
+    at = app(monkeypatch, res, PAGES[0])
+    assert sorted(frame(at)["label"]) == ["pdq", "sscd"]
+    assert any("expected a JSON object" in w.value for w in at.warning)
+    for page in PAGES[1:]:
+        app(monkeypatch, res, page)
