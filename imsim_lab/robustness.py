@@ -1,0 +1,461 @@
+"""Graded robustness suite: µAP versus the strength of each transformation family.
+
+The ISC2021 organisers found global descriptors most fragile to rotation, vertical flip, very
+small crops, air-gap re-captures and combinations of several images (DISC21 paper, arXiv
+2106.09672). This suite measures that for any method, family by family and strength by strength:
+
+1. a seeded sample of the references that have a match is drawn once (the same for every cell);
+2. for each family f and strength s, every sampled reference is edited with
+   :func:`imsim_lab.augment.apply_family` (the random choices of an edit depend only on the seed,
+   the family and the reference, so only the magnitude changes along a curve), re-encoded as
+   JPEG like the benchmark's own queries, and embedded with the method's model;
+3. the cell (f, s) is evaluated as a small benchmark: its edited queries (each matching its
+   reference) plus every benchmark query without a match (the distractors stay, as in
+   :func:`imsim_lab.metrics.evaluate` with ``queries=``), searched against the full reference set
+   with the method's post-processing and both protocols' global budgets.
+
+With a run folder the reference, training and distractor descriptors are reused from
+``RUN/features``: only the edited queries are extracted. Each cell's descriptors are cached in
+``RUN/robustness/graded/cells/`` (atomic files), so an interrupted suite resumes and a re-run is
+instant. Outputs: ``RUN/robustness/graded.parquet`` and ``graded.json`` (one row per family,
+strength and protocol), ``graded/per_query.parquet`` and one example image per cell.
+
+:func:`open_run` and :func:`evaluate_query_set` are shared with :mod:`imsim_lab.attacks`.
+Taught in ``notebooks/07_robustness``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import ImsimError
+
+#: the families the organisers found hardest, plus common edits as a yardstick
+DEFAULT_FAMILIES = ("rotate", "vflip", "hflip", "crop", "scale", "perspective", "blur", "jpeg", "text",
+                    "overlay_image", "combine", "airgap")
+DEFAULT_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+METRIC_KEYS = ("micro_ap", "recall_at_p90", "recall_at_rank1", "recall_at_rank10", "n_positives", "n_predictions")
+
+
+class RobustnessError(ImsimError):
+    """A robustness suite cannot run (names the folder or file and the problem)."""
+
+
+# --------------------------------------------------------------------------------------------
+# a run folder, opened for re-evaluation with new queries
+
+
+@dataclass(frozen=True, eq=False)
+class RunContext:
+    """A finished run folder with what re-evaluating new queries needs.
+
+    Attributes:
+        path: the run folder; ``config``: its config.json.
+        spec, model_args, params: the method, its resolved model overrides and parameters.
+        bench: the benchmark (:class:`~imsim_lab.benchmark.Benchmark`).
+        qids, xq: clean query descriptors (nq, d); ``rids, xb``: references (nb, d);
+        xt: training descriptors (nt, d) or None.
+    """
+
+    path: Path
+    config: dict
+    spec: object
+    model_args: dict
+    params: dict
+    bench: object
+    qids: np.ndarray
+    xq: np.ndarray
+    rids: np.ndarray
+    xb: np.ndarray
+    xt: np.ndarray | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.name} ({self.path.name})"
+
+    def create_model(self, device: str | None = None):
+        from .models import create_model
+
+        return create_model(self.spec.model, device=device, **self.model_args)
+
+    def distractors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, descriptors) of the benchmark queries without a match."""
+        q = self.bench.queries
+        neg = set(q.loc[~q["has_match"].astype(bool), "query_id"].astype(str))
+        m = np.array([i in neg for i in self.qids], bool)
+        return self.qids[m], np.asarray(self.xq[m], np.float32)
+
+
+def open_run(run: str | Path, bench=None) -> RunContext:
+    """Open a finished run folder of a descriptor method (its ``features/`` must exist).
+
+    Args:
+        run: the run folder.
+        bench: the benchmark, or None to load the one named in the run's config.
+
+    Raises:
+        RobustnessError: not a run folder, no features, or another benchmark than ``bench``.
+    """
+    from .benchmark import load_benchmark, sha256_file
+    from .extraction import has_features, load_features
+    from .methods import get_method
+
+    path = Path(run)
+    if not ((path / "config.json").is_file() and (path / "metrics.json").is_file()):
+        raise RobustnessError(f"{path}: not a finished run folder (needs config.json and metrics.json); "
+                              f"make one with `imsim-lab run METHOD --bench DIR --out {path}`")
+    config = json.loads((path / "config.json").read_text())
+    try:
+        spec = get_method(config["method"])
+    except KeyError as e:
+        raise RobustnessError(f"{path}/config.json: {e.args[0]}") from None
+    model_args, params = config.get("model_args", {}), config.get("params", {})
+    if bench is None:
+        root = (config.get("benchmark") or {}).get("root")
+        if not root or not Path(root).is_dir():
+            raise RobustnessError(f"{path}: its benchmark {root!r} is not there; pass --bench")
+        bench = load_benchmark(root, check_hashes=False)
+    else:
+        want = (config.get("benchmark") or {}).get("manifest_sha256")
+        mpath = Path(bench.root) / "manifest.json"
+        if want and mpath.is_file() and sha256_file(mpath) != want:
+            raise RobustnessError(f"{path}: was run on another benchmark than {bench.root} (manifest differs)")
+    feats = path / "features"
+    need = ["query", "reference"] + (["training"] if spec.needs_training else [])
+    missing = [n for n in need if not has_features(feats, n)]
+    if missing:
+        raise RobustnessError(f"{feats}: no {', '.join(missing)} descriptors (the run did not finish its "
+                              "extraction, or the method has no descriptors)")
+    fq, fr = load_features(feats, "query"), load_features(feats, "reference")
+    xt = load_features(feats, "training").x if spec.needs_training else None
+    return RunContext(path, config, spec, dict(model_args), dict(params), bench, fq.ids.astype(str), fq.x,
+                      fr.ids.astype(str), fr.x, None if xt is None else np.asarray(xt, np.float32))
+
+
+def evaluate_query_set(ctx: RunContext, qids: Sequence[str], xq: np.ndarray, truth: Sequence[str],
+                       opts=None, extra: dict | None = None) -> tuple[dict, "object"]:
+    """Evaluate new queries (each with its true reference) plus the benchmark's distractors.
+
+    The query set is ``qids`` followed by every benchmark query without a match; the method's
+    post-processing is applied to that set (as a run would), both protocols' candidates are
+    drawn under their global budgets over the full reference set, and the metrics are computed.
+
+    Args:
+        ctx: an opened run. qids: (n,) new query ids (unique, not benchmark ids).
+        xq: (n, d) their raw descriptors. truth: (n,) the reference each should match.
+        opts: :class:`~imsim_lab.runs.RunOptions` (backend, per_query_k, max_results).
+        extra: columns added to the per-query table (arrays of length n).
+
+    Returns:
+        ({"isc2021": Metrics.to_dict(), "drivendata": ...}, per-query DataFrame of the n new
+        queries with true_rank, true_score, top_reference_id, top_score).
+    """
+    import pandas as pd
+
+    from .candidates import descriptor_predictions
+    from .formats import DescriptorSubmission, GroundTruth, Predictions
+    from .methods import prepare
+    from .metrics import evaluate
+    from .runs import RunOptions, per_query_table
+
+    opts = opts or RunOptions()
+    did, dx = ctx.distractors()
+    allq = np.concatenate([np.asarray(qids, dtype=object), did.astype(object)])
+    x = np.concatenate([np.asarray(xq, np.float32).reshape(len(qids), -1), dx]) if len(qids) else dx
+    refs = np.concatenate([np.asarray(truth, dtype=object), np.full(len(did), "", dtype=object)])
+    gt = GroundTruth(allq, refs)
+    prep = prepare(ctx.spec, x, ctx.xb, ctx.xt, ctx.params, opts.backend)
+    sub = DescriptorSubmission(allq, prep.xq, ctx.rids.astype(object), prep.xb)
+    metrics = {}
+    for protocol in ("isc2021", "drivendata"):
+        kw = {"max_results": opts.max_results} if protocol == "isc2021" else {}
+        p = descriptor_predictions(sub, gt, protocol, metric=prep.metric, backend=opts.backend, **kw)
+        if prep.score_scale != 1.0 or prep.score_offset != 0.0:
+            p = Predictions(p.query_ids, p.reference_ids, prep.score_scale * p.scores + prep.score_offset)
+        metrics[protocol] = evaluate(gt, p, protocol).to_dict()
+    n = len(qids)
+    table = pd.DataFrame({"query_id": np.asarray(qids, dtype=str), "family": "", "strength": np.nan,
+                          "has_match": True, "reference_id": np.asarray(truth, dtype=str)})
+    fake = SimpleNamespace(queries=table)
+    pq = per_query_table(fake, allq[:n], ctx.rids, SimpleNamespace(
+        xq=prep.xq[:n], xb=prep.xb, metric=prep.metric, score_scale=prep.score_scale,
+        score_offset=prep.score_offset), opts) if n else table.assign(true_rank=[], true_score=[],
+                                                                     top_reference_id=[], top_score=[])
+    pq = pq.drop(columns=["family", "strength", "has_match"])
+    for k, v in (extra or {}).items():
+        pq[k] = np.asarray(v)
+    return metrics, pq
+
+
+# --------------------------------------------------------------------------------------------
+# the graded suite
+
+
+@dataclass(frozen=True)
+class GradedConfig:
+    """What the graded suite computes.
+
+    Attributes:
+        families: names of :data:`imsim_lab.augment.FAMILIES`.
+        strengths: values in [0, 1].
+        sample: how many matched references to edit (a seeded sample); None = all of them.
+        seed: seeds the sample and every edit.
+        jpeg_quality: the edited queries are saved as JPEG at this quality before embedding, as
+            the benchmark's own queries are (None: embed the decoded edit directly).
+    """
+
+    families: tuple[str, ...] = DEFAULT_FAMILIES
+    strengths: tuple[float, ...] = DEFAULT_STRENGTHS
+    sample: int | None = 200
+    seed: int = 0
+    jpeg_quality: int | None = 90
+
+    def __post_init__(self):
+        from .augment import FAMILIES
+
+        bad = [f for f in self.families if f not in FAMILIES]
+        if bad:
+            raise RobustnessError(f"unknown transformation families {bad}; known: {', '.join(FAMILIES.names())}")
+        if any(not 0.0 <= float(s) <= 1.0 for s in self.strengths):
+            raise RobustnessError(f"strengths must lie in [0, 1], got {list(self.strengths)}")
+        object.__setattr__(self, "families", tuple(self.families))
+        object.__setattr__(self, "strengths", tuple(sorted({round(float(s), 4) for s in self.strengths})))
+
+
+def edit_seed(seed: int, family: str, image_id: str) -> int:
+    """The seed of one edit: a function of (seed, family, image) only, not of the strength."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{family}/{image_id}".encode()).digest()[:8], "little")
+
+
+def sample_references(bench, n: int | None, seed: int = 0) -> list[str]:
+    """A seeded sample of the references that have a match (sorted), all of them when n is None."""
+    refs = sorted(set(bench.queries.loc[bench.queries["has_match"].astype(bool), "reference_id"].astype(str)))
+    if n is None or n >= len(refs):
+        return refs
+    pick = np.random.default_rng(seed).choice(len(refs), size=n, replace=False)
+    return sorted(refs[i] for i in pick)
+
+
+class _ImageFiles:
+    """Picklable ``id -> RGB image`` over a dict of paths (for :class:`~imsim_lab.augment.Assets`)."""
+
+    def __init__(self, paths: dict[str, str]):
+        self.paths = paths
+
+    def __call__(self, image_id: str):
+        from PIL import Image
+
+        with Image.open(self.paths[image_id]) as im:
+            return im.convert("RGB")
+
+
+def bench_assets(bench, max_images: int = 512):
+    """Assets whose other images (overlay, paste, combine) are the benchmark's held-out originals,
+    else its training images: never references, as in the benchmark builder."""
+    from .augment import Assets
+
+    for folder in (Path(bench.root) / "held_out", Path(bench.root) / "training"):
+        if folder.is_dir():
+            paths = {p.stem: str(p) for p in sorted(folder.iterdir())
+                     if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
+            if paths:
+                ids = tuple(sorted(paths)[:max_images])
+                return Assets.from_augly(images=_ImageFiles({i: paths[i] for i in ids}), image_ids=ids)
+    return Assets.from_augly()
+
+
+def edit_image(img, family: str, strength: float, seed: int, image_id: str, assets=None,
+               jpeg_quality: int | None = 90):
+    """One graded edit of ``img``: the family's ops at ``strength``, then the JPEG re-encoding.
+
+    Returns (PIL RGB image, list of ops)."""
+    from PIL import Image
+
+    from .augment import apply_family
+
+    out, ops = apply_family(img, family, strength, np.random.default_rng(edit_seed(seed, family, image_id)), assets)
+    if jpeg_quality is not None:
+        buf = io.BytesIO()
+        out.save(buf, format="JPEG", quality=int(jpeg_quality), subsampling=2)
+        buf.seek(0)
+        out = Image.open(buf).convert("RGB")
+    return out, ops
+
+
+class _EditedReferences:
+    """Dataset: i -> (i, preprocessed array or None, error) for DataLoader workers."""
+
+    def __init__(self, paths, ids, family, strength, cfg: GradedConfig, assets, preprocess):
+        self.paths, self.ids, self.family, self.strength = paths, ids, family, strength
+        self.cfg, self.assets, self.preprocess = cfg, assets, preprocess
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        try:
+            with Image.open(self.paths[i]) as im:
+                img = im.convert("RGB")
+            out, _ = edit_image(img, self.family, self.strength, self.cfg.seed, self.ids[i], self.assets,
+                                self.cfg.jpeg_quality)
+            return i, self.preprocess(out), None
+        except Exception as e:  # noqa: BLE001 - reported by id, the suite goes on
+            return i, None, f"{self.paths[i]}: {type(e).__name__}: {e}"
+
+
+def _cell_name(family: str, strength: float) -> str:
+    return f"{family}_{strength:.4f}"
+
+
+def _atomic_npz(path: Path, **arrays) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def extract_cell(model, bench, ref_ids: list[str], family: str, strength: float, cfg: GradedConfig, assets,
+                 batch_size: int = 16, num_workers: int = 0, progress: Callable[[int], None] | None = None):
+    """Descriptors of the edited references of one cell: (ids (m,), x (m, d), failures)."""
+    from torch.utils.data import DataLoader
+
+    ds = _EditedReferences([str(bench.image_path(r)) for r in ref_ids], ref_ids, family, strength, cfg, assets,
+                           model.preprocess)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    ids, xs, failed = [], [], []
+    for batch in loader:
+        ok = [(i, a) for i, a, err in batch if err is None]
+        failed += [{"id": ref_ids[i], "error": err} for i, _, err in batch if err is not None]
+        if ok:
+            xs.append(model.embed([a for _, a in ok]))
+            ids += [ref_ids[i] for i, _ in ok]
+        if progress:
+            progress(len(batch))
+    x = np.concatenate(xs) if xs else np.zeros((0, model.dim), np.float32)
+    return np.asarray(ids, dtype=str), x.astype(np.float32), failed
+
+
+def _meta(ctx: RunContext, cfg: GradedConfig, refs: list[str]) -> dict:
+    from .models import get_config
+
+    mcfg = get_config(ctx.spec.model, **ctx.model_args)
+    return {"model_fingerprint": mcfg.fingerprint(), "seed": cfg.seed, "jpeg_quality": cfg.jpeg_quality,
+            "references": hashlib.sha256("\n".join(refs).encode()).hexdigest()[:16], "n_references": len(refs)}
+
+
+def run_graded(run: str | Path, cfg: GradedConfig = GradedConfig(), bench=None, opts=None, device: str | None = None,
+               batch_size: int = 16, num_workers: int = 0, force: bool = False,
+               progress: Callable[[str, int], Callable[[int], None]] | None = None):
+    """Run the graded suite on a finished run folder; writes ``RUN/robustness/graded.*``.
+
+    Args:
+        run: a run folder (see :func:`open_run`). cfg: families, strengths, sample, seed.
+        bench: the benchmark (default: the run's). opts: :class:`~imsim_lab.runs.RunOptions`.
+        device: for the model. batch_size, num_workers: of the editing DataLoader.
+        force: drop the cached cells (needed when they were made with other settings).
+        progress: ``progress(cell, total) -> update(n)`` for progress bars; None: silent.
+
+    Returns:
+        The table (DataFrame): family, group, strength, protocol, :data:`METRIC_KEYS`, n_failed.
+
+    Raises:
+        RobustnessError: the cache holds cells of other settings (use ``force``).
+    """
+    import pandas as pd
+
+    from .augment import FAMILIES
+    from .extraction.store import atomic_write_json
+
+    ctx = open_run(run, bench)
+    out = ctx.path / "robustness"
+    folder = out / "graded"
+    cells = folder / "cells"
+    refs = sample_references(ctx.bench, cfg.sample, cfg.seed)
+    meta = _meta(ctx, cfg, refs)
+    mpath = folder / "meta.json"
+    if mpath.is_file() and json.loads(mpath.read_text()) != meta:
+        if not force:
+            raise RobustnessError(f"{folder}: cached cells were made with other settings (model, seed, sample or "
+                                  "JPEG quality differ); pass force to recompute them")
+        shutil.rmtree(cells, ignore_errors=True)
+    cells.mkdir(parents=True, exist_ok=True)
+    (folder / "examples").mkdir(exist_ok=True)
+    atomic_write_json(mpath, meta)
+    assets = bench_assets(ctx.bench)
+    model = None
+    rows, pqs, timings = [], [], {}
+    for family in cfg.families:
+        for s in cfg.strengths:
+            name = _cell_name(family, s)
+            path = cells / f"{name}.npz"
+            t = time.perf_counter()
+            if not path.is_file():
+                model = model or ctx.create_model(device)
+                upd = progress(name, len(refs)) if progress else None
+                ids, x, failed = extract_cell(model, ctx.bench, refs, family, s, cfg, assets, batch_size,
+                                              num_workers, upd)
+                _atomic_npz(path, ids=ids, x=x, failed=np.array(json.dumps(failed)))
+                _save_example(ctx.bench, refs, family, s, cfg, assets, folder / "examples" / f"{name}.jpg")
+                timings[name] = round(time.perf_counter() - t, 3)
+            with np.load(path, allow_pickle=False) as z:
+                ids, x, failed = z["ids"].astype(str), z["x"], json.loads(str(z["failed"]))
+            qids = np.array([f"{family}@{s:.2f}/{r}" for r in ids], dtype=object)
+            metrics, pq = evaluate_query_set(ctx, qids, x, ids, opts, extra={"family": [family] * len(ids),
+                                                                             "strength": [s] * len(ids)})
+            pqs.append(pq)
+            for protocol, m in metrics.items():
+                rows.append({"family": family, "group": FAMILIES.get(family).group, "strength": s,
+                             "protocol": protocol, **{k: m.get(k) for k in METRIC_KEYS},
+                             "n_failed": len(failed)})
+    table = pd.DataFrame(rows)
+    _write_parquet(out / "graded.parquet", table)
+    _write_parquet(folder / "per_query.parquet", pd.concat(pqs, ignore_index=True) if pqs else pd.DataFrame())
+    atomic_write_json(out / "graded.json", {
+        "suite": "graded", "run": str(ctx.path), "method": ctx.spec.name, "benchmark": ctx.bench.name,
+        "config": asdict(cfg), "meta": meta, "seconds_per_new_cell": timings,
+        "rows": json.loads(table.to_json(orient="records"))})
+    return table
+
+
+def _save_example(bench, refs, family, s, cfg, assets, path: Path, long_side: int = 256) -> None:
+    """A thumbnail of the first sampled reference's edit (what the cell's queries look like)."""
+    if not refs:
+        return
+    from PIL import Image
+
+    try:
+        with Image.open(bench.image_path(refs[0])) as im:
+            img, _ = edit_image(im.convert("RGB"), family, s, cfg.seed, refs[0], assets, cfg.jpeg_quality)
+    except Exception:  # noqa: BLE001 - the example is cosmetic; the cell already recorded failures
+        return
+    img.thumbnail((long_side, long_side))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.jpg")
+    img.save(tmp, format="JPEG", quality=85)
+    os.replace(tmp, path)
+
+
+def _write_parquet(path: Path, df) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_graded(run: str | Path):
+    """The graded table of a run folder (None when the suite has not been run there)."""
+    import pandas as pd
+
+    p = Path(run) / "robustness" / "graded.parquet"
+    return pd.read_parquet(p) if p.is_file() else None
