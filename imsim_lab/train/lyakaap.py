@@ -78,10 +78,17 @@ def iscnet(backbone: str = PUBLISHED_BACKBONE, size: int = 512, dim: int = 256, 
 
 
 def model_args(backbone: str, size: int, dim: int = 256, weights_path: str | Path | None = None) -> dict:
-    """The ``model_args`` of a :class:`~imsim_lab.methods.MethodSpec` running ISCNet weights."""
+    """The ``model_args`` of a :class:`~imsim_lab.methods.MethodSpec` running ISCNet weights.
+
+    The weights' sha256 is part of them: a run folder made with other weights at the same path
+    is refused instead of silently reused (and the checksum is verified before loading).
+    """
+    from ..models.weights import sha256_file
+
     d = {"backbone": backbone, "input_size": size, "dim": dim}
     if weights_path is not None:
         d["weights_path"] = str(weights_path)
+        d["weights_sha256"] = sha256_file(weights_path)
     return d
 
 
@@ -134,3 +141,23 @@ def split_queries(query_ids: Sequence[str], fraction: float = 0.5, seed: int = 0
     perm = np.random.default_rng(seed).permutation(len(ids))
     k = int(round(len(ids) * fraction))
     return sorted(ids[perm[:k]].tolist()), sorted(ids[perm[k:]].tolist())
+
+
+def torchrun_command(bench_root: str | Path, out: str | Path, step, nproc: int, backbone: str = PUBLISHED_BACKBONE,
+                     init: str | Path | None = None, pretrained: bool = True, per_gpu_batch: int | None = None,
+                     workers: int = 8) -> list[str]:
+    """The ``torchrun`` command line of one :class:`~imsim_lab.train.views.ScheduleStep` on ``nproc`` GPUs
+    (global batch = ``step.batch_size``, split over the processes)."""
+    import sys
+
+    batch = per_gpu_batch or max(1, step.batch_size // nproc)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "imsim_lab.train", "lyakaap", "--bench", str(bench_root), "--out", str(out),
+           "--stage", step.stage, "--backbone", backbone, "--epochs", str(step.epochs), "--lr", str(step.lr),
+           "--lr-schedule", step.lr_schedule, "--batch-size", str(batch), "--memory-size", str(step.memory_size),
+           "--reference-negatives", str(step.reference_negatives), "--workers", str(workers)]
+    if init:
+        cmd += ["--init", str(init)]
+    elif pretrained:
+        cmd += ["--pretrained"]
+    return cmd
