@@ -38,6 +38,24 @@ def register(sub) -> None:
     d.add_argument("--max-images", type=int, help="the first N references only")
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.set_defaults(func=run_diversity)
+
+    r = bsub.add_parser("realism", help="how photographic the originals look to SSCD; writes BENCH/realism.json",
+                        description="Cosine statistics of the distinct references (whole set and random samples "
+                                    "the size of the comparison set), the same for a second image set (default: "
+                                    "the natural photos of scikit-image and scikit-learn), and the gap between "
+                                    "an edited copy and its hardest distractor. Targets (issue 8): mean <= 0.08, "
+                                    "median max <= 0.30. Writes realism.json into the benchmark folder.")
+    r.add_argument("root", help="benchmark folder")
+    r.add_argument("--against", help="image folder or benchmark folder to compare with (default: packaged photos)")
+    r.add_argument("--sample", type=int, help="sample size (default: the size of the comparison set)")
+    r.add_argument("--draws", type=int, default=20, help="random samples averaged (default 20)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    r.add_argument("--model", default="sscd_disc_mixup_onnx", help="descriptor model (default: bundled SSCD)")
+    r.add_argument("--max-references", type=int, help="a random subset of the references (keeps the matched ones)")
+    r.add_argument("--max-queries", type=int, help="at most N queries with a match")
+    r.add_argument("--no-write", action="store_true", help="do not write realism.json")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(func=run_realism)
     p.set_defaults(func=lambda args: _help(p))
 
 
@@ -152,4 +170,48 @@ def run_diversity(args) -> int:
     print(f"  median max cosine to another original  : {st.median_max_cos:.4f}  (p90 {st.p90_max_cos:.4f})")
     for scene, v in st.per_scene.items():
         print(f"    {scene:<12} n={v['n']:<5d} mean {v['mean_cos']:.3f}  median max {v['median_max_cos']:.3f}")
+    return 0
+
+
+def _stats_row(label: str, n: int, st) -> str:
+    return f"  {label:<44} {n:>6d} {st.mean_cos:>8.3f} {st.median_max_cos:>10.3f} {st.p90_max_cos:>8.3f}"
+
+
+def run_realism(args) -> int:
+    from ..realism import measure_realism, write_realism
+
+    bars = _Bars(args.json)
+    try:
+        rep = measure_realism(args.root, args.against, args.sample, args.draws, args.seed, args.model,
+                              args.max_references, args.max_queries, progress=bars)
+    finally:
+        bars.close()
+    path = None if args.no_write else write_realism(args.root, rep)
+    if args.json:
+        print(json.dumps(rep.to_dict(), sort_keys=True))
+        return 0
+    b, a = rep.bench, rep.against
+    print(f"realism of {rep.benchmark} ({args.model}; samples of {rep.sample_size}, {rep.draws} draws, seed {rep.seed})")
+    print(f"  {'image set':<44} {'n':>6} {'mean cos':>8} {'median max':>10} {'p90 max':>8}")
+    print(_stats_row(f"{b.name}, samples", rep.sample_size, b.sampled))
+    print(_stats_row(f"{a.name}, samples", rep.sample_size, a.sampled))
+    print(_stats_row(f"{b.name}, all", b.full.n, b.full))
+    print(_stats_row(f"{a.name}, all", a.full.n, a.full))
+    print(f"  targets (samples): mean <= {rep.targets['mean_cos']:.2f}, median max <= {rep.targets['median_max_cos']:.2f}"
+          f"  -> {'met' if rep.meets_targets else 'NOT met'}")
+    print("  edited copy vs hardest distractor (medians): positive  hardest  gap   top-1")
+    for label, g in ((f"{b.name}, all {b.n_images} references", b.gap),
+                     (f"{b.name}, {rep.sample_size - 1} distractors", rep.bench_gap_sampled),
+                     (f"{a.name}, {a.n_images - 1} distractors", a.gap)):
+        if g is not None:
+            print(f"    {label:<46} {g.positive:6.3f} {g.hardest_negative:8.3f} {g.gap:6.3f} {g.top1:6.1%}")
+    if b.full.per_group:
+        print("  per scene (all references): n, mean cos, median max")
+        for k, v in b.full.per_group.items():
+            print(f"    {k:<14} {v['n']:5d} {v['mean_cos']:7.3f} {v['median_max_cos']:7.3f}")
+    print("verdict:")
+    for line in rep.verdict:
+        print(f"  {line}")
+    if path is not None:
+        print(f"written {path}")
     return 0
