@@ -1,8 +1,11 @@
 """imsim-lab explorer: start with ``imsim-lab explore RESULTS_DIR`` (or
 ``IMSIM_RUNS_DIR=RESULTS_DIR streamlit run explorer/app.py``).
 
-This file only declares the navigation; each page is a thin layout over the tested functions of
-``imsim_lab.report`` (see ``explorer/common.py`` for caching and shared controls).
+This file only declares the navigation; each page (``explorer/views/``) is a thin layout over the
+tested functions of ``imsim_lab.report`` (see ``explorer/common.py`` for caching and shared controls).
+The pages are not in a folder named ``pages/``: Streamlit treats such a folder as the older
+multipage layout whenever the first visit of a fresh server opens a page other than the main one
+(the page then runs without this file: no navigation, no wide layout).
 """
 
 import sys
@@ -18,14 +21,14 @@ st.set_page_config(page_title="imsim-lab explorer", page_icon=":material/content
 
 PAGES = {
     "Results": [
-        st.Page("pages/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:", default=True),
-        st.Page("pages/families.py", title="Per-augmentation AP", icon=":material/grid_on:"),
-        st.Page("pages/failures.py", title="Failure cases", icon=":material/report:"),
-        st.Page("pages/compare.py", title="Compare two methods", icon=":material/compare:"),
+        st.Page("views/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:", default=True),
+        st.Page("views/families.py", title="Per-augmentation AP", icon=":material/grid_on:"),
+        st.Page("views/failures.py", title="Failure cases", icon=":material/report:"),
+        st.Page("views/compare.py", title="Compare two methods", icon=":material/compare:"),
     ],
     "Data": [
-        st.Page("pages/browser.py", title="Benchmark browser", icon=":material/photo_library:"),
-        st.Page("pages/submit.py", title="Evaluate a submission", icon=":material/upload_file:"),
+        st.Page("views/browser.py", title="Benchmark browser", icon=":material/photo_library:"),
+        st.Page("views/submit.py", title="Evaluate a submission", icon=":material/upload_file:"),
     ],
 }
 

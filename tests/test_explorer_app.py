@@ -8,8 +8,8 @@ import pytest
 from test_explorer_support import demo_results, make_mini_bench, scored_predictions, write_run  # noqa: F401
 
 APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
-PAGES = ["pages/leaderboard.py", "pages/families.py", "pages/failures.py", "pages/compare.py", "pages/browser.py",
-         "pages/submit.py"]
+PAGES = ["views/leaderboard.py", "views/families.py", "views/failures.py", "views/compare.py", "views/browser.py",
+         "views/submit.py"]
 METHODS = ["pdq", "sscd", "sscd+sn"]
 
 
@@ -62,7 +62,8 @@ def test_families_heatmap_cell_and_strength(monkeypatch, demo_results):
     runs, _ = demo_results
     at = app(monkeypatch, runs, PAGES[1])
     heat, strength = charts(at)[:2]
-    assert heat["data"][0]["marker"]["symbol"] == "square" and heat["data"][0]["type"] == "scatter"
+    assert heat["data"][0]["type"] == "heatmap" and heat["data"][1]["type"] == "scatter"
+    assert heat["data"][0]["colorscale"][0][1] != heat["data"][0]["colorscale"][-1][1]  # cividis, not flat
     assert len(strength["data"]) == len(METHODS)
     # the examples of a cell chosen through the URL
     fam = at.selectbox(key="cell_family").options[0]

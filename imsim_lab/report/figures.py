@@ -2,8 +2,9 @@
 
 Colour-blind-safe throughout: the Okabe-Ito palette (with distinct marker symbols and dashes as a
 second cue) for categories, "cividis" for sequential values and blue/orange for signed differences.
-The heatmap is a scatter of square markers, not ``imshow``: clicking a cell of an ``imshow``
-returns no selection in Streamlit, a scatter point does (its ``customdata`` names the cell).
+Clicking a cell of a plain heatmap returns no selection in Streamlit (streamlit issue 8760), a
+scatter point does: the heatmap carries one invisible square marker per cell whose ``customdata``
+names the cell.
 """
 
 from __future__ import annotations
@@ -62,40 +63,45 @@ def leaderboard_figure(lb: pd.DataFrame, metric: str = "micro_ap"):
 
 def family_heatmap(ft: pd.DataFrame, metric: str = "micro_ap", family_order: list[str] | None = None,
                    label_order: list[str] | None = None):
-    """Runs x transformation families as square markers coloured by ``metric`` (cividis, 0..1).
+    """Runs x transformation families coloured by ``metric`` (cividis, 0..1; blank = no positive).
 
-    Each point's ``customdata`` is (label, family, n_positives): a click names the cell.
+    Drawn as a heatmap (it scales with the page) under a layer of invisible square markers, one
+    per cell, which is what a click selects: each marker's ``customdata`` is (label, family,
+    n_positives, group).
     """
     go = _go()
     fams = family_order or list(ft.sort_values(["group", "family"])["family"].drop_duplicates())
     labels = label_order or list(ft["label"].drop_duplicates())
     df = ft.set_index(["label", "family"])
-    xs, ys, vals, custom, text = [], [], [], [], []
-    for lab in labels:
-        for f in fams:
+    z = np.full((len(labels), len(fams)), np.nan)
+    npos = np.zeros((len(labels), len(fams)), int)
+    xs, ys, custom, text = [], [], [], []
+    for i, lab in enumerate(labels):
+        for j, f in enumerate(fams):
             if (lab, f) not in df.index:
                 continue
             r = df.loc[(lab, f)]
-            val = float(r[metric])
-            xs.append(f), ys.append(lab), vals.append(val)
+            z[i, j], npos[i, j] = float(r[metric]), int(r["n_positives"])
+            xs.append(f), ys.append(lab)
             custom.append([lab, f, int(r["n_positives"]), str(r.get("group", ""))])
-            text.append("" if math.isnan(val) else f"{val:.2f}")
-    vals = np.array(vals, float)
-    nan = np.isnan(vals)
-    cell = 30
-    fig = go.Figure(go.Scatter(
-        x=xs, y=ys, mode="markers+text", text=text, textfont={"size": 9, "color": "white"},
-        marker={"symbol": "square", "size": cell, "color": np.where(nan, 0.0, vals), "colorscale": SEQUENTIAL,
-                "cmin": 0.0, "cmax": 1.0, "colorbar": {"title": METRIC_LABELS.get(metric, metric), "thickness": 12},
-                "line": {"width": [2 if n else 0 for n in nan], "color": "#999"}},
-        customdata=custom,
-        hovertemplate="%{customdata[0]}<br>%{customdata[1]} (%{customdata[3]})<br>"
-                      + METRIC_LABELS.get(metric, metric) + " %{text}<br>%{customdata[2]} positives<extra></extra>"))
-    fig.update_layout(width=max(520, 160 + (cell + 6) * len(fams)), height=max(260, 170 + (cell + 6) * len(labels)),
-                      margin={"l": 10, "r": 10, "t": 30, "b": 10}, plot_bgcolor="white",
+            text.append("no positive" if math.isnan(z[i, j]) else f"{z[i, j]:.3f}")
+    name = METRIC_LABELS.get(metric, metric)
+    cells = [["" if math.isnan(v) else f"{v:.2f}" for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=fams, y=labels, colorscale=SEQUENTIAL, zmin=0.0, zmax=1.0, xgap=2, ygap=2, hoverinfo="skip",
+        text=cells, texttemplate="%{text}", textfont={"size": 9}, colorbar={"title": name, "thickness": 12}))
+    fig.add_trace(go.Scatter(
+        x=xs, y=ys, mode="markers", text=text, customdata=custom, showlegend=False,
+        marker={"symbol": "square", "size": 18, "color": "rgba(0,0,0,0.01)"},
+        selected={"marker": {"color": "rgba(0,0,0,0.01)"}}, unselected={"marker": {"opacity": 1}},
+        hovertemplate="%{customdata[0]}<br>%{customdata[1]} (%{customdata[3]})<br>" + name
+                      + " %{text}<br>%{customdata[2]} positives<extra>click to see the queries</extra>"))
+    fig.update_layout(height=max(260, 150 + 34 * len(labels)), margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      plot_bgcolor="#eeeeee",
                       xaxis={"type": "category", "categoryorder": "array", "categoryarray": fams, "tickangle": -50,
-                             "side": "top"},
-                      yaxis={"type": "category", "categoryorder": "array", "categoryarray": labels[::-1]},
+                             "side": "top", "showgrid": False},
+                      yaxis={"type": "category", "categoryorder": "array", "categoryarray": labels[::-1],
+                             "showgrid": False},
                       clickmode="event+select", dragmode=False)
     return fig
 
