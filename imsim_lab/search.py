@@ -136,9 +136,14 @@ def knn(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", backend: str
     backend = resolve_backend(backend)
     if backend == "numpy" or len(xb) == 0 or k == 0:
         return knn_numpy(xq, xb, k, metric)
-    index = flat_index(xb.shape[1], metric, gpu=backend == "faiss-gpu")
-    index.add(xb)
-    D, I = index.search(xq, k)
+    if backend == "faiss":
+        # brute force without copying xb into an index: one copy less of the database in memory
+        faiss = _faiss()
+        D, I = faiss.knn(xq, xb, k, metric=faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = flat_index(xb.shape[1], metric, gpu=True)
+        index.add(xb)
+        D, I = index.search(xq, k)
     if metric == "l2":
         D[I < 0] = np.inf
     else:

@@ -1,0 +1,102 @@
+"""Search: the overhead of imsim_lab.search.knn against raw faiss, and a simulated
+1,000,000 x 256 float16 database searched in blocks from disk with its peak memory.
+
+    .venv/bin/python benchmarks/bench_search.py [--nb 1000000] [--nq 1000]
+
+The large search runs in a child process so that its peak resident memory (ru_maxrss) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def overhead(nb: int, nq: int, d: int, k: int, reps: int = 5) -> tuple[float, float]:
+    import faiss
+
+    from imsim_lab.search import knn
+
+    rng = np.random.default_rng(0)
+    xb = rng.standard_normal((nb, d)).astype(np.float32)
+    xq = rng.standard_normal((nq, d)).astype(np.float32)
+
+    def raw():
+        index = faiss.IndexFlatL2(d)
+        index.add(xb)
+        return index.search(xq, k)
+
+    def ours():
+        return knn(xq, xb, k, "l2", backend="faiss")
+
+    t_raw, t_ours = [], []
+    for _ in range(reps):  # interleaved, best of reps: the CPU is shared
+        t = time.perf_counter(); raw(); t_raw.append(time.perf_counter() - t)
+        t = time.perf_counter(); ours(); t_ours.append(time.perf_counter() - t)
+    return min(t_raw), min(t_ours)
+
+
+def child(path: str, nq: int, k: int, block: int) -> None:
+    from imsim_lab.search import knn, knn_blocks
+
+    knn(np.zeros((1, 4), np.float32), np.zeros((2, 4), np.float32), 1)  # load faiss first
+    base = int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmRSS")).split()[1]) / 1024
+    xb = np.load(path, mmap_mode="r")
+    xq = np.random.default_rng(1).standard_normal((nq, xb.shape[1])).astype(np.float32)
+    t = time.perf_counter()
+    D, I = knn_blocks(xq, xb, k, "l2", backend="auto", block_size=block)
+    dt = time.perf_counter() - t
+    # VmHWM: the peak of this process image (ru_maxrss would carry the parent's peak across exec)
+    status = Path("/proc/self/status").read_text()
+    peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
+    print(json.dumps({"seconds": dt, "peak_rss_mib": peak, "base_rss_mib": base, "shape": list(xb.shape), "valid": bool((I >= 0).all())}))
+
+
+def make_db(path: Path, nb: int, d: int, chunk: int = 100_000) -> None:
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(nb, d))
+    rng = np.random.default_rng(0)
+    for i in range(0, nb, chunk):
+        x = rng.standard_normal((min(chunk, nb - i), d)).astype(np.float32)
+        mm[i:i + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    mm.flush()
+    del mm
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nb", type=int, default=1_000_000)
+    ap.add_argument("--nq", type=int, default=1000)
+    ap.add_argument("--block", type=int, default=65_536)
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        child(a.child[0], int(a.child[1]), int(a.child[2]), int(a.child[3]))
+        return
+    t_raw, t_ours = overhead(100_000, a.nq, 256, 10)
+    print(f"knn 100,000 x 256, {a.nq} queries, k=10: raw faiss {t_raw * 1e3:.1f} ms, imsim_lab.search.knn "
+          f"{t_ours * 1e3:.1f} ms, overhead {100 * (t_ours / t_raw - 1):+.1f} %")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "xb.npy"
+        t = time.perf_counter()
+        make_db(path, a.nb, 256)
+        size = path.stat().st_size / 2 ** 20
+        print(f"database {a.nb:,} x 256 float16 on disk: {size:.0f} MiB (written in {time.perf_counter() - t:.1f} s)")
+        r = subprocess.run([sys.executable, __file__, "--child", str(path), str(a.nq), "10", str(a.block)],
+                           capture_output=True, text=True, check=True)
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        print(f"block search ({a.block:,} rows a block), {a.nq} queries, k=10: {res['seconds']:.1f} s, "
+              f"peak resident memory {res['peak_rss_mib']:.0f} MiB, of which {res['base_rss_mib']:.0f} MiB "
+              f"is the interpreter with numpy and faiss loaded (database {size:.0f} MiB; as float32 in "
+              f"memory it would be {2 * size:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
