@@ -133,3 +133,27 @@ def test_synthetic_runs_and_broken_run(monkeypatch, tmp_path):
     assert any("expected a JSON object" in w.value for w in at.warning)
     for page in PAGES[1:]:
         app(monkeypatch, res, page)
+
+
+def test_demo_rerun_reuses_and_prints_phases(demo_results, capsys):
+    from imsim_lab.cli import main
+
+    runs, bench = demo_results
+    out = runs.parent
+    assert main(["demo", "--preset", "tiny", "--out", str(out), "--methods", "pdq,sscd", "--no-serve",
+                 "--workers", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "already built" in text and text.count("(reused)") == 2
+    for phase in ("1/3 benchmark", "2/3 runs", "3/3 findings", "demo ready in"):
+        assert phase in text
+    assert "what to look at first" in text and "Leaderboard: best" in text
+
+
+def test_cli_errors(tmp_path, capsys):
+    from imsim_lab.cli import main
+
+    assert main(["explore", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert main(["demo", "--preset", "tiny", "--out", str(tmp_path / "d"), "--methods", "nope", "--no-serve"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method(s) nope" in err and not (tmp_path / "d").exists()

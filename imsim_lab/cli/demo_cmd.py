@@ -141,7 +141,12 @@ def run(args) -> int:
     from ..report.guide import first_look
     from .explore_cmd import free_port, serve
 
+    from ..methods import METHODS
+
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ImsimError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; see `imsim-lab methods`")
     out = Path(args.out)
     bench, runs = out / "bench", out / "runs"
     t_all = time.perf_counter()
