@@ -44,6 +44,7 @@ n_gpus = 8               # profile "full": processes of torchrun
 seed = 0
 
 # %%
+import shutil
 import time
 
 import numpy as np
@@ -295,10 +296,10 @@ size = PLAN["eval_size"]
 specs = {
     "random": MethodSpec("lyakaap_random", "isc_effnetv2m", "none", model_args=model_args(backbone, size),
                          description="ISCNet, random weights (floor)"),
-    "trained": MethodSpec("lyakaap", "isc_effnetv2m", "none", model_args=model_args(backbone, size, weights_path=weights),
-                          description="ISCNet after self-supervised training"),
     "trained+nes": MethodSpec("lyakaap+nes", "isc_effnetv2m", "nes", model_args=model_args(backbone, size, weights_path=weights),
                               params=NES, needs_training=True, description="+ DBA and NES (training images)"),
+    "trained": MethodSpec("lyakaap", "isc_effnetv2m", "none", model_args=model_args(backbone, size, weights_path=weights),
+                          description="ISCNet after self-supervised training"),
     "finetuned+nes": MethodSpec("lyakaap_ft+nes", "isc_effnetv2m", "nes",
                                 model_args=model_args(backbone, size, weights_path=ft_res.weights), params=NES,
                                 needs_training=True, description="+ fine-tune on half of the GT pairs, DBA, NES"),
@@ -307,6 +308,8 @@ opts = RunOptions(extract=ExtractConfig(batch_size=64, num_workers=PLAN["workers
 results, rows = {}, []
 for name, spec in specs.items():
     out = run_dir(NOTEBOOK, name, results_dir, profile)
+    if name == "trained" and not (out / "features").exists():  # same model: reuse the extracted features
+        shutil.copytree(run_dir(NOTEBOOK, "trained+nes", results_dir, profile) / "features", out / "features")
     results[name] = run_method(spec, bench.root, out, opts=opts)
     preds = read_predictions(out / "predictions.csv")
     held = evaluate(bench.gt, preds, "isc2021", queries=heldout_q)
@@ -331,7 +334,7 @@ if profile == "cpu":
 
 # %%
 fam = pd.concat([family_metrics(bench, read_predictions(run_dir(NOTEBOOK, n, results_dir, profile) / "predictions.csv"),
-                                "isc2021").assign(run=n) for n in ("random", "trained", "trained+nes")])
+                                "isc2021").assign(run=n) for n in ("random", "trained", "trained+nes", "finetuned+nes")])
 fig = px.bar(fam, x="family", y="micro_ap", color="run", barmode="group", title="µAP per family")
 fig.show()
 print(f"notebook time: {time.perf_counter() - t_notebook:.0f} s (training {train_seconds:.0f} s)")

@@ -65,6 +65,9 @@ def test_two_view_dataset_items(tmp_path):
     assert np.array_equal(x, x2)
     (a, sa), (b, sb) = ds.views(1, 0)
     assert any(s.startswith("overlay") for s in sb)
+    import pickle  # DataLoader workers started with "spawn" receive the data set pickled
+
+    assert np.array_equal(pickle.loads(pickle.dumps(ds))[(4, 0)][0], x)
 
 
 def test_pair_dataset(tmp_path):

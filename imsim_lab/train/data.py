@@ -49,6 +49,16 @@ def to_array(img, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     return (a - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
 
 
+class _ImagesById:
+    """id -> RGB image, picklable (DataLoader workers under the "spawn" start method)."""
+
+    def __init__(self, paths: dict[str, str]):
+        self.paths = paths
+
+    def __call__(self, image_id: str):
+        return load_rgb(self.paths[image_id])
+
+
 class TwoViewImages:
     """Two views of each training image (map-style dataset addressed by ``(index, epoch)``).
 
@@ -76,9 +86,8 @@ class TwoViewImages:
         self.stage, self.mean, self.std, self.seed = stage, tuple(mean), tuple(std), int(seed)
         self.negatives = [str(p) for p in negatives]
         self.n_negatives = int(n_negatives) if self.negatives else 0
-        by_id = dict(zip(self.ids, self.paths))
-        self.assets = assets or Assets.from_augly(images=lambda i: load_rgb(by_id[i]), image_ids=self.ids,
-                                                  seed=self.seed)
+        self.assets = assets or Assets.from_augly(images=_ImagesById(dict(zip(self.ids, self.paths))),
+                                                  image_ids=self.ids, seed=self.seed)
 
     def __len__(self) -> int:
         return len(self.paths)
