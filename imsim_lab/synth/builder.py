@@ -33,7 +33,7 @@ from .presets import PRESETS, Preset
 
 GENERATOR = "disc-synth"
 #: bump when the same seed would give other images (scenes, plan or query sampling changed)
-VERSION = "1.0"
+VERSION = "2.0"
 STATE_FILE = ".disc-synth-build.json"
 #: held-out originals and training images: image_id, split, scene, sibling_group, source, ...
 ORIGINALS_TABLE = "originals.parquet"

@@ -253,7 +253,7 @@ def camera_finish(canvas: np.ndarray, rng: np.random.Generator, grain: float | N
     that share a drawing routine).
     """
     h, w = canvas.shape[:2]
-    c = canvas * rng.uniform(0.9, 1.1, 3).astype(np.float32)  # white balance
+    c = np.clip(canvas, 0, None) * rng.uniform(0.9, 1.1, 3).astype(np.float32)  # white balance
     c = c ** np.float32(rng.uniform(0.85, 1.2))  # exposure curve
     if rng.random() < 0.7:
         yy = np.linspace(-1, 1, h, dtype=np.float32)[:, None]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -44,7 +45,25 @@ def register_scene(name: str, weight: float = 1.0, sibling_ok: bool = True):
     return deco
 
 
-def render_scene(name: str, seed: int, size: tuple[int, int], sibling: int = 0) -> Image.Image:
+@dataclass(frozen=True)
+class Finish:
+    """Which steps of the photographic finish (:mod:`.finish`) :func:`render_scene` applies.
+
+    The default is what measurement kept (``data_manifests/disc-synth.md``); switch a step off to
+    reproduce an earlier attempt's figures.
+    """
+
+    reframe: bool = True
+    photo_detail: bool = True
+    tone: bool = True
+    max_zoom: float = 3.0
+
+
+DEFAULT_FINISH = Finish()
+
+
+def render_scene(name: str, seed: int, size: tuple[int, int], sibling: int = 0,
+                 finish: Finish = DEFAULT_FINISH) -> Image.Image:
     """Render one scene as an RGB image.
 
     Args:
@@ -52,13 +71,23 @@ def render_scene(name: str, seed: int, size: tuple[int, int], sibling: int = 0) 
         seed: the structural seed (layout, colours, objects).
         size: (width, height).
         sibling: 0 for the scene itself; k > 0 for its k-th near-duplicate sibling.
+        finish: the finishing steps (framing, photo micro-texture and tone are drawn from the
+            structural seed, so siblings share them; exposure and grain differ per sibling).
     """
+    from .finish import photo_detail, reframe, tone_curve
+
     w, h = size
     rng = np.random.default_rng([seed, 0x5CE7E])
     jit = None if sibling == 0 else np.random.default_rng([seed, 0x51B, sibling])
     canvas = SCENES.get(name)(Ctx(rng, jit, w, h))
+    look = np.random.default_rng([seed, 0x100C])
+    if finish.reframe:
+        canvas = reframe(canvas, look, finish.max_zoom)
+    if finish.photo_detail:
+        canvas = photo_detail(canvas, look)
     fin = np.random.default_rng([seed, 0xF17, sibling])  # siblings: another exposure and grain
-    return camera_finish(canvas, fin)
+    img = camera_finish(canvas, fin)
+    return tone_curve(img, look) if finish.tone else img
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,5 +190,5 @@ def scene_weights() -> dict[str, float]:
 # the families register themselves on import
 from . import scenes_made, scenes_nature, scenes_objects  # noqa: E402,F401
 
-__all__ = ["SCENES", "register_scene", "render_scene", "scene_names", "scene_weights", "font", "emoji",
+__all__ = ["SCENES", "Finish", "DEFAULT_FINISH", "register_scene", "render_scene", "scene_names", "scene_weights", "font", "emoji",
            "sentence", "words", "font_files", "emoji_files"]

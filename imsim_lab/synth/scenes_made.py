@@ -205,7 +205,7 @@ def chart(ctx: Ctx) -> np.ndarray:
     return _arr(im)
 
 
-@register_scene("meme")
+@register_scene("meme", weight=1.3)
 def meme(ctx: Ctx) -> np.ndarray:
     """A meme: a picture from another family with captions in heavy type above and below."""
     from .scenes import SCENES
@@ -253,7 +253,7 @@ def collage(ctx: Ctx) -> np.ndarray:
     return _arr(im)
 
 
-@register_scene("city", weight=1.3)
+@register_scene("city", weight=0.9)
 def city(ctx: Ctx) -> np.ndarray:
     """A street or skyline: buildings with window grids (lit at night), a road with perspective."""
     rng, w, h = ctx.rng, ctx.w, ctx.h

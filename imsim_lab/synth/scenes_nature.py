@@ -114,7 +114,7 @@ def landscape(ctx: Ctx) -> np.ndarray:
     return canvas
 
 
-@register_scene("seascape")
+@register_scene("seascape", weight=1.2)
 def seascape(ctx: Ctx) -> np.ndarray:
     """Sea to the horizon with perspective waves, a beach or cliffs, boats and birds."""
     rng, w, h = ctx.rng, ctx.w, ctx.h
@@ -149,7 +149,7 @@ def seascape(ctx: Ctx) -> np.ndarray:
     return canvas
 
 
-@register_scene("aerial", weight=1.2)
+@register_scene("aerial", weight=0.6)
 def aerial(ctx: Ctx) -> np.ndarray:
     """A satellite-like view: elevation-coloured terrain with hill shading, fields, roads and a river."""
     rng, w, h = ctx.rng, ctx.w, ctx.h
@@ -222,7 +222,7 @@ def night_sky(ctx: Ctx) -> np.ndarray:
     return canvas
 
 
-@register_scene("forest")
+@register_scene("forest", weight=0.6)
 def forest(ctx: Ctx) -> np.ndarray:
     """Tree trunks at several depths with bark texture, foliage, haze and light shafts."""
     rng, w, h = ctx.rng, ctx.w, ctx.h
@@ -330,7 +330,7 @@ def _lichen(rng, h, w):
     return colormap(v, palette(rng, 4))
 
 
-@register_scene("texture", weight=1.3)
+@register_scene("texture", weight=1.5)
 def texture(ctx: Ctx) -> np.ndarray:
     """A macro photograph of a material: marble, wood, stone cells, woven cloth, pebbles or lichen."""
     rng, w, h = ctx.rng, ctx.w, ctx.h

@@ -55,7 +55,7 @@ def _cylinder(canvas, x, y, cw, ch, col, light, rng) -> None:
     paste(canvas, np.broadcast_to(np.clip(col * 0.6, 0, 1), (eh, cw, 3)), ellipse_mask(cw, eh), int(x), int(y - eh / 2))
 
 
-@register_scene("still_life", weight=1.5)
+@register_scene("still_life", weight=0.8)
 def still_life(ctx: Ctx) -> np.ndarray:
     """A table of many lit objects (balls, boxes, cups) with shadows and occlusion, before a wall."""
     rng, w, h = ctx.rng, ctx.w, ctx.h
@@ -103,7 +103,7 @@ def still_life(ctx: Ctx) -> np.ndarray:
     return canvas
 
 
-@register_scene("shelves")
+@register_scene("shelves", weight=0.6)
 def shelves(ctx: Ctx) -> np.ndarray:
     """Shop shelves packed with labelled boxes, cans and bottles (clutter, repeated products)."""
     rng, w, h = ctx.rng, ctx.w, ctx.h
@@ -138,7 +138,7 @@ def shelves(ctx: Ctx) -> np.ndarray:
     return np.asarray(im, np.float32) / 255
 
 
-@register_scene("food")
+@register_scene("food", weight=0.8)
 def food(ctx: Ctx) -> np.ndarray:
     """Plates and bowls seen from above on a table cloth, with food pieces and cutlery."""
     rng, w, h = ctx.rng, ctx.w, ctx.h
