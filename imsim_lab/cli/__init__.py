@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import ImsimError
 
 #: sub-command modules, in the order of ``imsim-lab --help``
-COMMAND_MODULES = ["eval_cmd", "run_cmd", "data_cmd", "bench_cmd", "explore_cmd", "demo_cmd"]
+COMMAND_MODULES = ["eval_cmd", "run_cmd", "data_cmd", "bench_cmd", "explore_cmd", "demo_cmd", "robustness_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:
