@@ -157,3 +157,39 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["demo", "--preset", "tiny", "--out", str(tmp_path / "d"), "--methods", "nope", "--no-serve"]) == 2
     err = capsys.readouterr().err
     assert "unknown method(s) nope" in err and not (tmp_path / "d").exists()
+
+
+def test_upload_bad_and_good_files(monkeypatch, tmp_path):
+    """AppTest uploads: a bad file gives the reader's message; a good one is evaluated, saved as a run,
+    and then listed on the leaderboard. Nothing is written outside the results folder."""
+    from imsim_lab.benchmark import load_benchmark
+    from imsim_lab.formats import write_predictions
+
+    bench = load_benchmark(make_mini_bench(tmp_path / "bench"))
+    res = tmp_path / "results"
+    write_run(res / "a", bench, scored_predictions(bench, 3.0, 1), "sscd")
+    before = {p for p in tmp_path.rglob("*") if "results" not in p.parts}
+    at = app(monkeypatch, res, PAGES[5])
+    at.file_uploader(key="upload").set_value(("bad.csv", b"query_id,reference_id,score\nQ00000,R000000,x\n",
+                                              "text/csv"))
+    at.run()
+    assert not at.exception
+    assert any("cannot be evaluated" in e.value and "non-numeric score" in e.value and "row 2" in e.value
+               for e in at.error)
+    at.file_uploader(key="upload").set_value(("notes.csv", b"hello\n", "text/csv"))
+    at.run()
+    assert any("not a submission" in e.value for e in at.error)
+    good = tmp_path / "good.csv"
+    write_predictions(good, scored_predictions(bench, 5.0, 7))
+    at.file_uploader(key="upload").set_value(("team.csv", good.read_bytes(), "text/csv"))
+    at.run()
+    assert not at.error and any("evaluated against mini" in s.value for s in at.success)
+    assert set(frame(at)["family"]) == {"rotate", "blur", "text"}
+    at.button[0].click().run()
+    assert any("Saved to" in s.value for s in at.success)
+    assert (res / "uploads" / "team" / "metrics.json").is_file()
+    good.unlink()
+    after = {p for p in tmp_path.rglob("*") if "results" not in p.parts}
+    assert after == before
+    lb = app(monkeypatch, res, PAGES[0])
+    assert sorted(frame(lb)["label"]) == ["sscd", "upload:team"]
