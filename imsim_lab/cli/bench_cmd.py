@@ -193,16 +193,17 @@ def run_realism(args) -> int:
     b, a = rep.bench, rep.against
     print(f"realism of {rep.benchmark} ({args.model}; samples of {rep.sample_size}, {rep.draws} draws, seed {rep.seed})")
     print(f"  {'image set':<44} {'n':>6} {'mean cos':>8} {'median max':>10} {'p90 max':>8}")
-    print(_stats_row(f"{b.name}, samples", rep.sample_size, b.sampled))
-    print(_stats_row(f"{a.name}, samples", rep.sample_size, a.sampled))
-    print(_stats_row(f"{b.name}, all", b.full.n, b.full))
-    print(_stats_row(f"{a.name}, all", a.full.n, a.full))
+    print(f"  benchmark : {b.name}\n  comparison: {a.name}")
+    print(_stats_row("benchmark, random samples", rep.sample_size, b.sampled))
+    print(_stats_row("comparison, random samples", rep.sample_size, a.sampled))
+    print(_stats_row("benchmark, all references", b.full.n, b.full))
+    print(_stats_row("comparison, all images", a.full.n, a.full))
     print(f"  targets (samples): mean <= {rep.targets['mean_cos']:.2f}, median max <= {rep.targets['median_max_cos']:.2f}"
           f"  -> {'met' if rep.meets_targets else 'NOT met'}")
-    print("  edited copy vs hardest distractor (medians): positive  hardest  gap   top-1")
-    for label, g in ((f"{b.name}, all {b.n_images} references", b.gap),
-                     (f"{b.name}, {rep.sample_size - 1} distractors", rep.bench_gap_sampled),
-                     (f"{a.name}, {a.n_images - 1} distractors", a.gap)):
+    print(f"  {'edited copy vs hardest distractor (medians)':<48} positive  hardest    gap  top-1")
+    for label, g in ((f"benchmark, all {b.n_images} references", b.gap),
+                     (f"benchmark, {rep.sample_size - 1} random distractors", rep.bench_gap_sampled),
+                     (f"comparison, {a.n_images - 1} distractors", a.gap)):
         if g is not None:
             print(f"    {label:<46} {g.positive:6.3f} {g.hardest_negative:8.3f} {g.gap:6.3f} {g.top1:6.1%}")
     if b.full.per_group:
