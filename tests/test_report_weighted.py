@@ -126,3 +126,17 @@ def test_bootstrap_counts_are_seeded_resamples():
     assert a.shape == (7, 50) and (a.sum(axis=1) == 50).all()
     assert np.array_equal(a, bootstrap_counts(50, 7, seed=1))
     assert not np.array_equal(a, bootstrap_counts(50, 7, seed=2))
+
+
+def test_reader_codes_give_the_same_result(tmp_path):
+    from imsim_lab.formats import read_predictions, write_predictions
+
+    gt, preds = random_case(8, extra_queries=2)
+    write_predictions(tmp_path / "p.csv", preds)
+    read = read_predictions(tmp_path / "p.csv")
+    assert read.query_codes is not None
+    for protocol in ("isc2021", "drivendata"):
+        a = weighted_metrics(prepare_scored(gt, preds, protocol), np.ones((1, len(gt))))
+        b = weighted_metrics(prepare_scored(gt, read, protocol), np.ones((1, len(gt))))
+        for k in ("micro_ap", "recall_at_p90"):
+            assert np.allclose(a[k], b[k], equal_nan=True)

@@ -61,7 +61,9 @@ def drivendata_predictions(preds: Predictions, n_queries: int) -> Predictions:
     first nq x 10 rows are the DrivenData set whenever 500,000 >= nq x 10.
     """
     n = n_queries * DRIVENDATA_PER_QUERY
-    return Predictions(preds.query_ids[:n], preds.reference_ids[:n], preds.scores[:n])
+    codes = preds.query_codes[:n] if preds.query_codes is not None else None
+    return Predictions(preds.query_ids[:n], preds.reference_ids[:n], preds.scores[:n], query_codes=codes,
+                       query_vocab=preds.query_vocab if codes is not None else None)
 
 
 def load_run_data(info: RunInfo, gt: GroundTruth | None = None) -> RunData:

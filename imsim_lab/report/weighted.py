@@ -87,7 +87,12 @@ def prepare_scored(gt: GroundTruth, preds: Predictions, protocol: str = "isc2021
         raise ValueError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
     qids = np.asarray(gt.query_ids, dtype=object)
     nq = len(qids)
-    gq = pd.Index(qids).get_indexer(np.asarray(preds.query_ids, dtype=object)).astype(np.int64)
+    if preds.query_codes is not None and preds.query_vocab is not None and len(preds.query_codes) == len(preds):
+        # the CSV reader's codes: look up each distinct query once, not each prediction
+        gq = pd.Index(qids).get_indexer(np.asarray(preds.query_vocab, dtype=object)).astype(np.int64)
+        gq = gq[np.asarray(preds.query_codes, np.int64)] if len(gq) else np.zeros(len(preds), np.int64)
+    else:
+        gq = pd.Index(qids).get_indexer(np.asarray(preds.query_ids, dtype=object)).astype(np.int64)
     scores = np.asarray(preds.scores, np.float64)
     rids = np.asarray(preds.reference_ids, dtype=object)
     if protocol == "drivendata":
