@@ -51,8 +51,8 @@ def test_leaderboard(monkeypatch, demo_results):
     board = frame(at)
     assert sorted(board["label"]) == sorted(METHODS)
     assert (board["micro_ap_low"] <= board["µAP"] + 1e-9).all() and board["µAP"].between(0, 1).all()
-    (fig,) = charts(at)
-    assert fig["data"][0]["type"] == "scatter"
+    fig, pr = charts(at)
+    assert fig["data"][0]["type"] == "scatter" and len(pr["data"]) == len(METHODS)
     dd = app(monkeypatch, runs, PAGES[0], protocol="drivendata", metric="R@1")
     assert any("R@1 is an isc2021 metric" in i.value for i in dd.info)
     assert frame(dd)["R@1"].isna().all()

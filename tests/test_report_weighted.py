@@ -140,3 +140,16 @@ def test_reader_codes_give_the_same_result(tmp_path):
         b = weighted_metrics(prepare_scored(gt, read, protocol), np.ones((1, len(gt))))
         for k in ("micro_ap", "recall_at_p90"):
             assert np.allclose(a[k], b[k], equal_nan=True)
+
+
+def test_pr_points_match_evaluate_curve():
+    from imsim_lab.report.weighted import pr_points
+
+    gt, preds = random_case(4, tie_levels=5)
+    m = evaluate(gt, preds)
+    r, p = pr_points(prepare_scored(gt, preds), max_points=10_000)
+    # every corner is a point of the official curve, and the last one is its final recall
+    curve = set(zip(np.round(m.recalls, 12), np.round(m.precisions, 12)))
+    assert all((round(a, 12), round(b, 12)) in curve for a, b in zip(r, p))
+    assert r[-1] == pytest.approx(m.recalls[m.is_correct].max())
+    assert len(pr_points(prepare_scored(gt, preds), max_points=3)[0]) == 3

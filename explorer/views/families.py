@@ -9,6 +9,7 @@ from imsim_lab.report import family_table, strength_table
 from imsim_lab.report.failures import paginate, recipe_text
 from imsim_lab.report.figures import family_heatmap, strength_figure
 from imsim_lab.report.tables import cell_queries
+from imsim_lab.report.robustness import graded_figure, graded_table
 
 
 @st.cache_data(show_spinner="Per-family metrics…", max_entries=32)
@@ -59,6 +60,20 @@ stt = _strength(key, protocol, n_bins, tuple(chosen), rds)
 c.figure(strength_figure(stt, metric if metric != "recall_at_rank1" else "micro_ap"),
          f"strength-{name}-{protocol}")
 c.csv_download(stt, f"strength-{name}-{protocol}")
+
+graded = graded_table(infos)
+graded = graded[graded["protocol"] == protocol] if len(graded) else graded
+if len(graded):  # controlled edits of imsim-lab robustness: one family, one strength at a time
+    st.subheader("Graded suite: AP versus strength (controlled edits)")
+    st.caption("`imsim-lab robustness RUN`: the same sampled references edited by one family at each strength, "
+               "distractors kept, full reference set.")
+    g1, g2 = st.columns([3, 1])
+    gfam = g1.multiselect("Families", sorted(graded["family"].unique()), key="gfam", bind="query-params")
+    gby = g2.radio("One line per", ["family", "label"], key="gby", horizontal=True)
+    part = graded[graded["family"].isin(gfam)] if gfam else graded
+    gmetric = metric if metric in part and part[metric].notna().any() else "micro_ap"
+    c.figure(graded_figure(part, gmetric, gby), f"graded-{name}-{protocol}")
+    c.csv_download(part, f"graded-{name}-{protocol}")
 
 st.subheader("Examples behind a cell")
 c1, c2 = st.columns(2)

@@ -5,7 +5,8 @@ import streamlit as st
 
 import common as c
 from imsim_lab.report import leaderboard, runs_table
-from imsim_lab.report.figures import leaderboard_figure
+from imsim_lab.report.figures import leaderboard_figure, pr_figure
+from imsim_lab.report.tables import pr_table
 
 
 @st.cache_data(show_spinner="Bootstrapping…", max_entries=32)
@@ -45,6 +46,13 @@ if metric == "recall_at_rank1" and protocol == "drivendata":
     st.info("R@1 is an isc2021 metric; switch the protocol to see it.")
 else:
     c.figure(leaderboard_figure(lb, metric), f"leaderboard-{name}-{protocol}-{metric}")
+
+st.subheader("Precision-recall")
+st.caption("One step per correct prediction (µAP is the area under the steps); R@P90 is where a curve last "
+           "crosses the dotted line.")
+pr = pr_table(rds, protocol)
+c.figure(pr_figure(pr), f"pr-{name}-{protocol}")
+c.csv_download(pr, f"pr-{name}-{protocol}")
 
 random = lb[lb["notes"].str.contains("RANDOM", na=False)]
 if len(random):

@@ -138,3 +138,18 @@ def compare_figure(cmp: pd.DataFrame, label_a: str, label_b: str):
     fig.update_layout(xaxis_title=f"µAP of {label_b} − µAP of {label_a}", height=140 + 22 * len(df),
                       margin={"t": 30, "b": 40}, xaxis_range=[-1, 1])
     return fig
+
+
+def pr_figure(pr: pd.DataFrame):
+    """Precision-recall curves (one per run) with the 90 % precision line of R@P90."""
+    go = _go()
+    fig = go.Figure()
+    for i, (lab, d) in enumerate(pr.groupby("label", sort=False)):
+        s = style(i)
+        fig.add_trace(go.Scatter(x=d["recall"], y=d["precision"], name=lab, mode="lines",
+                                 line={"color": s["color"], "dash": s["dash"], "shape": "hv"},
+                                 hovertemplate=f"{lab}<br>recall %{{x:.3f}}<br>precision %{{y:.3f}}<extra></extra>"))
+    fig.add_hline(y=0.9, line={"color": "#777", "dash": "dot"}, annotation_text="P90", annotation_position="bottom left")
+    fig.update_layout(xaxis_title="recall", yaxis_title="precision", xaxis_range=[0, 1], yaxis_range=[0, 1.02],
+                      height=420, margin={"t": 30, "b": 40}, legend={"orientation": "h", "y": -0.2})
+    return fig

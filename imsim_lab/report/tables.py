@@ -317,3 +317,14 @@ def found_by_one(a: RunData, b: RunData, found: str = "rank1") -> pd.DataFrame:
                        "score_a": pa["true_score"][sel], "score_b": pb["true_score"][sel],
                        "top_a": pa["top_reference_id"][sel], "top_b": pb["top_reference_id"][sel]})
     return df.sort_values(["winner", "family", "query_id"], kind="stable").reset_index(drop=True)
+
+
+def pr_table(runs: list[RunData], protocol: str = "isc2021", max_points: int = 400) -> pd.DataFrame:
+    """Precision-recall corners of each run (label, recall, precision), for plotting."""
+    from .weighted import pr_points
+
+    parts = []
+    for rd in runs:
+        r, p = pr_points(rd.scored[protocol], max_points)
+        parts.append(pd.DataFrame({"label": rd.label, "recall": r, "precision": p}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["label", "recall", "precision"])

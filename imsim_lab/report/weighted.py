@@ -201,3 +201,19 @@ def bootstrap_counts(nq: int, n_boot: int, seed: int = 0) -> np.ndarray:
     if nq == 0:
         return np.zeros((n_boot, 0))
     return rng.multinomial(nq, np.full(nq, 1.0 / nq), size=n_boot).astype(np.float64)
+
+
+def pr_points(ss: ScoredSet, max_points: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """(recalls, precisions) of the plain evaluation at the end of each tie group holding a correct
+    prediction: the corners of the PR curve (µAP is the area under these steps). At most
+    ``max_points`` of them, evenly spaced, the last one always kept."""
+    one = np.ones((ss.nq + 1, 1))
+    C = np.asarray(ss.seg_right @ one).ravel()
+    X = np.asarray(ss.seg_wrong @ one).ravel()
+    npos = float(ss.n_pos.sum())
+    if len(C) == 0 or npos == 0:
+        return np.zeros(0), np.zeros(0)
+    tp = np.cumsum(C)
+    n = np.cumsum(X) + tp
+    keep = np.unique(np.linspace(0, len(C) - 1, min(max_points, len(C))).round().astype(int))
+    return tp[keep] / npos, tp[keep] / n[keep]
