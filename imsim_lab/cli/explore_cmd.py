@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -89,6 +90,11 @@ def serve(runs_dir: str | Path, port: int = 8501, timeout: float = 60.0, hints: 
     print(f"explorer running at {url}  (results: {Path(runs_dir).resolve()}; Ctrl-C stops it)", flush=True)
     for h in hints or []:
         print(h, flush=True)
+
+    def _stop(signum, frame):  # `kill` (SIGTERM) stops the server too, like Ctrl-C
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, _stop)
     try:
         return proc.wait()
     except KeyboardInterrupt:
@@ -99,6 +105,8 @@ def serve(runs_dir: str | Path, port: int = 8501, timeout: float = 60.0, hints: 
             proc.kill()
         print("explorer stopped", flush=True)
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def run(args) -> int:
