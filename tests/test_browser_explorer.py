@@ -109,9 +109,11 @@ def test_bad_upload_shows_the_error(page, server, tmp_path):
     page.goto(f"{server}/submit")
     settle(page, '[data-testid="stFileUploader"]')
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(bad))
-    page.wait_for_selector('[data-testid="stAlert"]', timeout=60_000)
+    try:
+        page.get_by_text("cannot be evaluated").wait_for(timeout=120_000)
+    finally:
+        page.screenshot(path=str(OUT / "submit-bad-file.png"), full_page=True)
     settle(page)
     text = page.inner_text("body")
     assert "cannot be evaluated" in text and "non-numeric score" in text and "row 2" in text
     no_exception(page, "submit with a bad file")
-    page.screenshot(path=str(OUT / "submit-bad-file.png"), full_page=True)
