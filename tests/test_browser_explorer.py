@@ -22,7 +22,7 @@ OUT = Path(__file__).resolve().parents[1] / "test-output" / "browser"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
         "--disable-component-update", "--no-first-run", "--disable-sync"]
 PAGES = {"leaderboard": "", "families": "families", "failures": "failures", "compare": "compare",
-         "browser": "browser", "submit": "submit"}
+         "browser": "browser", "submit": "submit", "adversarial": "adversarial"}
 READY = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 
 
@@ -70,7 +70,8 @@ def test_every_page_loads(page, server, name):
     wait_for = {"leaderboard": '[data-testid="stPlotlyChart"] .main-svg',
                 "families": '[data-testid="stPlotlyChart"] .main-svg',
                 "failures": '[data-testid="stImage"] img', "compare": '[data-testid="stPlotlyChart"] .main-svg',
-                "browser": '[data-testid="stImage"] img', "submit": '[data-testid="stFileUploader"]'}[name]
+                "browser": '[data-testid="stImage"] img', "submit": '[data-testid="stFileUploader"]',
+                "adversarial": '[data-testid="stMain"] h1'}[name]
     page.goto(f"{server}/{PAGES[name]}")
     settle(page, wait_for)
     no_exception(page, name)
