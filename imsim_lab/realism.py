@@ -408,6 +408,39 @@ def load_realism(root: str | Path) -> RealismReport | None:
                            "run `imsim-lab bench realism` again") from None
 
 
+def report_tables(report: RealismReport):
+    """The two tables a reader of the report wants (explorer, notebook 01).
+
+    Returns:
+        (similarity, gap): pandas DataFrames. ``similarity``: one row per image set (the
+        benchmark on samples of the comparison set's size, the comparison set at that size, the
+        benchmark over all references, then the targets) with ``n``, ``mean_cos``,
+        ``median_max_cos``, ``p90_max_cos``. ``gap``: edited copy against its hardest distractor
+        (``positive``, ``hardest_negative``, ``gap``, ``top1``) for the benchmark among as many
+        distractors as the comparison set holds, for the comparison set, and for the benchmark
+        among all its references.
+    """
+    import pandas as pd
+
+    n = report.sample_size
+    sets = [(f"{report.benchmark}: samples of {n}", report.bench.sampled),
+            (f"{report.against.name}: samples of {n}", report.against.sampled),
+            (f"{report.benchmark}: all {report.bench.full.n} references", report.bench.full)]
+    sim = pd.DataFrame([{"set": name, "n": st.n, "mean_cos": st.mean_cos, "median_max_cos": st.median_max_cos,
+                         "p90_max_cos": st.p90_max_cos} for name, st in sets])
+    targets = {"set": "target (issue 8, on samples)", "n": n,
+               "mean_cos": report.targets.get("mean_cos", TARGET_MEAN_COS),
+               "median_max_cos": report.targets.get("median_max_cos", TARGET_MEDIAN_MAX_COS), "p90_max_cos": None}
+    sim = pd.concat([sim, pd.DataFrame([targets])], ignore_index=True)
+    gaps = [(f"{report.benchmark}: among {n} distractors" if report.bench_gap_sampled else None, report.bench_gap_sampled),
+            (f"{report.against.name}: one edited copy each", report.against.gap),
+            (f"{report.benchmark}: among all references", report.bench.gap)]
+    gap = pd.DataFrame([{"set": name, "queries": g.n_queries, "positive": g.positive,
+                         "hardest_negative": g.hardest_negative, "gap": g.gap, "top1": g.top1}
+                        for name, g in gaps if g is not None])
+    return sim, gap
+
+
 # --------------------------------------------------------------------------------------------
 # measuring image sets with a model
 

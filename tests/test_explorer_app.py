@@ -193,3 +193,25 @@ def test_upload_bad_and_good_files(monkeypatch, tmp_path):
     assert after == before
     lb = app(monkeypatch, res, PAGES[0])
     assert sorted(frame(lb)["label"]) == ["sscd", "upload:team"]
+
+
+def test_browser_shows_the_realism_report(monkeypatch, demo_results):
+    import numpy as np
+
+    from imsim_lab.realism import RealismReport, SetReport, cosine_stats, query_gap, write_realism
+
+    runs, bench = demo_results
+    at = app(monkeypatch, runs, PAGES[4])
+    assert any("bench realism" in i.value for i in at.info)  # no report yet: how to make one
+    x = np.eye(4, dtype=np.float32)
+    s, g = cosine_stats(x), query_gap(x[:1], x, [0])
+    rep = RealismReport("b", SetReport("b", 4, s, s, g), SetReport("photos", 4, s, s, g), g, 4, 1, 0, "sscd",
+                        {"mean_cos": 0.08, "median_max_cos": 0.3}, ("A plain-words verdict.",), True)
+    path = write_realism(bench, rep)
+    try:
+        at = app(monkeypatch, runs, PAGES[4])
+        assert any("plain-words verdict" in m.value for m in at.success)
+        tables = [d.value for d in at.dataframe]
+        assert any("median_max_cos" in t.columns for t in tables) and any("hardest_negative" in t.columns for t in tables)
+    finally:
+        path.unlink()

@@ -127,6 +127,22 @@ def test_report_roundtrip_and_bad_file(tmp_path):
         load_realism(tmp_path)
 
 
+def test_report_tables():
+    from imsim_lab.realism import SetReport, report_tables
+
+    s = cosine_stats(X4)
+    g = query_gap(_unit([1, 0.5, 0]), X4[:3], [0])
+    rep = RealismReport("b", SetReport("b", 4, s, s, g), SetReport("photos", 4, s, s, None), None, 4, 1, 0,
+                        "sscd", {"mean_cos": 0.08, "median_max_cos": 0.3}, ("line",), False)
+    sim, gap = report_tables(rep)
+    assert sim["set"].tolist() == ["b: samples of 4", "photos: samples of 4", "b: all 4 references",
+                                   "target (issue 8, on samples)"]
+    assert sim["mean_cos"].tolist()[:3] == [s.mean_cos] * 3 and sim["median_max_cos"].iloc[3] == 0.3
+    # only the gaps that were measured are listed
+    assert gap["set"].tolist() == ["b: among all references"]
+    assert gap["gap"].iloc[0] == g.gap and gap["queries"].iloc[0] == 1
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from imsim_lab.synth import BuildConfig, build_benchmark

@@ -6,6 +6,8 @@ from pathlib import Path
 import streamlit as st
 
 import common as c
+from imsim_lab.errors import ImsimError
+from imsim_lab.realism import load_realism, report_tables
 from imsim_lab.report.browse import query_kinds, reference_siblings
 from imsim_lab.report.failures import filter_queries, paginate
 from imsim_lab.report.runs import find_benchmarks
@@ -65,6 +67,26 @@ for _, r in part.iterrows():
     st.caption(f"{r['family']} ({r['group']}) · strength {r['strength']:.2f} · {r['recipe']}")
     st.divider()
 
+with st.expander("How photo-like is this benchmark to a copy detector? (SSCD realism report)"):
+    try:
+        rep = load_realism(names[choice])
+    except ImsimError as e:
+        rep = None
+        st.error(str(e))
+    if rep is None:
+        st.info("No realism report yet. Measure it with `imsim-lab bench realism "
+                f"{names[choice]}` (a few minutes on 2 cores): it compares how close distinct originals "
+                "look to SSCD with natural photographs, and how far an edited copy stands above its "
+                "hardest distractor.")
+    else:
+        (st.success if rep.meets_targets else st.warning)("\n\n".join(rep.verdict))
+        sim, gap = report_tables(rep)
+        st.caption("Cosine similarity of SSCD descriptors between distinct originals (lower = more varied).")
+        st.dataframe(sim, hide_index=True, key="realism_sim")
+        c.csv_download(sim, f"realism-{bench.name}", where=st)
+        st.caption("An edited copy against its hardest distractor (medians over the queries with a match).")
+        st.dataframe(gap, hide_index=True, key="realism_gap")
+        c.csv_download(gap, f"realism-gap-{bench.name}", where=st)
 with st.expander("References with near-duplicate siblings"):
     sib = reference_siblings(bench)
     st.caption("A query made from one member of a group matches only that member; the other members are "
