@@ -14,6 +14,10 @@ small crops, air-gap re-captures and combinations of several images (DISC21 pape
    :func:`imsim_lab.metrics.evaluate` with ``queries=``), searched against the full reference set
    with the method's post-processing and both protocols' global budgets.
 
+Each cell's µAP is the restricted µAP of the per-family tables: its positives against every
+distractor, so it depends on the sample size (fewer positives, more weight on the distractors'
+best scores); R@1 does not. Compare cells and methods at the same sample.
+
 With a run folder the reference, training and distractor descriptors are reused from
 ``RUN/features``: only the edited queries are extracted. Each cell's descriptors are cached in
 ``RUN/robustness/graded/cells/`` (atomic files), so an interrupted suite resumes and a re-run is
