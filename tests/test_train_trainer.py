@@ -160,3 +160,45 @@ def test_two_process_gloo_ddp_equals_one_process_with_the_global_batch(tmp_path)
     ha = json.loads((tmp_path / "ddp" / "history.json").read_text())
     hb = json.loads((tmp_path / "one" / "history.json").read_text())
     assert np.allclose([h["loss"] for h in ha], [h["loss"] for h in hb], atol=1e-5)
+
+
+KILLABLE = COMMON + '''
+import sys, time
+from imsim_lab.train import TrainConfig, XBMContrastiveLoss, train
+
+class SlowItems(Items):
+    def __getitem__(self, key):
+        time.sleep(0.03)
+        return super().__getitem__(key)
+
+train(make_net(0.1), XBMContrastiveLoss(16, 40), SlowItems(), TrainConfig(epochs=3, batch_size=4, lr=0.05,
+      checkpoint_every=2, seed=2), sys.argv[1])
+'''
+
+
+@pytest.mark.slow
+def test_resume_after_a_real_kill(tmp_path):
+    import signal
+    import time
+
+    script = tmp_path / "killable.py"
+    script.write_text(KILLABLE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable, str(script), str(out)], env=env, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        if (out / "checkpoint.pt").is_file() and load_checkpoint(out / "checkpoint.pt")["step"] >= 6:
+            break
+        time.sleep(0.05)
+    assert p.poll() is None, "the run ended before it could be killed"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (out / "weights.pt").exists()
+    for target in (out, tmp_path / "whole"):
+        r = subprocess.run([sys.executable, str(script), str(target)], env=env, capture_output=True, text=True,
+                           timeout=240)
+        assert r.returncode == 0, r.stderr[-2000:]
+    a, b = _weights(out / "weights.pt"), _weights(tmp_path / "whole" / "weights.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
