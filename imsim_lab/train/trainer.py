@@ -280,6 +280,8 @@ def train(model: nn.Module, criterion: nn.Module, dataset, config: TrainConfig, 
     cfg_path = out / "train_config.json"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp*"):  # a write cut short by a kill; the finished files are intact
+            stale.unlink(missing_ok=True)
     if cfg_path.is_file():
         old = json.loads(cfg_path.read_text())
         if old != json.loads(json.dumps(described, default=str)):
