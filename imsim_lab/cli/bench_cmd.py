@@ -30,14 +30,6 @@ def register(sub) -> None:
     i.add_argument("root", help="benchmark folder")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(func=run_info)
-    d = bsub.add_parser("diversity", help="how far apart the references are for a descriptor (SSCD)",
-                        description="Cosine statistics of the distinct references under a descriptor model: "
-                                    "natural photos give a mean near 0.02-0.03 and a median max near 0.12-0.16.")
-    d.add_argument("root", help="benchmark folder")
-    d.add_argument("--model", default="sscd_disc_mixup_onnx", help="descriptor model (default: bundled SSCD)")
-    d.add_argument("--max-images", type=int, help="the first N references only")
-    d.add_argument("--json", action="store_true", help="print one JSON object")
-    d.set_defaults(func=run_diversity)
 
     r = bsub.add_parser("realism", help="how photographic the originals look to SSCD; writes BENCH/realism.json",
                         description="Cosine statistics of the distinct references (whole set and random samples "
@@ -151,25 +143,6 @@ def run_info(args) -> int:
     if b.references is not None and "scene" in b.references:
         sc = b.references["scene"].value_counts().sort_index()
         print("reference scenes: " + ", ".join(f"{k} {v}" for k, v in sc.items()))
-    return 0
-
-
-def run_diversity(args) -> int:
-    from ..benchmark import load_benchmark
-    from ..synth.diversity import measure_originals
-
-    b = load_benchmark(args.root)
-    bar = _Bars(args.json)
-    st = measure_originals(b, args.model, args.max_images, progress=lambda d, t: bar("embed", d, t))
-    bar.close()
-    if args.json:
-        print(json.dumps(st.to_dict(), sort_keys=True))
-        return 0
-    print(f"{st.n} references of {b.name}, model {args.model}")
-    print(f"  mean cosine between distinct originals : {st.mean_cos:.4f}")
-    print(f"  median max cosine to another original  : {st.median_max_cos:.4f}  (p90 {st.p90_max_cos:.4f})")
-    for scene, v in st.per_scene.items():
-        print(f"    {scene:<12} n={v['n']:<5d} mean {v['mean_cos']:.3f}  median max {v['median_max_cos']:.3f}")
     return 0
 
 
