@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
-import time
+
+from .progress import PhaseBars, show_help
 
 
 def register(sub) -> None:
@@ -48,41 +48,7 @@ def register(sub) -> None:
     r.add_argument("--no-write", action="store_true", help="do not write realism.json")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(func=run_realism)
-    p.set_defaults(func=lambda args: _help(p))
-
-
-def _help(parser) -> int:
-    parser.print_help()
-    return 1
-
-
-class _Bars:
-    """tqdm bars on stderr, one per phase."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.bar = None
-        self.phase = None
-        self.t0 = time.perf_counter()
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        from tqdm import tqdm
-
-        if phase != self.phase:
-            self.close()
-            self.phase = phase
-            self.bar = tqdm(total=total, desc=f"{phase:>12}", unit="img", file=sys.stderr, leave=True,
-                            dynamic_ncols=True)
-        if self.bar is not None:
-            self.bar.n = done
-            self.bar.refresh() if done == total or done % 8 == 0 else None
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+    p.set_defaults(func=lambda args: show_help(p))
 
 
 def run_build(args) -> int:
@@ -95,7 +61,7 @@ def run_build(args) -> int:
         from ..errors import ImsimError
 
         raise ImsimError(str(e).strip('"')) from None
-    bars = _Bars(args.quiet)
+    bars = PhaseBars(args.quiet)
     try:
         rep = build_benchmark(cfg, args.out, overwrite=args.overwrite, progress=bars)
     finally:
@@ -153,7 +119,7 @@ def _stats_row(label: str, n: int, st) -> str:
 def run_realism(args) -> int:
     from ..realism import measure_realism, write_realism
 
-    bars = _Bars(args.json)
+    bars = PhaseBars(args.json)
     try:
         rep = measure_realism(args.root, args.against, args.sample, args.draws, args.seed, args.model,
                               args.max_references, args.max_queries, progress=bars)

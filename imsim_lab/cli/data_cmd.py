@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
+
+from .progress import PhaseBars, show_help
 
 
 def register(sub) -> None:
@@ -42,41 +43,14 @@ def register(sub) -> None:
     s.add_argument("--manifest", help="another manifest JSON (default data_manifests/disc21.json)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=run_subset)
-    p.set_defaults(func=lambda args: _help(p))
-
-
-def _help(parser) -> int:
-    parser.print_help()
-    return 1
-
-
-class _Bar:
-    def __init__(self, quiet: bool, unit: str):
-        self.quiet, self.unit, self.stage, self.bar = quiet, unit, None, None
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        from tqdm import tqdm
-
-        if stage != self.stage:
-            self.close()
-            self.stage = stage
-            self.bar = tqdm(total=total, desc=f"{stage:>14}", unit=self.unit, file=sys.stderr, unit_scale=True)
-        self.bar.n = done
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+    p.set_defaults(func=lambda args: show_help(p))
 
 
 def run_verify(args) -> int:
     from ..disc21 import load_manifest, verify
 
     manifest = load_manifest(args.manifest)
-    bar = _Bar(args.quiet, "file")
+    bar = PhaseBars(args.quiet, "file")
     try:
         rep = verify(args.root, manifest, check=args.check, splits=args.splits, workers=args.workers, progress=bar)
     finally:
@@ -113,7 +87,7 @@ def run_subset(args) -> int:
     cfg = SubsetConfig(name=args.name or Path(args.out).name, ground_truth=args.gt, positives=args.positives,
                        references=args.references, negatives=args.negatives, training=args.training,
                        seed=args.seed, link=args.link)
-    bar = _Bar(args.quiet, "img")
+    bar = PhaseBars(args.quiet, "img")
     try:
         m = make_subset(args.root, args.out, cfg, load_manifest(args.manifest), progress=bar)
     finally:

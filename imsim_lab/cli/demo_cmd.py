@@ -75,7 +75,7 @@ def share_features(donor: Path, target: Path) -> list[str]:
 def build_phase(preset: str, seed: int, bench: Path, workers: int) -> None:
     from ..benchmark import BenchmarkError, load_benchmark
     from ..synth import BuildConfig, build_benchmark
-    from .bench_cmd import _Bars
+    from .progress import PhaseBars
 
     try:
         b = load_benchmark(bench, check_hashes=False)
@@ -84,7 +84,7 @@ def build_phase(preset: str, seed: int, bench: Path, workers: int) -> None:
             return
     except BenchmarkError:
         pass
-    bars = _Bars(False)
+    bars = PhaseBars(False)
     try:
         rep = build_benchmark(BuildConfig(preset=preset, seed=seed, workers=workers), bench, progress=bars)
     finally:
