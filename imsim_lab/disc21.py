@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .benchmark import BenchmarkError, UNKNOWN_FAMILY, sha256_file, write_tables
+from .benchmark import UNKNOWN_FAMILY, sha256_file, write_tables
 from .errors import FormatError, ImsimError
 
 MANIFEST_PATH = Path(__file__).resolve().parent.parent / "data_manifests" / "disc21.json"

@@ -1,7 +1,6 @@
 """Runs: the run folder of docs/CONTRACTS.md, reuse, refusals, and the CLI."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

@@ -1,7 +1,6 @@
 """Adversarial robustness: µAP versus epsilon per method and attack (white-box and transfer), and
 examples: clean query, adversarial query, amplified perturbation, top-1 before and after."""
 
-import pandas as pd
 import streamlit as st
 
 import common as c

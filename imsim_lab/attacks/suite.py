@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..robustness import RobustnessError, _write_parquet, evaluate_query_set, open_run
-from .core import AttackConfig, DifferentiableDescriptor, attack, jpeg_roundtrip, perturbation_image, quantize
+from .core import AttackConfig, DifferentiableDescriptor, attack, perturbation_image, quantize
 
 DEFAULT_EPS_LINF = (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
 DEFAULT_EPS_L2 = (0.0, 0.5, 1.0, 2.0, 4.0)

@@ -8,7 +8,6 @@ their bounding box only, which keeps a cluttered scene at a few tens of millisec
 from __future__ import annotations
 
 import colorsys
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
