@@ -10,8 +10,6 @@ benchmark), and the runner reuses finished splits it finds in ``features/``.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,7 +17,6 @@ from pathlib import Path
 from ..errors import ImsimError
 
 BASELINE = ["gist_pca", "pdq", "sscd", "sscd+sn", "sscd+nes", "sscd+stretch", "sscd+ssquare", "timm_random"]
-_SPLIT_FILES = ("{s}.npy", "{s}_ids.npy", "{s}_failed.json")
 
 
 def register(sub) -> None:
@@ -46,30 +43,6 @@ def _done(t0: float, what: str = "done") -> float:
     dt = time.perf_counter() - t0
     print(f"    {what} in {dt:.1f} s", flush=True)
     return dt
-
-
-def share_features(donor: Path, target: Path) -> list[str]:
-    """Hard-link (or copy) the finished feature splits of ``donor/features`` that ``target/features``
-    lacks. Returns the splits shared."""
-    src, dst = donor / "features", target / "features"
-    shared = []
-    for split in ("query", "reference", "training"):
-        if not (src / f"{split}.npy").is_file() or (dst / f"{split}.npy").is_file():
-            continue
-        dst.mkdir(parents=True, exist_ok=True)
-        for pat in _SPLIT_FILES[::-1][1:] + _SPLIT_FILES[:1]:  # ids first, the .npy (the "done" mark) last
-            f = src / pat.format(s=split)
-            if not f.is_file():
-                continue
-            d = dst / f.name
-            tmp = d.with_name(f".{d.name}.tmp{os.getpid()}")
-            try:
-                os.link(f, tmp)
-            except OSError:
-                shutil.copy2(f, tmp)
-            os.replace(tmp, d)
-        shared.append(split)
-    return shared
 
 
 def build_phase(preset: str, seed: int, bench: Path, workers: int) -> None:
@@ -103,7 +76,9 @@ def runs_phase(methods: list[str], bench: Path, runs: Path, workers: int) -> dic
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ImsimError(f"unknown method(s) {', '.join(unknown)}; see `imsim-lab methods`")
-    opts = RunOptions(extract=ExtractConfig(num_workers=workers))
+    # methods of one model (sscd, sscd+sn, ...) share its descriptors through the runs' feature
+    # cache: extracted once, hard-linked (or copied) into each run folder
+    opts = RunOptions(extract=ExtractConfig(num_workers=workers), feature_cache=str(runs.parent / "feature-cache"))
     donors: dict[tuple, Path] = {}
     results = {}
     for i, m in enumerate(methods, 1):
@@ -111,10 +86,8 @@ def runs_phase(methods: list[str], bench: Path, runs: Path, workers: int) -> dic
         out = runs / m.replace("/", "_")
         key = (spec.model, tuple(sorted(spec.model_args.items())))
         if key in donors and not (out / "metrics.json").is_file():
-            shared = share_features(donors[key], out)
-            if shared:
-                print(f"    [{i}/{len(methods)}] {m}: reusing the {', '.join(shared)} descriptors of "
-                      f"{donors[key].name}", flush=True)
+            print(f"    [{i}/{len(methods)}] {m}: reusing the descriptors extracted for {donors[key].name}",
+                  flush=True)
         t = time.perf_counter()
         make, bars = _bars()
         try:
@@ -131,8 +104,6 @@ def runs_phase(methods: list[str], bench: Path, runs: Path, workers: int) -> dic
         if (res.config.get("notes") or {}).get("weights"):
             print(f"          note: {res.config['notes']['weights']}", flush=True)
         donors.setdefault(key, out)
-        if spec.needs_training:
-            donors[key] = out  # the richest donor: it has the training split too
         results[m] = res
     return results
 
