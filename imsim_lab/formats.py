@@ -247,7 +247,7 @@ def _id_column(arr, path: Path, kind: str, column: str, allow_empty: bool = Fals
     return uniq[codes] if len(codes) else np.array([], dtype=object), codes, uniq
 
 
-def _first_repeat(*codes: np.ndarray) -> int | None:
+def first_repeat(*codes: np.ndarray) -> int | None:
     """Index of the first row whose tuple of codes repeats an earlier row, or None."""
     import pandas as pd
 
@@ -311,7 +311,7 @@ def read_ground_truth(path: str | Path) -> GroundTruth:
         raise FormatError(path, "no rows after the header")
     q, qc, _ = _id_column(qcol, path, "query", "query_id")
     r, rc, _ = _id_column(rcol, path, "reference", "reference_id", allow_empty=True)
-    dup = _first_repeat(qc, rc)
+    dup = first_repeat(qc, rc)
     if dup is not None:
         raise FormatError(path, f"duplicate row {q[dup]},{r[dup]}", f"row {_data_row(path, dup)}")
     has = r != ""
@@ -358,21 +358,11 @@ def read_predictions(path: str | Path, max_rows: int | None = MAX_PREDICTIONS,
     r, rc, _ = _id_column(rcol, path, "reference", "reference_id")
     s = _scores(scol, path)
     if not allow_duplicates:
-        dup = _first_repeat(qc, rc)
+        dup = first_repeat(qc, rc)
         if dup is not None:
             raise FormatError(path, f"duplicate prediction ({q[dup]}, {r[dup]})", f"row {_data_row(path, dup)}")
     return Predictions(q, r, s, str(path), reference_codes=rc, query_codes=qc, query_vocab=qvocab,
                        pairs_checked_unique=not allow_duplicates)
-
-
-def find_duplicate_pairs(query_ids: np.ndarray, reference_ids: np.ndarray) -> int | None:
-    """Index of the first row that repeats an earlier (query, reference) pair, or None."""
-    import pandas as pd
-
-    if len(query_ids) < 2:
-        return None
-    return _first_repeat(pd.factorize(np.asarray(query_ids, dtype=object))[0].astype(np.int64),
-                         pd.factorize(np.asarray(reference_ids, dtype=object))[0].astype(np.int64))
 
 
 def write_predictions(path: str | Path, preds: Predictions) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import FormatError
-from .formats import GroundTruth, Predictions
+from .formats import GroundTruth, Predictions, first_repeat
 
 PROTOCOLS = ("isc2021", "drivendata")
 REQUIRED_PRECISION = 0.9
@@ -105,9 +105,7 @@ def first_duplicate(query_codes: np.ndarray, reference_ids: np.ndarray,
         return None
     q = query_codes.astype(np.int64)
     if reference_codes is not None:
-        key = q * (int(reference_codes.max()) + 1) + reference_codes
-        hits = np.flatnonzero(pd.Series(key).duplicated(keep="first").to_numpy())
-        return int(hits[0]) if len(hits) else None
+        return first_repeat(q, reference_codes)
     rh = np.fromiter(map(hash, reference_ids), dtype=np.int64, count=n)
     with np.errstate(over="ignore"):
         key = rh * np.int64(1_000_003) + q
