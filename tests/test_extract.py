@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from PIL import Image
 from imsim_lab.errors import ImsimError
 from imsim_lab.extraction import ExtractConfig, export_split_hdf5, extract_split, load_features
 from imsim_lab.extraction import extract as extract_mod
+from imsim_lab.extraction.dataset import ordered_threads
 from imsim_lab.extraction.store import shard_path
 from imsim_lab.formats import read_split_vectors
 from imsim_lab.models import create_model
@@ -128,6 +131,94 @@ def test_a_finished_split_is_reused(images, model, tmp_path, monkeypatch):
     extract_split(model, paths[:3], ids[:3], tmp_path, "q", ExtractConfig(num_workers=0))
     monkeypatch.setattr(model, "embed", lambda b: pytest.fail("recomputed a finished split"))
     assert len(extract_split(model, paths[:3], ids[:3], tmp_path, "q", ExtractConfig(num_workers=0))) == 3
+
+
+class Streamed:
+    """A model that asks for 3 CPU streams (the SSCD ONNX way), recording the threads it ran on."""
+
+    def __init__(self, inner):
+        self.inner, self.threads, self.calls = inner, set(), 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def cpu_streams(self):
+        return 3
+
+    def embed(self, batch):
+        pytest.fail("the streams path must call embed_stream")
+
+    def embed_stream(self, batch):
+        self.threads.add(threading.current_thread().name)
+        self.calls += len(batch)
+        return self.inner.embed(batch)
+
+
+def test_streams_path_equals_direct_embedding_and_reports_failures(images, model, tmp_path):
+    paths, ids = list(images[0]), list(images[1])
+    paths[4] = tmp_path / "missing.jpg"
+    m = Streamed(model)
+    seen = []
+    fs = extract_split(m, paths, ids, tmp_path, "reference",
+                       ExtractConfig(batch_size=2, num_workers=2, shard_size=5), progress=seen.append)
+    keep = [i for i in range(13) if i != 4]
+    assert list(fs.ids) == [ids[i] for i in keep] and [f["id"] for f in fs.failed] == [ids[4]]
+    np.testing.assert_allclose(fs.x, direct(model, [paths[i] for i in keep]), atol=1e-5)
+    assert sum(seen) == 13 and m.calls == 12
+    assert m.threads and all(t.startswith("imsim-stream") for t in m.threads)
+
+
+def test_streams_path_resumes_after_a_kill(images, model, tmp_path, monkeypatch):
+    paths, ids = images
+    cfg = ExtractConfig(batch_size=2, shard_size=4)
+    real = extract_mod.write_shard
+    written = []
+
+    def dying(shard_dir, s, *a, **k):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(s)
+        real(shard_dir, s, *a, **k)
+
+    monkeypatch.setattr(extract_mod, "write_shard", dying)
+    with pytest.raises(KeyboardInterrupt):
+        extract_split(Streamed(model), paths, ids, tmp_path, "reference", cfg)
+    monkeypatch.setattr(extract_mod, "write_shard", real)
+    m = Streamed(model)
+    fs = extract_split(m, paths, ids, tmp_path, "reference", cfg)
+    assert written == [0, 1] and m.calls == 13 - 8
+    np.testing.assert_allclose(fs.x, direct(model, paths), atol=1e-5)
+
+
+def test_the_number_of_streams(model):
+    assert ExtractConfig().streams_for(model) == 1  # torch models parallelise inside a call
+    assert ExtractConfig(streams=4).streams_for(model) == 1  # never forced on a model without streams
+    assert ExtractConfig().streams_for(Streamed(model)) == 3
+    assert ExtractConfig(streams=1).streams_for(Streamed(model)) == 1  # the DataLoader path
+    with pytest.raises(ValueError, match="streams"):
+        ExtractConfig(streams=0)
+
+
+def test_ordered_threads_keeps_order_bounds_the_work_ahead_and_stops_cleanly():
+    started, lock = [], threading.Lock()
+
+    def slow(i):
+        with lock:
+            started.append(i)
+        time.sleep(0.02 * ((7 * i) % 5))  # finish out of order
+        if i == 13:
+            raise ValueError("item 13")
+        return i * i
+
+    gen = ordered_threads(slow, range(100), threads=3, ahead=5)
+    assert [next(gen) for _ in range(10)] == [i * i for i in range(10)]
+    assert len(started) <= 10 + 5  # never more than `ahead` beyond what was consumed
+    gen.close()  # the consumer stops: nothing new starts
+    n = len(started)
+    time.sleep(0.1)
+    assert len(started) == n < 100
+    with pytest.raises(ValueError, match="item 13"):
+        list(ordered_threads(slow, range(20), threads=2, ahead=4))
 
 
 def _torchrun(tmp_path, images, nproc, extra_env=None):

@@ -2,6 +2,7 @@
 
 import hashlib
 import http.server
+import os
 import threading
 from pathlib import Path
 
@@ -114,6 +115,18 @@ def test_sscd_onnx_is_invariant_to_mild_edits_and_checks_its_file(img, tmp_path)
     bad.write_bytes(b"not the model")
     with pytest.raises(WeightsError, match="wrong sha256"):
         create_model("sscd_disc_mixup_onnx", weights_path=str(bad))
+
+
+def test_sscd_onnx_streams_give_the_same_descriptors(img):
+    from concurrent.futures import ThreadPoolExecutor
+
+    m = create_model("sscd_disc_mixup_onnx")
+    assert m.cpu_streams() == len(os.sched_getaffinity(0))
+    xs = [m.preprocess(im) for im in (img, img.rotate(90, expand=True), img.transpose(Image.FLIP_LEFT_RIGHT))]
+    y = m.embed(xs)
+    with ThreadPoolExecutor(3) as ex:  # concurrent calls on the shared single-threaded session
+        got = list(ex.map(lambda x: m.embed_stream([x])[0], xs))
+    np.testing.assert_allclose(np.stack(got), y, atol=1e-4)
 
 
 def test_gist_bank_and_descriptor(img):

@@ -24,6 +24,9 @@ def register(sub) -> None:
                    help="search backend")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--streams", type=int, default=None,
+                   help="for models that run best as single-threaded calls on CPU (SSCD ONNX): threads that "
+                        "each read and embed whole batches (default: one per core; 1: the DataLoader path)")
     p.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="feature storage")
     p.add_argument("--feature-cache", default=None, metavar="DIR",
@@ -79,7 +82,7 @@ def run(args) -> int:
         raise ImsimError(f"unknown method {args.method!r}; see `imsim-lab methods` "
                          f"(known: {', '.join(METHODS.names())})")
     try:
-        extract = ExtractConfig(args.batch_size, args.workers, args.shard_size, args.dtype)
+        extract = ExtractConfig(args.batch_size, args.workers, args.shard_size, args.dtype, streams=args.streams)
     except ValueError as e:
         raise ImsimError(str(e)) from None
     opts = RunOptions(device=args.device, backend=args.backend, extract=extract, force=args.force,

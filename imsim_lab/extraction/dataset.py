@@ -8,10 +8,15 @@ and goes on; nothing is skipped silently.
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def read_image(path: str | Path):
@@ -20,7 +25,7 @@ def read_image(path: str | Path):
 
     with Image.open(path) as im:
         im.load()
-        return im.convert("RGB")
+        return im if im.mode == "RGB" else im.convert("RGB")
 
 
 class ImageFiles:
@@ -67,3 +72,30 @@ def worker_init(_worker_id: int) -> None:
         cv2.setNumThreads(1)
     except ImportError:  # pragma: no cover
         pass
+
+
+def ordered_threads(fn: Callable[[T], R], items: Iterable[T], threads: int, ahead: int) -> Iterator[R]:
+    """``map(fn, items)`` on ``threads`` threads, yielding in the order of ``items``.
+
+    At most ``ahead`` (>= ``threads``) calls are submitted and not yet consumed, so memory
+    stays bounded on long lists. An exception in ``fn`` is raised at its item; when the
+    consumer stops (an error, Ctrl-C, ``close()``), calls not yet started are cancelled and the
+    running ones finish before this returns.
+    """
+    ahead = max(ahead, threads)
+    it = iter(items)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="imsim-stream")
+    pending: deque = deque()
+    try:
+        for item in it:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for item in it:
+                pending.append(pool.submit(fn, item))
+                break
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

