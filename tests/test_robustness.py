@@ -14,8 +14,8 @@ from imsim_lab.benchmark import sha256_file
 from imsim_lab.cli import main
 from imsim_lab.extraction import ExtractConfig
 from imsim_lab.formats import GroundTruth, write_ground_truth
-from imsim_lab.robustness import (GradedConfig, RobustnessError, edit_seed, open_run, read_graded, run_graded,
-                                  sample_references)
+from imsim_lab.robustness import GradedConfig, edit_seed, read_graded, run_graded, sample_references
+from imsim_lab.runcontext import RobustnessError, open_run
 from imsim_lab.runs import RunOptions, run_method
 
 FAST = RunOptions(device="cpu", extract=ExtractConfig(batch_size=8, num_workers=0, shard_size=16))
@@ -112,6 +112,15 @@ def test_graded_config_and_sampling(runs):
     assert edit_seed(0, "crop", "R000001") == edit_seed(0, "crop", "R000001") != edit_seed(1, "crop", "R000001")
     with pytest.raises(RobustnessError, match="not a finished run"):
         open_run(bench)
+
+
+def test_robustness_still_exports_the_run_context():
+    import imsim_lab.robustness as robustness
+    import imsim_lab.runcontext as runcontext
+
+    for name in ("RobustnessError", "RunContext", "open_run", "evaluate_query_set"):
+        assert getattr(robustness, name) is getattr(runcontext, name)
+    assert set(robustness.__all__) <= set(dir(robustness))
 
 
 @pytest.mark.slow

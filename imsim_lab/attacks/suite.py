@@ -13,7 +13,7 @@
 The surrogate run is evaluated first (white-box); every other run folder of the same benchmark is
 a transfer target (SSCD through onnxruntime included: it only has to read the image files).
 Queries without a match stay clean distractors, and the references are the full reference set of
-each run (:func:`imsim_lab.robustness.evaluate_query_set`). Every image and descriptor file is
+each run (:func:`imsim_lab.runcontext.evaluate_query_set`). Every image and descriptor file is
 written atomically; a re-run reuses them.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -30,7 +29,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..robustness import RobustnessError, _write_parquet, evaluate_query_set, open_run
+from ..atomic import atomic_path, atomic_write_json, atomic_write_parquet
+from ..runcontext import RobustnessError, evaluate_query_set, open_run
 from .core import AttackConfig, DifferentiableDescriptor, attack, perturbation_image, quantize
 
 DEFAULT_EPS_LINF = (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
@@ -110,13 +110,11 @@ def _load_rgb(path) -> np.ndarray:
 def _save(img: np.ndarray, path: Path, jpeg_quality: int | None) -> None:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
-    if jpeg_quality is None:
-        Image.fromarray(img, "RGB").save(tmp, format="PNG")
-    else:  # the re-encoded file IS the upload: bytes of jpeg_roundtrip at this quality
-        Image.fromarray(img, "RGB").save(tmp, format="JPEG", quality=int(jpeg_quality), subsampling=2)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        if jpeg_quality is None:
+            Image.fromarray(img, "RGB").save(tmp, format="PNG")
+        else:  # the re-encoded file IS the upload: bytes of jpeg_roundtrip at this quality
+            Image.fromarray(img, "RGB").save(tmp, format="JPEG", quality=int(jpeg_quality), subsampling=2)
 
 
 def make_adversarial(ctx, qids: list[str], anchors: np.ndarray, cfg: SuiteConfig, eps: float, folder: Path,
@@ -200,7 +198,6 @@ def run_attack_suite(surrogate: str | Path, cfg: SuiteConfig = SuiteConfig(), ev
     import pandas as pd
 
     from ..extraction import ExtractConfig, extract_split
-    from ..extraction.store import atomic_write_json
 
     sur = open_run(surrogate, bench)
     DifferentiableDescriptor(sur.create_model("cpu"))  # fail early on a non-differentiable surrogate
@@ -224,7 +221,7 @@ def run_attack_suite(surrogate: str | Path, cfg: SuiteConfig = SuiteConfig(), ev
                                   "them")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_parquet(out / "queries.parquet", pd.DataFrame({"query_id": qids, "reference_id": truth,
+    atomic_write_parquet(out / "queries.parquet", pd.DataFrame({"query_id": qids, "reference_id": truth,
                                                           "target_id": targets}))
     examples = qids[:cfg.n_examples]
     timings: dict[str, float] = {}
@@ -284,7 +281,7 @@ def run_attack_suite(surrogate: str | Path, cfg: SuiteConfig = SuiteConfig(), ev
                              "recall_at_rank1": m["recall_at_rank1"], "n_positives": m["n_positives"],
                              "descriptor_shift": shift, "distance_to_original": dist, "target_top1_rate": hit})
     curves = pd.DataFrame(rows)
-    _write_parquet(out / "curves.parquet", curves)
-    _write_parquet(out / "per_query.parquet", pd.concat(pqs, ignore_index=True))
+    atomic_write_parquet(out / "curves.parquet", curves)
+    atomic_write_parquet(out / "per_query.parquet", pd.concat(pqs, ignore_index=True))
     atomic_write_json(out / "curves.json", {**info, "rows": json.loads(curves.to_json(orient="records"))})
     return curves
