@@ -31,6 +31,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from .atomic import atomic_path, atomic_write_text
 from .errors import FormatError, ImsimError
 from .formats import GroundTruth, read_ground_truth, write_ground_truth
 
@@ -353,11 +354,6 @@ def is_benchmark(root: str | Path) -> bool:
 # writers (deterministic: the same content gives the same bytes)
 
 
-def _atomic(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def _write_table(path: Path, columns: Mapping[str, str], rows: Mapping[str, Iterable]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -368,10 +364,9 @@ def _write_table(path: Path, columns: Mapping[str, str], rows: Mapping[str, Iter
         arrays.append(pa.array(list(rows[name]), type=types[typ]))
         names.append(name)
     table = pa.Table.from_arrays(arrays, names=names)  # no pandas metadata: bytes depend on content only
-    tmp = _atomic(path)
-    pq.write_table(table, tmp, compression="zstd", compression_level=3, use_dictionary=True,
-                   write_statistics=True, store_schema=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", compression_level=3, use_dictionary=True,
+                       write_statistics=True, store_schema=False)
 
 
 def _columns_of(df, required: Mapping[str, str]) -> dict[str, str]:
@@ -432,10 +427,7 @@ def write_manifest(root: str | Path, manifest: dict) -> dict:
         if (root / fname).exists():
             sha[fname] = sha256_file(root / fname)
     out["sha256"] = sha
-    path = root / MANIFEST
-    tmp = _atomic(path)
-    tmp.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(root / MANIFEST, json.dumps(out, indent=2, sort_keys=True) + "\n")
     return out
 
 

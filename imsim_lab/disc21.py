@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .atomic import atomic_path
 from .benchmark import UNKNOWN_FAMILY, sha256_file, write_tables
 from .errors import FormatError, ImsimError
 
@@ -350,9 +351,8 @@ def link_file(src: Path, dst: Path, mode: str = "symlink") -> str:
             elif how == "hardlink":
                 os.link(src, dst)
             else:
-                tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, dst)
+                with atomic_path(dst) as tmp:
+                    shutil.copyfile(src, tmp)
             return how
         except OSError:
             continue

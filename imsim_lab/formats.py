@@ -25,6 +25,7 @@ from typing import Iterable
 
 import numpy as np
 
+from .atomic import atomic_path, atomic_write_text
 from .errors import FormatError
 
 GT_HEADER = ("query_id", "reference_id")
@@ -286,14 +287,6 @@ def _scores(arr, path: Path) -> np.ndarray:
     return s
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------
 # ground truth
 
@@ -328,7 +321,7 @@ def write_ground_truth(path: str | Path, gt: GroundTruth) -> None:
     """Write ``gt`` as an official ground-truth CSV, rows in the order of ``gt`` (atomic)."""
     lines = [",".join(GT_HEADER)]
     lines += [f"{q},{r}" for q, r in zip(gt.query_ids, gt.reference_ids)]
-    _atomic_write_text(Path(path), "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,7 +362,7 @@ def write_predictions(path: str | Path, preds: Predictions) -> None:
     """Write ``preds`` as a matching-track CSV (scores with full float precision; atomic)."""
     lines = [",".join(PREDICTIONS_HEADER)]
     lines += [f"{q},{r},{s!r}" for q, r, s in zip(preds.query_ids, preds.reference_ids, preds.scores.tolist())]
-    _atomic_write_text(Path(path), "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,14 +467,11 @@ def write_descriptors(path: str | Path, sub: DescriptorSubmission, max_dim: int 
     xb = _check_matrix(np.asarray(sub.xb)[ro], path, "reference", len(rids), max_dim)
     if xq.shape[1] != xb.shape[1]:
         raise FormatError(path, f"query dimension {xq.shape[1]} differs from reference dimension {xb.shape[1]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with _h5().File(tmp, "w") as f:
+    with atomic_path(path) as tmp, _h5().File(tmp, "w") as f:
         f.create_dataset("query", data=xq)
         f.create_dataset("reference", data=xb)
         f.create_dataset("query_ids", data=_ascii(qids))
         f.create_dataset("reference_ids", data=_ascii(rids))
-    os.replace(tmp, path)
 
 
 def read_split_vectors(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -501,9 +491,6 @@ def write_split_vectors(path: str | Path, ids, x: np.ndarray) -> None:
     """Write isc2021's per-split HDF5 (atomic)."""
     path = Path(path)
     x = _check_matrix(np.asarray(x), path, "vectors", len(ids), None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with _h5().File(tmp, "w") as f:
+    with atomic_path(path) as tmp, _h5().File(tmp, "w") as f:
         f.create_dataset("vectors", data=x)
         f.create_dataset("image_names", data=_ascii(ids))
-    os.replace(tmp, path)

@@ -22,13 +22,13 @@ cosine on 20-46 images; naive procedural images 0.32-0.39 and 0.47-0.52.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .errors import ImsimError
 
 REALISM_FILE = "realism.json"
@@ -384,11 +384,8 @@ def _times(a: float, b: float) -> str:
 
 def write_realism(root: str | Path, report: RealismReport) -> Path:
     """Write ``root/realism.json`` atomically (temporary file + rename); returns its path."""
-    root = Path(root)
-    path = root / REALISM_FILE
-    tmp = root / f".{REALISM_FILE}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    path = Path(root) / REALISM_FILE
+    atomic_write_text(path, json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
     return path
 
 

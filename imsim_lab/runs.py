@@ -25,9 +25,9 @@ from typing import Callable
 
 import numpy as np
 
+from .atomic import atomic_path, atomic_write_json, atomic_write_parquet
 from .errors import ImsimError
 from .extraction import ExtractConfig, extract_split, has_features, load_features
-from .extraction.store import atomic_write_json
 from .methods import MethodSpec, get_method, prepare
 
 PER_QUERY_COLUMNS = ("query_id", "family", "strength", "has_match", "reference_id", "true_rank",
@@ -207,12 +207,11 @@ def _link_split(src: Path, dst: Path, name: str) -> None:
         s, d = src / fname, dst / fname
         if not s.is_file():
             continue
-        tmp = d.with_name(f".{fname}.tmp{os.getpid()}")
-        try:
-            os.link(s, tmp)
-        except OSError:
-            shutil.copyfile(s, tmp)
-        os.replace(tmp, d)
+        with atomic_path(d) as tmp:
+            try:
+                os.link(s, tmp)
+            except OSError:
+                shutil.copyfile(s, tmp)
 
 
 def _scored(preds, prep):
@@ -306,11 +305,8 @@ def per_query_table(bench, qids, rids, prep, opts: RunOptions):
 
 
 def write_per_query(path: Path, df) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    """Write a per-query table (``PER_QUERY_COLUMNS``) as parquet, atomically."""
+    atomic_write_parquet(path, df)
 
 
 def is_run_folder(path: str | Path) -> bool:

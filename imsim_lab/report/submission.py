@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_write_bytes, atomic_write_json
 from ..errors import FormatError, ImsimError
 from ..formats import Predictions
 
@@ -73,9 +74,7 @@ def store_upload(data: bytes, filename: str, results_dir: str | Path, max_bytes:
     folder = Path(results_dir) / UPLOADS
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / f"{stem}-{digest}{suffix}"
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)
+    atomic_write_bytes(dest, data)
     return dest
 
 
@@ -172,7 +171,6 @@ def save_as_run(result: SubmissionResult, bench, results_dir: str | Path, name: 
     """
     from ..benchmark import sha256_file
     from ..formats import write_predictions
-    from ..extraction.store import atomic_write_json
     from ..runs import write_per_query
 
     if result.errors:

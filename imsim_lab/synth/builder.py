@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .. import __version__
+from ..atomic import atomic_path, atomic_write_text
 from ..benchmark import SPLITS, BenchmarkError, write_parquet, write_tables
 from .photos import SourceImageError, fit_long_side, load_source_image, packaged_photos, scan_source
 from .plan import Original, Plan, QuerySpec, plan_from_files, plan_synthetic
@@ -116,10 +117,8 @@ def save_jpeg(img: Image.Image, path, quality: int) -> None:
     if not isinstance(path, (str, os.PathLike)):
         img.convert("RGB").save(path, **opts)
         return
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    img.convert("RGB").save(tmp, **opts)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.convert("RGB").save(tmp, **opts)
 
 
 def _done_size(path: Path) -> tuple[int, int] | None:
@@ -358,9 +357,7 @@ def build_benchmark(config: BuildConfig, out: str | Path, overwrite: bool = Fals
     report.timings = timings
     report.images_written, report.images_reused = written, reused
     report.images_per_second = round(written / max(total, 1e-9), 2)
-    tmp = out / ".build_report.json.tmp"
-    tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "build_report.json")
+    atomic_write_text(out / "build_report.json", json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
     return report
 
 
