@@ -42,15 +42,6 @@ class Path_like:  # noqa: N801 - an object json cannot encode
         return "as-str"
 
 
-def test_json_matches_the_extraction_store_writer(tmp_path):
-    from imsim_lab.extraction.store import atomic_write_json as store_write
-
-    obj = {"b": [1.5, None], "a": {"x": "é"}, "p": tmp_path}
-    atomic_write_json(tmp_path / "1.json", obj)
-    store_write(tmp_path / "2.json", obj)
-    assert (tmp_path / "1.json").read_bytes() == (tmp_path / "2.json").read_bytes()
-
-
 def test_failure_keeps_the_previous_file_and_removes_the_temporary(tmp_path):
     dest = tmp_path / "out.parquet"
     atomic_write_text(dest, "old")

@@ -14,12 +14,12 @@ restarts at the first missing shard and never reads half a file.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path, atomic_write_json, atomic_write_npz
 from ..errors import FormatError, ImsimError
 
 
@@ -35,25 +35,14 @@ class FeatureSet:
         return len(self.ids)
 
 
-def atomic_write_json(path: Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def shard_path(shard_dir: Path, s: int) -> Path:
     return Path(shard_dir) / f"{s:05d}.npz"
 
 
 def write_shard(shard_dir: Path, s: int, ids: np.ndarray, x: np.ndarray, failed: list[dict]) -> None:
     """Write shard ``s`` atomically (one .npz: the file exists only when complete)."""
-    dest = shard_path(shard_dir, s)
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}.npz")
-    np.savez(tmp, ids=np.asarray(ids, dtype=str), x=x,
-             failed=np.array(json.dumps(failed)))
-    os.replace(tmp, dest)
+    atomic_write_npz(shard_path(shard_dir, s), ids=np.asarray(ids, dtype=str), x=x,
+                     failed=np.array(json.dumps(failed)))
 
 
 def read_shard(shard_dir: Path, s: int):
@@ -86,24 +75,26 @@ def merge_shards(shard_dir: Path, n_shards: int, folder: Path, name: str, dim: i
             failed += json.loads(str(z["failed"]))
     n = int(sum(counts))
     ids = np.concatenate(ids) if ids else np.zeros(0, dtype=str)
-    tmp = folder / f".{name}.npy.tmp{os.getpid()}.npy"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, dim))
-    o = 0
-    for s in range(n_shards):
-        _, x, _ = read_shard(shard_dir, s)
-        out[o:o + len(x)] = x
-        o += len(x)
-    out.flush()
-    del out
-    tmp_ids = folder / f".{name}_ids.npy.tmp{os.getpid()}.npy"
-    np.save(tmp_ids, ids.astype(str))
-    if failed:
-        atomic_write_json(folder / f"{name}_failed.json", failed)
-    else:
-        (folder / f"{name}_failed.json").unlink(missing_ok=True)
-    os.replace(tmp_ids, folder / f"{name}_ids.npy")
-    os.replace(tmp, folder / f"{name}.npy")  # last: its presence means "split done"
+    with atomic_path(folder / f"{name}.npy", suffix=".npy") as tmp:  # replaced last: "split done"
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, dim))
+        o = 0
+        for s in range(n_shards):
+            _, x, _ = read_shard(shard_dir, s)
+            out[o:o + len(x)] = x
+            o += len(x)
+        out.flush()
+        del out
+        if failed:
+            atomic_write_json(folder / f"{name}_failed.json", failed)
+        else:
+            (folder / f"{name}_failed.json").unlink(missing_ok=True)
+        _save_npy(folder / f"{name}_ids.npy", ids.astype(str))
     return load_features(folder, name)
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, arr)
 
 
 def has_features(folder: str | Path, name: str) -> bool:
@@ -133,8 +124,5 @@ def load_features(folder: str | Path, name: str, mmap: bool = True) -> FeatureSe
 def save_features(folder: str | Path, name: str, fs: FeatureSet) -> None:
     """Write a FeatureSet as ``name.npy`` + ``name_ids.npy`` (atomic; e.g. after post-processing)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for suffix, arr in (("_ids", np.asarray(fs.ids).astype(str)), ("", np.asarray(fs.x))):
-        tmp = folder / f".{name}{suffix}.npy.tmp{os.getpid()}.npy"
-        np.save(tmp, arr)
-        os.replace(tmp, folder / f"{name}{suffix}.npy")
+    _save_npy(folder / f"{name}_ids.npy", np.asarray(fs.ids).astype(str))
+    _save_npy(folder / f"{name}.npy", np.asarray(fs.x))

@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from ..atomic import atomic_path
 from ..errors import ImsimError
 
 
@@ -77,21 +78,18 @@ def fetch_weights(url: str, sha256: str | None = None, cache_dir: str | Path | N
             return dest
         except WeightsError:
             dest.unlink()  # a stale or corrupt cache entry: download again
-    tmp = dest.with_name(f".{dest.name}.part{os.getpid()}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-                if progress:
-                    progress(len(chunk))
-        check_sha256(tmp, sha256)
+        with atomic_path(dest, suffix=".part") as tmp:  # the file appears only once checked
+            with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+            check_sha256(tmp, sha256)
     except WeightsError:
-        tmp.unlink(missing_ok=True)
         raise WeightsError(f"{url}: downloaded file has the wrong sha256 (expected {sha256}); refused") from None
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise WeightsError(f"{url}: cannot download weights ({e})") from None
-    os.replace(tmp, dest)
     return dest
 
 
