@@ -3,7 +3,9 @@
 
     .venv/bin/python benchmarks/bench_search.py [--nb 1000000] [--nq 1000]
 
-The large search runs in a child process so that its peak resident memory (ru_maxrss) is its own.
+Where faiss sees a GPU, the overhead is measured on the CPU and on the GPU, and the block search
+runs on the GPU (backend "auto"); the backend used is printed. The large search runs in a child
+process so that its peak resident memory (VmHWM) is its own.
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ from pathlib import Path
 import numpy as np
 
 
-def overhead(nb: int, nq: int, d: int, k: int, reps: int = 5) -> tuple[float, float]:
+def overhead(nb: int, nq: int, d: int, k: int, reps: int = 5, gpu: bool = False) -> tuple[float, float]:
+    """Best-of-``reps`` seconds of raw faiss and of :func:`imsim_lab.search.knn` on the same data.
+
+    ``gpu``: both on the GPU (raw: one GPU flat index with resources made once, as a careful
+    faiss user would; ours: ``backend="faiss-gpu"``, which builds its index per call).
+    """
     import faiss
 
-    from imsim_lab.search import knn
+    from imsim_lab.search import gpu_resources, knn
 
     rng = np.random.default_rng(0)
     xb = rng.standard_normal((nb, d)).astype(np.float32)
@@ -30,12 +37,18 @@ def overhead(nb: int, nq: int, d: int, k: int, reps: int = 5) -> tuple[float, fl
 
     def raw():
         index = faiss.IndexFlatL2(d)
+        if gpu:
+            index = faiss.index_cpu_to_gpu(res, 0, index)
         index.add(xb)
         return index.search(xq, k)
 
     def ours():
-        return knn(xq, xb, k, "l2", backend="faiss")
+        return knn(xq, xb, k, "l2", backend="faiss-gpu" if gpu else "faiss")
 
+    if gpu:
+        res = faiss.StandardGpuResources()
+        raw(), ours()  # warm-up: CUDA context, cuBLAS handles, the cached resources of knn
+        gpu_resources(0)
     t_raw, t_ours = [], []
     for _ in range(reps):  # interleaved, best of reps: the CPU is shared
         t = time.perf_counter(); raw(); t_raw.append(time.perf_counter() - t)
@@ -44,9 +57,9 @@ def overhead(nb: int, nq: int, d: int, k: int, reps: int = 5) -> tuple[float, fl
 
 
 def child(path: str, nq: int, k: int, block: int) -> None:
-    from imsim_lab.search import knn, knn_blocks
+    from imsim_lab.search import knn, knn_blocks, resolve_backend
 
-    knn(np.zeros((1, 4), np.float32), np.zeros((2, 4), np.float32), 1)  # load faiss first
+    knn(np.zeros((1, 4), np.float32), np.zeros((2, 4), np.float32), 1)  # load faiss (and the GPU) first
     base = int(next(line for line in Path("/proc/self/status").read_text().splitlines()
                     if line.startswith("VmRSS")).split()[1]) / 1024
     xb = np.load(path, mmap_mode="r")
@@ -57,7 +70,12 @@ def child(path: str, nq: int, k: int, block: int) -> None:
     # VmHWM: the peak of this process image (ru_maxrss would carry the parent's peak across exec)
     status = Path("/proc/self/status").read_text()
     peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
-    print(json.dumps({"seconds": dt, "peak_rss_mib": peak, "base_rss_mib": base, "shape": list(xb.shape), "valid": bool((I >= 0).all())}))
+    # exactness on a sample of queries: the same neighbours as a float32 numpy search of the blocks
+    sample = np.arange(0, nq, max(1, nq // 8))[:8]
+    _, I0 = knn_blocks(xq[sample], xb, k, "l2", backend="numpy", block_size=block)
+    print(json.dumps({"seconds": dt, "peak_rss_mib": peak, "base_rss_mib": base, "shape": list(xb.shape),
+                      "valid": bool((I >= 0).all()), "backend": resolve_backend("auto"),
+                      "sample_agreement": float((I[sample] == I0).mean())}))
 
 
 def make_db(path: Path, nb: int, d: int, chunk: int = 100_000) -> None:
@@ -80,9 +98,16 @@ def main() -> None:
     if a.child:
         child(a.child[0], int(a.child[1]), int(a.child[2]), int(a.child[3]))
         return
-    t_raw, t_ours = overhead(100_000, a.nq, 256, 10)
-    print(f"knn 100,000 x 256, {a.nq} queries, k=10: raw faiss {t_raw * 1e3:.1f} ms, imsim_lab.search.knn "
-          f"{t_ours * 1e3:.1f} ms, overhead {100 * (t_ours / t_raw - 1):+.1f} %")
+    from imsim_lab.search import faiss_error, num_gpus, resolve_backend
+
+    if faiss_error():
+        raise SystemExit(f"bench_search: faiss cannot be imported ({faiss_error()})")
+    print(f"search backend 'auto' here: {resolve_backend('auto')} (faiss sees {num_gpus()} GPU(s))")
+    for gpu in ([False, True] if num_gpus() else [False]):
+        t_raw, t_ours = overhead(100_000, a.nq, 256, 10, gpu=gpu)
+        print(f"knn 100,000 x 256, {a.nq} queries, k=10, {'GPU' if gpu else 'CPU'}: raw faiss "
+              f"{t_raw * 1e3:.1f} ms, imsim_lab.search.knn {t_ours * 1e3:.1f} ms, "
+              f"overhead {100 * (t_ours / t_raw - 1):+.1f} %")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "xb.npy"
         t = time.perf_counter()
@@ -90,12 +115,17 @@ def main() -> None:
         size = path.stat().st_size / 2 ** 20
         print(f"database {a.nb:,} x 256 float16 on disk: {size:.0f} MiB (written in {time.perf_counter() - t:.1f} s)")
         r = subprocess.run([sys.executable, __file__, "--child", str(path), str(a.nq), "10", str(a.block)],
-                           capture_output=True, text=True, check=True)
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"bench_search: the block search failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
         res = json.loads(r.stdout.strip().splitlines()[-1])
-        print(f"block search ({a.block:,} rows a block), {a.nq} queries, k=10: {res['seconds']:.1f} s, "
-              f"peak resident memory {res['peak_rss_mib']:.0f} MiB, of which {res['base_rss_mib']:.0f} MiB "
-              f"is the interpreter with numpy and faiss loaded (database {size:.0f} MiB; as float32 in "
-              f"memory it would be {2 * size:.0f} MiB)")
+        print(f"block search ({a.block:,} rows a block, backend {res['backend']}), {a.nq} queries, k=10: "
+              f"{res['seconds']:.1f} s, peak resident memory {res['peak_rss_mib']:.0f} MiB, of which "
+              f"{res['base_rss_mib']:.0f} MiB is the interpreter with numpy and faiss loaded (database "
+              f"{size:.0f} MiB; as float32 in memory it would be {2 * size:.0f} MiB); neighbours equal to "
+              f"numpy's on sampled queries: {100 * res['sample_agreement']:.1f} %")
+        if not res["valid"]:
+            raise SystemExit("bench_search: some queries got fewer than k neighbours")
 
 
 if __name__ == "__main__":

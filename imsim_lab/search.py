@@ -8,7 +8,10 @@ similar": L2 distances are negated once, here, at the edge.
 
 ``backend``: ``"faiss"`` (exact flat index, CPU), ``"faiss-gpu"`` (exact flat index on every
 visible GPU, the database sharded across them), or ``"numpy"`` (the exact reference path);
-``"auto"`` picks faiss on GPU when one is visible, faiss on CPU otherwise, numpy without faiss.
+``"auto"`` picks faiss on GPU when one is visible, faiss on CPU otherwise, numpy without faiss
+(also when faiss is installed but cannot load, e.g. ``faiss-gpu`` without its CUDA 12 wheels).
+GPU resources are made once per process and device (:func:`gpu_resources`); a k above
+:data:`GPU_MAX_K` (faiss's GPU limit) is searched on the CPU.
 
 Databases larger than memory: :func:`knn_blocks` streams the database (for instance a read-only
 memmap of float16 descriptors) in blocks of rows and merges the per-block results, so the peak
@@ -22,12 +25,29 @@ import numpy as np
 METRICS = ("l2", "ip")
 
 
+_FAISS: dict = {}  # {"module": faiss or None, "error": why it is unusable}
+
+
 def _faiss():
-    try:
-        import faiss  # noqa: F401
-    except ImportError:  # pragma: no cover - faiss is a core dependency
-        return None
-    return faiss
+    """The faiss module, or None when it cannot be imported.
+
+    Not only ImportError: the ``faiss-gpu`` wheel raises RuntimeError at import when its CUDA 12
+    wheels (``nvidia-cublas-cu12``...) are missing, which must not break the CPU fallbacks.
+    """
+    if "module" not in _FAISS:
+        try:
+            import faiss
+        except Exception as e:  # noqa: BLE001 - ImportError, RuntimeError, OSError from dlopen
+            _FAISS.update(module=None, error=f"{type(e).__name__}: {e}")
+        else:
+            _FAISS.update(module=faiss, error=None)
+    return _FAISS["module"]
+
+
+def faiss_error() -> str | None:
+    """Why faiss cannot be imported here (None when it can)."""
+    _faiss()
+    return _FAISS["error"]
 
 
 def _check(xq: np.ndarray, xb: np.ndarray, metric: str):
@@ -70,6 +90,8 @@ def knn_numpy(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", block:
 
 
 BACKENDS = ("auto", "faiss", "faiss-gpu", "numpy")
+#: largest k that faiss's GPU k-selection supports (GPU_MAX_SELECTION_K); larger k runs on the CPU
+GPU_MAX_K = 2048
 
 
 def num_gpus() -> int:
@@ -90,30 +112,71 @@ def resolve_backend(backend: str = "auto") -> str:
             return "numpy"
         return "faiss-gpu" if num_gpus() > 0 else "faiss"
     if backend in ("faiss", "faiss-gpu") and _faiss() is None:
-        raise ImportError("faiss is not installed")
+        raise ImportError(f"backend {backend!r}: faiss cannot be imported ({faiss_error()})")
     if backend == "faiss-gpu" and num_gpus() == 0:
         raise RuntimeError("backend 'faiss-gpu' asked for, but faiss sees no GPU")
     return backend
 
 
+def gpu_devices(ngpu: int | None = None, gpus=None, available: int | None = None) -> list[int]:
+    """The GPU ids an index is spread over: ``gpus`` (ids; one may repeat, e.g. ``[0, 0]`` for two
+    shards on one GPU), else the first ``ngpu``, else every visible GPU."""
+    n = num_gpus() if available is None else available
+    if gpus is not None:
+        devices = [int(g) for g in gpus]
+    else:
+        if ngpu is not None and ngpu > n:
+            raise RuntimeError(f"{ngpu} GPUs asked for, faiss sees {n}")
+        devices = list(range(n if ngpu is None else ngpu))
+    if not devices:
+        raise RuntimeError("no GPU to put the index on (faiss sees none)")
+    bad = [g for g in devices if not 0 <= g < n]
+    if bad:
+        raise RuntimeError(f"GPU ids {bad} asked for, faiss sees {n} GPU(s)")
+    return devices
+
+
+_GPU_RESOURCES: dict = {}
+
+
+def gpu_resources(device: int = 0, slot: int = 0):
+    """A ``faiss.StandardGpuResources`` for (``device``, ``slot``), made once per process.
+
+    Each one reserves about 1.5 GiB of temporary GPU memory, 256 MiB of pinned host memory and a
+    cuBLAS handle: making one per search would cost more than a small search. A resource object is
+    not thread-safe, so two shards on one GPU (searched in parallel threads) take two slots.
+    """
+    key = (int(device), int(slot))
+    if key not in _GPU_RESOURCES:
+        _GPU_RESOURCES[key] = _faiss().StandardGpuResources()
+    return _GPU_RESOURCES[key]
+
+
 def flat_index(d: int, metric: str = "l2", gpu: bool = False, ngpu: int | None = None,
-               float16: bool = False):
-    """An exact faiss index; on GPU cloned to ``ngpu`` GPUs (all by default), the database sharded
-    across them (each GPU holds 1/ngpu of it), optionally stored in float16."""
+               float16: bool = False, gpus=None):
+    """An exact (flat) faiss index, empty.
+
+    On GPU (``gpu=True``) it is cloned to the devices of :func:`gpu_devices` (``gpus`` ids or the
+    first ``ngpu``, all by default); with more than one device the database is sharded, each
+    holding a contiguous part of it (ids stay global). ``float16`` stores the vectors in float16
+    on the GPU (half the memory, distances to about 1e-3 relative).
+    """
     faiss = _faiss()
+    if faiss is None:
+        raise ImportError(f"faiss cannot be imported ({faiss_error()})")
     index = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
     if not gpu:
         return index
+    devices = gpu_devices(ngpu, gpus)
+    if len(devices) == 1:
+        co = faiss.GpuClonerOptions()
+        co.useFloat16 = float16
+        return faiss.index_cpu_to_gpu(gpu_resources(devices[0]), devices[0], index, co)
     co = faiss.GpuMultipleClonerOptions()
     co.shard = True
     co.useFloat16 = float16
-    n = ngpu or num_gpus()
-    if n == 1:
-        res = faiss.StandardGpuResources()
-        c1 = faiss.GpuClonerOptions()
-        c1.useFloat16 = float16
-        return faiss.index_cpu_to_gpu(res, 0, index, c1)
-    return faiss.index_cpu_to_all_gpus(index, co, ngpu=n)
+    resources = [gpu_resources(g, devices[:i].count(g)) for i, g in enumerate(devices)]
+    return faiss.index_cpu_to_gpu_multiple_py(resources, index, co, devices)
 
 
 def knn(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", backend: str = "auto",
@@ -124,7 +187,8 @@ def knn(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", backend: str
         xq: (nq, d) queries. xb: (nb, d) database (any float dtype, may be a memmap).
         k: neighbours per query.
         metric: "l2" (squared distances, ascending) or "ip" (similarities, descending).
-        backend: "auto", "faiss", "faiss-gpu" or "numpy" (see module docstring).
+        backend: "auto", "faiss", "faiss-gpu" or "numpy" (see module docstring); on GPU a k
+            above :data:`GPU_MAX_K` is searched by faiss on the CPU (same exact result).
         block_size: search the database in blocks of this many rows (:func:`knn_blocks`).
 
     Returns:
@@ -134,20 +198,22 @@ def knn(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", backend: str
         return knn_blocks(xq, xb, k, metric, backend, block_size)
     xq, xb = _check(xq, xb, metric)
     backend = resolve_backend(backend)
-    if backend == "numpy" or len(xb) == 0 or k == 0:
+    kk = min(k, len(xb))  # faiss is only asked for neighbours that exist; the rest is padding
+    if backend == "numpy" or kk == 0:
         return knn_numpy(xq, xb, k, metric)
-    if backend == "faiss":
+    faiss = _faiss()
+    if backend == "faiss" or kk > GPU_MAX_K:
         # brute force without copying xb into an index: one copy less of the database in memory
-        faiss = _faiss()
-        D, I = faiss.knn(xq, xb, k, metric=faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
+        D, I = faiss.knn(xq, xb, kk, metric=faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
     else:
         index = flat_index(xb.shape[1], metric, gpu=True)
         index.add(xb)
-        D, I = index.search(xq, k)
-    if metric == "l2":
-        D[I < 0] = np.inf
-    else:
-        D[I < 0] = -np.inf
+        D, I = index.search(xq, kk)
+        del index  # frees its GPU memory now
+    if kk < k:
+        D = np.concatenate([D, np.zeros((len(xq), k - kk), np.float32)], axis=1)
+        I = np.concatenate([I, np.full((len(xq), k - kk), -1, np.int64)], axis=1)
+    D[I < 0] = np.inf if metric == "l2" else -np.inf
     return D, I
 
 
