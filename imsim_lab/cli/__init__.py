@@ -16,7 +16,8 @@ from .. import __version__
 from ..errors import ImsimError
 
 #: sub-command modules, in the order of ``imsim-lab --help``
-COMMAND_MODULES = ["eval_cmd", "run_cmd", "data_cmd", "bench_cmd", "explore_cmd", "demo_cmd", "robustness_cmd"]
+COMMAND_MODULES = ["eval_cmd", "run_cmd", "data_cmd", "bench_cmd", "explore_cmd", "demo_cmd", "robustness_cmd",
+                   "train_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse ``argv`` with ``parser`` (default: the ``imsim-lab`` parser) and run the chosen command."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -40,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ImsimError as e:
-        print(f"imsim-lab: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("imsim-lab: interrupted; what was finished is kept", file=sys.stderr)
+        print(f"{parser.prog}: interrupted; what was finished is kept", file=sys.stderr)
         return 130
 
 
