@@ -1,4 +1,5 @@
-"""The shared trainer: exact resume after an interruption, accumulation, refusals, DDP with gloo."""
+"""The shared trainer: exact resume after an interruption, accumulation, refusals, DDP with gloo,
+AMP on CUDA (marked ``gpu``)."""
 
 import json
 import os
@@ -12,7 +13,10 @@ import torch
 from torch import nn
 
 from imsim_lab.train import TrainConfig, TrainError, XBMContrastiveLoss, load_checkpoint, lr_at, train
-from imsim_lab.train.trainer import resolve_amp
+from imsim_lab.train.trainer import process_group_args, resolve_amp, rng_state, set_rng_state
+
+REQUIRE_GPU = os.environ.get("IMSIM_REQUIRE_GPU") == "1"  # scripts/gpu_checks.sh: no silent skip
+cuda = pytest.mark.skipif(not torch.cuda.is_available() and not REQUIRE_GPU, reason="needs CUDA")
 
 # A BN-free net and an array dataset shared (as source) with the torchrun worker below.
 COMMON = '''
@@ -160,6 +164,94 @@ def test_two_process_gloo_ddp_equals_one_process_with_the_global_batch(tmp_path)
     ha = json.loads((tmp_path / "ddp" / "history.json").read_text())
     hb = json.loads((tmp_path / "one" / "history.json").read_text())
     assert np.allclose([h["loss"] for h in ha], [h["loss"] for h in hb], atol=1e-5)
+
+
+CRITERION_WORKER = COMMON + '''
+import sys
+from imsim_lab.train import TrainConfig, XBMContrastiveLoss, init_distributed, train
+
+class WithParam(nn.Module):
+    """The XBM loss plus a learnable term whose gradient depends on this rank's own embeddings."""
+    def __init__(self):
+        super().__init__()
+        self.inner = XBMContrastiveLoss(16, 40)
+        self.w = nn.Parameter(torch.ones(16))
+    def forward(self, e, y):
+        return self.inner(e, y) + (self.w * e).mean(0).sum()
+
+rank, world = init_distributed()
+train(make_net(), WithParam(), Items(), TrainConfig(epochs=1, batch_size=int(sys.argv[2]), lr=0.05, seed=5),
+      sys.argv[1])
+import torch.distributed as dist
+if dist.is_initialized():
+    dist.destroy_process_group()
+'''
+
+
+@pytest.mark.slow
+def test_ddp_averages_the_criterion_gradients_too(tmp_path):
+    """DDP averages the model's gradients only: the criterion's parameters would drift per rank."""
+    script = tmp_path / "worker.py"
+    script.write_text(CRITERION_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for out, cmd in (("ddp", ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                              str(30500 + os.getpid() % 1000), str(script), str(tmp_path / "ddp"), "4"]),
+                     ("one", [str(script), str(tmp_path / "one"), "8"])):
+        r = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=env, timeout=240)
+        assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("ddp", "one"))
+    assert not torch.allclose(a["criterion"]["w"], torch.ones(16))  # it did learn
+    assert torch.allclose(a["criterion"]["w"], b["criterion"]["w"], atol=1e-5)
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
+
+
+def test_process_group_arguments():
+    assert process_group_args(None, False, 0, 0) == ("gloo", None)
+    assert process_group_args(None, True, 1, 2) == ("nccl", 1)
+    assert process_group_args("gloo", True, 3, 2) == ("gloo", None)  # gloo binds no GPU
+    with pytest.raises(TrainError, match="LOCAL_RANK 2 but this node has 2 GPU"):
+        process_group_args(None, True, 2, 2)
+    with pytest.raises(TrainError, match="needs CUDA"):
+        process_group_args("nccl", False, 0, 0)
+
+
+def test_cuda_rng_state_is_the_current_devices(monkeypatch):
+    """Checkpoints hold one CUDA generator state, the current GPU's; older ones held one per GPU."""
+    got = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": got.append(int(state[0])))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("touched every GPU"))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: pytest.fail("touched every GPU"))
+    state = rng_state()
+    assert [int(t[0]) for t in state["cuda"]] == [7]
+    set_rng_state(state)
+    set_rng_state({**state, "cuda": [torch.tensor([5], dtype=torch.uint8), torch.tensor([6], dtype=torch.uint8)]})
+    assert got == [7, 6]
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
+def test_cuda_training_with_amp(tmp_path, amp):
+    """On the GPU: autocast (bf16, or fp16 with the GradScaler), pinned batches, CUDA RNG in the
+    checkpoint; the losses follow the CPU run of the same data and initial weights."""
+    cfg = dict(epochs=1, batch_size=8, lr=0.05, checkpoint_every=2, seed=1)
+    ref = _run(tmp_path / "cpu", TrainConfig(**cfg, device="cpu", amp="off"), dropout=0.0)
+    res = _run(tmp_path / amp, TrainConfig(**cfg, device="cuda", amp=amp), dropout=0.0)
+    losses, ref_losses = [r["loss"] for r in res.history], [r["loss"] for r in ref.history]
+    assert res.steps == 4 and np.isfinite(losses).all()
+    state = load_checkpoint(tmp_path / amp / "checkpoint.pt")
+    assert len(state["rng"]["cuda"]) == 1
+    assert bool(state["scaler"]) == (amp == "fp16")  # the GradScaler runs for fp16 only
+    w, w0 = _weights(res.weights), make_net().state_dict()
+    assert all(torch.isfinite(v).all() for v in w.values())
+    assert any(not torch.equal(w[k].cpu(), w0[k]) for k in w)  # it trained
+    if amp != "fp16":  # fp16 may skip the first steps while the GradScaler finds its scale
+        # TF32 convolutions (off) and bf16 (about 3 digits) keep the losses within a few percent
+        np.testing.assert_allclose(losses, ref_losses, rtol=0.05, atol=0.02)
 
 
 KILLABLE = COMMON + '''

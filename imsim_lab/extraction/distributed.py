@@ -5,7 +5,8 @@
 
 ``--images`` is a text file with one ``id<TAB>path`` (or just a path; the id is then the file
 stem) per line, the same on every rank. The backend is NCCL when CUDA is present, gloo otherwise
-(tested on CPU with two gloo processes). Each rank uses GPU ``LOCAL_RANK``.
+(tested on CPU with two gloo processes). Each rank uses GPU ``LOCAL_RANK``, bound to the process
+group; at most one rank per GPU (NCCL refuses two ranks on one GPU).
 """
 
 from __future__ import annotations
@@ -35,18 +36,22 @@ def read_image_list(path: str | Path) -> tuple[list[str], list[str]]:
 
 
 def init_from_env(backend: str | None = None) -> tuple[int, int, str]:
-    """Initialise ``torch.distributed`` from torchrun's variables; returns (rank, world, device)."""
-    import torch
-    import torch.distributed as dist
+    """Initialise ``torch.distributed`` from torchrun's variables; returns (rank, world, device).
 
+    The same set-up as training (:func:`imsim_lab.train.trainer.init_distributed`): NCCL with this
+    rank's GPU ``LOCAL_RANK`` bound to the process group, gloo without CUDA. Started without
+    torchrun (no ``RANK``/``WORLD_SIZE``), it runs as the only process: (0, 1, device).
+    """
+    import torch
+
+    from ..train.trainer import init_distributed
+
+    rank, world = init_distributed(backend)
+    if not torch.cuda.is_available():
+        return rank, world, "cpu"
     local = int(os.environ.get("LOCAL_RANK", 0))
-    cuda = torch.cuda.is_available()
-    device = f"cuda:{local}" if cuda else "cpu"
-    if cuda:
-        torch.cuda.set_device(local)
-    if not dist.is_initialized():
-        dist.init_process_group(backend or ("nccl" if cuda else "gloo"))
-    return dist.get_rank(), dist.get_world_size(), device
+    torch.cuda.set_device(local)
+    return rank, world, f"cuda:{local}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = ExtractConfig(a.batch_size, a.workers, a.shard_size, a.dtype)
         extract_split(model, paths, ids, a.out, a.name, cfg)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

@@ -10,8 +10,10 @@
   (:mod:`imsim_lab.train.data`); a batch is flattened to ``(b * v, ...)``.
 * AMP: ``amp="auto"`` is bf16 on CUDA when supported (fp16 + GradScaler otherwise), off on CPU.
 * ``accum_steps`` micro-batches make one optimiser step (DDP does not synchronise the others).
-* Under ``torchrun`` (``init_distributed``): DDP with ``nccl`` on CUDA, ``gloo`` on CPU; each rank
-  reads its part of every global batch; SyncBN on CUDA. Checkpoints are written by rank 0.
+* Under ``torchrun`` (``init_distributed``): DDP with ``nccl`` on CUDA (one GPU per rank, bound
+  with ``device_id``), ``gloo`` on CPU; each rank reads its part of every global batch; SyncBN on
+  CUDA; the criterion's own gradients are averaged over the ranks too. Checkpoints are written by
+  rank 0.
 * Every ``checkpoint_every`` optimiser steps ``checkpoint.pt`` is written atomically (temp file +
   ``os.replace``): model, criterion (memory bank), optimiser, GradScaler, step, the RNG states of
   torch / CUDA / numpy / Python, and the history, as tensors and JSON-able values only, so it is
@@ -143,11 +145,49 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return 0, 1
     if not dist.is_initialized():
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend or ("nccl" if cuda else "gloo"))
+        backend, device_id = process_group_args(backend, torch.cuda.is_available(),
+                                                int(os.environ.get("LOCAL_RANK", 0)),
+                                                torch.cuda.device_count())
+        if device_id is not None:
+            torch.cuda.set_device(device_id)
+            # bound device: NCCL's barrier and collectives use it (no guess, no warning)
+            dist.init_process_group(backend, device_id=torch.device("cuda", device_id))
+        else:
+            dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size()
+
+
+def process_group_args(backend: str | None, cuda: bool, local_rank: int, n_gpus: int) -> tuple[str, int | None]:
+    """(backend, CUDA device of this rank or None) for ``init_process_group``.
+
+    ``nccl`` with GPU ``local_rank`` when CUDA is present, else ``gloo`` on the CPU; an explicit
+    ``backend`` is kept (``gloo`` on a GPU machine binds no device). More ranks on a node than
+    GPUs is refused: NCCL cannot run two ranks on one GPU.
+    """
+    backend = backend or ("nccl" if cuda else "gloo")
+    if "nccl" not in backend:
+        return backend, None
+    if not cuda:
+        raise TrainError(f"backend {backend!r} needs CUDA, and torch sees no GPU")
+    if not 0 <= local_rank < n_gpus:
+        raise TrainError(f"LOCAL_RANK {local_rank} but this node has {n_gpus} GPU(s): start at most "
+                         f"{n_gpus} processes per node (torchrun --nproc_per_node)")
+    return backend, local_rank
+
+
+def all_reduce_grads(module: nn.Module, world: int) -> None:
+    """Average over the ranks the gradients of ``module``'s parameters (those that have one).
+
+    DDP averages the model's gradients, not the criterion's: a criterion with parameters (a
+    learnable scale, class weights) would otherwise drift apart on each rank. Every rank runs the
+    same criterion code, so the same parameters have gradients everywhere.
+    """
+    import torch.distributed as dist
+
+    for p in module.parameters():
+        if p.requires_grad and p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,11 +237,15 @@ def make_optimizer(modules: list[nn.Module], cfg: TrainConfig) -> torch.optim.Op
 
 
 def rng_state() -> dict:
-    """torch, CUDA, numpy and Python RNG states as tensors and JSON-able values."""
+    """torch, CUDA (the current device's), numpy and Python RNG states as tensors and JSON-able values.
+
+    Only the current GPU's generator: under DDP each rank uses one GPU, and reading or setting
+    the others' would make every rank open a CUDA context on every GPU.
+    """
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, pstate, pgauss = random.getstate()
     return {"torch": torch.get_rng_state(),
-            "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+            "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],
             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
             "python": {"version": version, "state": list(pstate), "gauss": pgauss}}
@@ -210,7 +254,8 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]  # one state (older checkpoints: one per GPU, indexed by device)
+        torch.cuda.set_rng_state(cuda[torch.cuda.current_device()] if len(cuda) > 1 else cuda[0])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]
@@ -370,6 +415,8 @@ def train(model: nn.Module, criterion: nn.Module, dataset, config: TrainConfig, 
             lr = lr_at(step, total, config)
             for g in optimizer.param_groups:
                 g["lr"] = lr
+            if world > 1:
+                all_reduce_grads(criterion, world)
             if config.grad_clip:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.grad_clip)
