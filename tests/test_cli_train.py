@@ -145,6 +145,7 @@ def _bad_init(tmp_path, kind):
     ("init_garbage", "not a readable weights file"),
     ("stage", "--stage 'v99': unknown"),
     ("backbone", "not a timm model"),
+    ("corrupt_training", "unreadable training image"),
 ])
 def test_bad_input_is_one_line_naming_the_file_and_exit_2(bench, tmp_path, capsys, case, message):
     import shutil
@@ -164,15 +165,22 @@ def test_bad_input_is_one_line_naming_the_file_and_exit_2(bench, tmp_path, capsy
         extra = ["--init", str(named)]
     elif case == "stage":
         extra = ["--stage", "v99"]
-    else:
+    elif case == "backbone":
         extra = ["--backbone", "no_such_net"]
+    else:  # read in a DataLoader worker: the message still comes out on one line
+        target = tmp_path / "b"
+        shutil.copytree(bench, target)
+        named = target / "training" / "T000003.jpg"
+        named.write_bytes(b"not a jpeg")
+        extra = ["--workers", "1", "--max-steps", "4"]
     out = tmp_path / "stage"
     assert main(["train", "lyakaap", "--bench", str(target), "--out", str(out), *TINY, *extra]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith(("train lyakaap ", "step "))]
     assert len(err) == 1 and err[0].startswith("imsim-lab: error: ") and message in err[0], err
     if named is not None:
         assert str(named) in err[0]
-    assert not out.exists()  # nothing written for a command that cannot run
+    if case != "corrupt_training":  # found while training: the run folder holds its configuration only
+        assert not out.exists()  # nothing written for a command that cannot run
 
 
 def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise(capsys):

@@ -204,6 +204,8 @@ def _run_lyakaap(args, rank: int, world: int) -> int:
               f"{world} process{'es' if world > 1 else ''} -> {out}", file=sys.stderr)
     try:
         res = train_stage(bench, out, cfg, init=args.init, on_step=progress)
+    except ImsimError as e:
+        raise _from_worker(e) from None
     finally:
         if progress is not None:
             progress.close()
@@ -236,6 +238,17 @@ def _run_lyakaap(args, rank: int, world: int) -> int:
         print("evaluate them as a run on the benchmark:")
         print(f"  {summary['evaluate']}")
     return 0
+
+
+def _from_worker(e: ImsimError) -> ImsimError:
+    """An error raised in a DataLoader worker arrives wrapped in the worker's traceback: keep its
+    last line, the message itself (e.g. the training image that cannot be read)."""
+    text = str(e)
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return e
+    last = [ln for ln in text.splitlines() if ln.strip()][-1].strip()
+    head, sep, rest = last.partition(": ")
+    return ImsimError(rest if sep and " " not in head and head.endswith(("Error", "Exception")) else last)
 
 
 def _check_backbone(name: str) -> None:
