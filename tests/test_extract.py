@@ -221,7 +221,7 @@ def test_ordered_threads_keeps_order_bounds_the_work_ahead_and_stops_cleanly():
         list(ordered_threads(slow, range(20), threads=2, ahead=4))
 
 
-def _torchrun(tmp_path, images, nproc, extra_env=None):
+def _torchrun(tmp_path, images, nproc, extra_env=None, extra_args=()):
     paths, ids = images
     lst = tmp_path / "list.txt"
     lst.write_text("".join(f"{i}\t{p}\n" for i, p in zip(ids, paths)))
@@ -230,7 +230,7 @@ def _torchrun(tmp_path, images, nproc, extra_env=None):
            "-m", "imsim_lab.extraction.distributed", "--model", "resnet18_gem",
            "--model-args", json.dumps({"input_size": 48, "dim": 32}), "--images", str(lst),
            "--out", str(tmp_path / "out"), "--name", "reference", "--shard-size", "3", "--batch-size", "2",
-           "--workers", "0"]
+           "--workers", "0", *extra_args]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     return load_features(tmp_path / "out", "reference")
@@ -243,17 +243,27 @@ def test_torchrun_two_gloo_processes_merge_to_the_single_process_result(images, 
     np.testing.assert_allclose(fs.x, direct(model, images[0]), atol=1e-5)
 
 
+# scripts/gpu_checks.sh sets IMSIM_REQUIRE_GPU=1: a gpu test without CUDA then fails instead of skipping
+cuda = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("IMSIM_REQUIRE_GPU") != "1",
+                          reason="needs CUDA")
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@cuda
 def test_torchrun_nccl_on_the_gpus(images, model, tmp_path):
+    # one rank per GPU (NCCL refuses two on one GPU): on a one-GPU machine a world of one
     n = min(2, torch.cuda.device_count())
-    fs = _torchrun(tmp_path, images, n)
+    fs = _torchrun(tmp_path, images, n, extra_args=("--backend", "nccl"))  # nccl or a failure, no fallback
+    assert list(fs.ids) == images[1]
     assert (fs.x * direct(model, images[0])).sum(1).min() > 0.999
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@cuda
 def test_cuda_extraction_with_amp_matches_cpu(images, model, tmp_path):
     gpu = create_model("resnet18_gem", input_size=48, dim=32, device="cuda")
-    fs = extract_split(gpu, images[0], images[1], tmp_path, "q", ExtractConfig(batch_size=4, num_workers=2))
+    cfg = ExtractConfig(batch_size=4, num_workers=2)
+    assert cfg.streams_for(gpu) == 1 and extract_mod.make_loader(gpu, [], [], cfg).pin_memory
+    fs = extract_split(gpu, images[0], images[1], tmp_path, "q", cfg)  # workers, pinned batches, AMP
+    assert list(fs.ids) == images[1]
     assert (fs.x * direct(model, images[0])).sum(1).min() > 0.999

