@@ -220,6 +220,14 @@ _add(MethodSpec("timm_random", "resnet18_gem", model_args={"input_size": 160},
 _add(MethodSpec("timm", "resnet50_gem",
                 description="timm trunk + GeM + linear head; give weights with model.weights_path=... "
                 "or model.weights=timm (set model.backbone=, model.dim=)"))
+_add(MethodSpec("iscnet", "isc_effnetv2m",
+                description="lyakaap's ISCNet (timm trunk + GeM p=1 + linear-BN 256, square input): give trained "
+                "weights with model.weights_path= (what `imsim-lab train lyakaap` prints)",
+                paper="Yokoo, arXiv 2112.04323"))
+_add(MethodSpec("iscnet+nes", "isc_effnetv2m", "nes",
+                params={"dba_k": 10, "dba_alpha": 3.0, "beta": 0.35, "k": 10, "n_iter": 1}, needs_training=True,
+                description="ISCNet + DBA(train) and negative embedding subtraction: lyakaap's inference",
+                paper="Yokoo, arXiv 2112.04323"))
 _add(MethodSpec("multigrain", "multigrain_resnet50", "pca", params={"dim": 1500, "eigen_power": -0.5, "l2": True},
                 needs_training=True, description="MultiGrain-like GeM ResNet-50 + PCAW 1500 (weights: "
                 "model.weights_path=)", paper="Berman et al., arXiv 1902.05509"))

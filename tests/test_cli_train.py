@@ -96,7 +96,7 @@ def test_resume_does_not_redo_steps_and_ends_where_an_uninterrupted_run_ends(ben
     whole = json.loads(capsys.readouterr().out)
     assert whole["steps"] == 3 and whole["resumed_from"] == 0 and whole["world_size"] == 1
     assert whole["weights"] == str(tmp_path / "whole" / "weights.pt") and whole["images_per_second"] > 0
-    assert whole["evaluate"].startswith("imsim-lab run timm ")
+    assert whole["evaluate"].startswith("imsim-lab run iscnet ")
 
     real_call = train_cmd.StepProgress.__call__
 

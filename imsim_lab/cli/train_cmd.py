@@ -28,8 +28,8 @@ RECIPES = {
                "(descriptor track 1st, arXiv 2112.04323)",
 }
 
-#: the registered method that evaluates a trained ISCNet (timm trunk + GeM + head, any weights)
-EVAL_METHOD = "timm"
+#: the registered method that evaluates a trained ISCNet (timm trunk + GeM p=1 + linear-BN head)
+EVAL_METHOD = "iscnet"
 
 
 # ------------------------------------------------------------------------------------------------
