@@ -156,7 +156,8 @@ facts = {"CUDA": 0, "SSCD_ONNX": 0}
 lines = []
 try:
     import torch
-    lines.append(f"torch {torch.__version__}, CUDA runtime {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+    lines.append(f"torch {torch.__version__}, CUDA runtime {torch.version.cuda}, "
+                 f"cuDNN {torch.backends.cudnn.version()}")
     if torch.cuda.is_available():
         facts["CUDA"] = torch.cuda.device_count()
         for i in range(torch.cuda.device_count()):
