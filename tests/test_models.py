@@ -131,6 +131,16 @@ def test_sscd_onnx_streams_give_the_same_descriptors(img):
     np.testing.assert_allclose(np.stack(got), y, atol=1e-4)
 
 
+def test_sscd_onnx_says_where_it_runs():
+    import onnxruntime as ort
+
+    m = create_model("sscd_disc_mixup_onnx", device="cuda")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert m.device == "cuda" and m.cpu_streams() == 1
+    else:  # a CPU-only onnxruntime runs it on the CPU: the run's config must not say cuda
+        assert m.device == "cpu" and m.describe()["device"] == "cpu"
+
+
 def test_gist_bank_and_descriptor(img):
     G = gabor_bank(64)
     assert G.shape == (20, 64, 64) and G.max() <= 1.0 and G.min() >= 0

@@ -33,10 +33,11 @@ class GeM(nn.Module):
         else:
             self.register_buffer("p", torch.tensor(float(p)), persistent=False)
         self.learnable = learnable
+        self._p_fixed = float(p)  # read without a device sync (float() of a CUDA tensor waits for the GPU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # pow in float32: fp16 overflows for p = 3 on large activations under autocast
-        p = self.p if self.learnable else float(self.p)
+        p = self.p if self.learnable else self._p_fixed
         return gem(x.float(), p, self.eps).to(x.dtype)
 
     def extra_repr(self) -> str:

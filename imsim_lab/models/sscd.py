@@ -79,11 +79,18 @@ class SSCDOnnx(DescriptorModel):
         threads = int(config.extra.get("threads", 0))
         if threads:
             opts.intra_op_num_threads = threads
-        providers = ["CPUExecutionProvider"]
-        if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+        providers: list = ["CPUExecutionProvider"]
+        if self.device.startswith("cuda"):
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                # the rank's own GPU under torchrun ("cuda:N"), not always GPU 0
+                gpu = int(self.device.split(":")[1]) if ":" in self.device else 0
+                providers.insert(0, ("CUDAExecutionProvider", {"device_id": gpu}))
+            else:  # a CPU-only onnxruntime: say where it really runs
+                self.device = "cpu"
         self.path = path
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        if self.device.startswith("cuda") and "CUDAExecutionProvider" not in self.session.get_providers():
+            self.device = "cpu"
         self.input_name = self.session.get_inputs()[0].name
         self._stream_session = None
         self._stream_lock = threading.Lock()
@@ -157,7 +164,7 @@ class SSCDTorchScript(TorchDescriptorModel):
             raise WeightsError(f"{path}: not a TorchScript file ({type(e).__name__}: {e})") from None
         super().__init__(config, _Normalised(module), device, amp)
         with torch.inference_mode():
-            d = self.module(torch.zeros(1, 3, 64, 64)).shape[-1]
+            d = self.module(torch.zeros(1, 3, 64, 64, device=self.device)).shape[-1]
         if d != config.dim:
             raise WeightsError(f"{path}: gives {d}-d descriptors, the config says {config.dim} (pass dim={d})")
 
