@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_path, atomic_write_text
 from ..errors import ImsimError
 from .data import EpochBatches, collate
 
@@ -263,15 +264,12 @@ def set_rng_state(state: dict) -> None:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=float))  # numpy scalars as numbers
 
 
 def load_checkpoint(path: str | Path) -> dict:
