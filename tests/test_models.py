@@ -242,17 +242,25 @@ def test_fetch_weights_file_url_and_http_server(tmp_path):
         server.shutdown()
 
 
+class _TinyScripted(torch.nn.Module):
+    """A stand-in for an SSCD TorchScript file: (b, 3, h, w) -> (b, 8)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3))
+
+
+def tiny_torchscript(folder: Path) -> Path:
+    p = folder / "tiny.torchscript.pt"
+    torch.jit.script(_TinyScripted()).save(str(p))
+    return p
+
+
 def test_sscd_torchscript_from_a_url(tmp_path, img):
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 8, 3)
-
-        def forward(self, x):
-            return self.conv(x).mean((2, 3))
-
-    p = tmp_path / "tiny.torchscript.pt"
-    torch.jit.script(Tiny()).save(str(p))
+    p = tiny_torchscript(tmp_path)
     m = create_model("sscd_disc_mixup_torchscript", dim=8, weights_url=p.as_uri(), device="cpu")
     y = m.embed([m.preprocess(img)])
     assert y.shape == (1, 8)
@@ -285,16 +293,7 @@ def test_cuda_amp_channels_last_matches_cpu(img):
 @cuda
 def test_sscd_torchscript_on_cuda(tmp_path, img):
     """A TorchScript file on CUDA (the dimension probe must run on the model's device)."""
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 8, 3)
-
-        def forward(self, x):
-            return self.conv(x).mean((2, 3))
-
-    p = tmp_path / "tiny.torchscript.pt"
-    torch.jit.script(Tiny()).save(str(p))
+    p = tiny_torchscript(tmp_path)
     cpu = create_model("sscd_disc_mixup_torchscript", dim=8, weights_url=p.as_uri(), device="cpu")
     gpu = create_model("sscd_disc_mixup_torchscript", dim=8, weights_url=p.as_uri(), device="cuda")
     x = [cpu.preprocess(img)] * 2
