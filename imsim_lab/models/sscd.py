@@ -102,8 +102,9 @@ class SSCDOnnx(DescriptorModel):
         thread per core is as fast as the cores allow; but image decoding running beside it
         steals a core from one of its threads and the whole call waits for that thread. Whole
         batches on one thread each (decode, then run) keep every core busy instead: on the
-        2-core development machine the extraction pipeline went from 85 % of the forward pass
-        to above 90 % (``benchmarks/bench_extract.py``).
+        2-core development machine the extraction pipeline went from 78 % (a DataLoader worker)
+        or 82 % (decoding in the main process) of the forward pass to 90-93 %
+        (``benchmarks/bench_extract.py``).
         """
         if "CUDAExecutionProvider" in self.session.get_providers():
             return 1
