@@ -7,9 +7,11 @@ has fewer than k results. ``metric`` is ``"l2"`` (squared Euclidean, smaller = c
 similar": L2 distances are negated once, here, at the edge.
 
 ``backend``: ``"faiss"`` (exact flat index, CPU), ``"faiss-gpu"`` (exact flat index on every
-visible GPU, the database sharded across them), or ``"numpy"`` (the exact reference path);
-``"auto"`` picks faiss on GPU when one is visible, faiss on CPU otherwise, numpy without faiss
-(also when faiss is installed but cannot load, e.g. ``faiss-gpu`` without its CUDA 12 wheels).
+visible GPU, the database sharded across them), ``"torch"`` (exact brute force with torch on
+CUDA when present, else on the CPU: the GPU path for machines whose faiss has no GPU support),
+or ``"numpy"`` (the exact reference path). ``"auto"`` picks faiss on GPU when faiss sees one,
+else torch when torch sees a CUDA GPU, else faiss on CPU, else numpy (also when faiss is
+installed but cannot load, e.g. ``faiss-gpu`` without its CUDA 12 wheels).
 GPU resources are made once per process and device (:func:`gpu_resources`); a k above
 :data:`GPU_MAX_K` (faiss's GPU limit) is searched on the CPU.
 
@@ -89,7 +91,7 @@ def knn_numpy(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", block:
     return D, I
 
 
-BACKENDS = ("auto", "faiss", "faiss-gpu", "numpy")
+BACKENDS = ("auto", "faiss", "faiss-gpu", "torch", "numpy")
 #: largest k that faiss's GPU k-selection supports (GPU_MAX_SELECTION_K); larger k runs on the CPU
 GPU_MAX_K = 2048
 
@@ -108,14 +110,72 @@ def resolve_backend(backend: str = "auto") -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
     if backend == "auto":
-        if _faiss() is None:
-            return "numpy"
-        return "faiss-gpu" if num_gpus() > 0 else "faiss"
+        if _faiss() is not None and num_gpus() > 0:
+            return "faiss-gpu"
+        if torch_cuda():
+            return "torch"
+        return "numpy" if _faiss() is None else "faiss"
     if backend in ("faiss", "faiss-gpu") and _faiss() is None:
         raise ImportError(f"backend {backend!r}: faiss cannot be imported ({faiss_error()})")
     if backend == "faiss-gpu" and num_gpus() == 0:
         raise RuntimeError("backend 'faiss-gpu' asked for, but faiss sees no GPU")
     return backend
+
+
+def torch_cuda() -> bool:
+    """Whether torch is importable and sees a CUDA GPU."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - core dependency
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def knn_torch(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", device: str | None = None,
+              max_scores: int = 1 << 26):
+    """Exact k-NN with torch (float32 matrix products, ``torch.topk``), on ``device`` (None:
+    CUDA when present, else CPU). The database is moved once; queries go in batches whose score
+    matrix holds at most ``max_scores`` floats (256 MiB). TF32 is off for these products, so the
+    result matches :func:`knn_numpy` up to float32 rounding. Returns D, I (nq, k) as numpy."""
+    import torch
+
+    xq, xb = _check(xq, xb, metric)
+    nq, nb = len(xq), len(xb)
+    kk = min(k, nb)
+    D = np.full((nq, k), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
+    I = np.full((nq, k), -1, dtype=np.int64)
+    if kk == 0 or nq == 0:
+        return D, I
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            b = _tensor(xb).to(dev)
+            b2 = (b * b).sum(1) if metric == "l2" else None
+            step = max(1, max_scores // nb)
+            for i0 in range(0, nq, step):
+                q = _tensor(xq[i0:i0 + step]).to(dev)
+                s = q @ b.T
+                if metric == "l2":  # ||q||^2 + ||b||^2 - 2 q.b, the smallest first
+                    s = ((q * q).sum(1, keepdim=True) + b2[None, :] - 2 * s).clamp_(min=0)
+                vals, idx = torch.topk(s, kk, dim=1, largest=metric == "ip", sorted=True)
+                D[i0:i0 + len(q), :kk] = vals.cpu().numpy()
+                I[i0:i0 + len(q), :kk] = idx.cpu().numpy()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return D, I
+
+
+def _tensor(x: np.ndarray):
+    """A torch view of a float32 array, read-only ones (memmaps) included: never written to."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(x)
 
 
 def gpu_devices(ngpu: int | None = None, gpus=None, available: int | None = None) -> list[int]:
@@ -187,8 +247,9 @@ def knn(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", backend: str
         xq: (nq, d) queries. xb: (nb, d) database (any float dtype, may be a memmap).
         k: neighbours per query.
         metric: "l2" (squared distances, ascending) or "ip" (similarities, descending).
-        backend: "auto", "faiss", "faiss-gpu" or "numpy" (see module docstring); on GPU a k
-            above :data:`GPU_MAX_K` is searched by faiss on the CPU (same exact result).
+        backend: "auto", "faiss", "faiss-gpu", "torch" or "numpy" (see module docstring); with
+            faiss on GPU a k above :data:`GPU_MAX_K` is searched by faiss on the CPU (same exact
+            result).
         block_size: search the database in blocks of this many rows (:func:`knn_blocks`).
 
     Returns:
@@ -201,6 +262,8 @@ def knn(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", backend: str
     kk = min(k, len(xb))  # faiss is only asked for neighbours that exist; the rest is padding
     if backend == "numpy" or kk == 0:
         return knn_numpy(xq, xb, k, metric)
+    if backend == "torch":
+        return knn_torch(xq, xb, k, metric)
     faiss = _faiss()
     if backend == "faiss" or kk > GPU_MAX_K:
         # brute force without copying xb into an index: one copy less of the database in memory

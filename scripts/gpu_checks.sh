@@ -7,7 +7,8 @@
 #
 # Sections (each with its own time limit; one that fails does not stop the others):
 #   1. pytest -m gpu on torch: CUDA extraction with AMP fp16 + channels-last, TorchScript and ONNX
-#      SSCD asked for CUDA, torchrun extraction with nccl, training with AMP (off, bf16, fp16);
+#      SSCD asked for CUDA, exact search with torch on CUDA, torchrun extraction with nccl,
+#      training with AMP (off, bf16, fp16);
 #   2. pytest -m gpu on faiss: GPU flat index against the CPU, float16 storage, sharded index,
 #      GPU block search, the k limit;
 #   3. extraction throughput on CUDA (bench_extract: pipeline against forward only);
@@ -212,11 +213,12 @@ EOF
   fi
 
   if ((CUDA > 0)); then
-    run_section "pytest gpu: models, extraction, training (torch CUDA)" 210 \
+    run_section "pytest gpu: models, torch search, extraction, training (torch CUDA)" 210 \
       "$PY" -m pytest -q -p no:xdist -p no:cacheprovider -m gpu -ra --tb=short --junitxml="$WORK/pytest_torch.xml" \
-      tests/test_models.py tests/test_train_trainer.py tests/test_extract.py  # torchrun (slowest) last
+      tests/test_models.py tests/test_train_trainer.py tests/test_search_engine.py::test_torch_backend_on_cuda_matches_numpy \
+      tests/test_extract.py  # torchrun (slowest) last
   else
-    not_run "pytest gpu: models, extraction, training (torch CUDA)" "torch sees no CUDA device"
+    not_run "pytest gpu: models, torch search, extraction, training (torch CUDA)" "torch sees no CUDA device"
   fi
 
   if ((FAISS_GPUS > 0)); then

@@ -8,6 +8,7 @@ marked ``gpu`` run the real thing (``IMSIM_REQUIRE_GPU=1`` turns their skip into
 import builtins
 import os
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -80,8 +81,8 @@ def test_merge_breaks_ties_by_index():
 
 
 def test_backend_resolution():
-    assert resolve_backend("numpy") == "numpy"
-    assert resolve_backend("auto") in ("faiss", "faiss-gpu")
+    assert resolve_backend("numpy") == "numpy" and resolve_backend("torch") == "torch"
+    assert resolve_backend("auto") in ("faiss", "faiss-gpu", "torch")
     with pytest.raises(ValueError, match="unknown backend"):
         resolve_backend("cuda")
     if search.num_gpus() == 0:
@@ -148,13 +149,49 @@ def fake_gpus(monkeypatch):
     return make
 
 
-def test_auto_backend_follows_what_faiss_sees(fake_gpus):
+def test_auto_backend_follows_what_faiss_sees(fake_gpus, monkeypatch):
+    monkeypatch.setattr(search, "torch_cuda", lambda: False)
     fake_gpus(0)
     assert resolve_backend("auto") == "faiss"
     with pytest.raises(RuntimeError, match="no GPU"):
         resolve_backend("faiss-gpu")
     fake_gpus(1)
     assert resolve_backend("auto") == "faiss-gpu" and resolve_backend("faiss") == "faiss"
+
+
+def test_auto_backend_takes_torch_on_cuda_when_faiss_has_no_gpu(fake_gpus, monkeypatch):
+    monkeypatch.setattr(search, "torch_cuda", lambda: True)
+    fake_gpus(0)  # faiss-cpu (or a faiss-gpu that sees no GPU) beside a CUDA torch
+    assert resolve_backend("auto") == "torch"
+    fake_gpus(1)
+    assert resolve_backend("auto") == "faiss-gpu"
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_torch_backend_matches_numpy_reference(data, metric):
+    xq, xb = data
+    D0, I0 = knn_numpy(xq, xb, 15, metric)
+    D1, I1 = knn(xq, xb, 15, metric, backend="torch")
+    np.testing.assert_array_equal(I0, I1)
+    np.testing.assert_allclose(D0, D1, rtol=1e-5, atol=1e-4)
+    D2, I2 = search.knn_torch(xq, xb, 15, metric, device="cpu", max_scores=3 * len(xb))  # 3 queries a batch
+    np.testing.assert_array_equal(I0, I2)
+    qi, bi, _ = global_topn(xq, xb, 120, metric, backend="torch")
+    qj, bj, _ = global_topn(xq, xb, 120, metric, backend="numpy")
+    assert set(zip(qi, bi)) == set(zip(qj, bj))
+
+
+def test_torch_backend_pads_and_reads_float16_memmaps(data, tmp_path):
+    xq, xb = data
+    D, I = knn(xq, xb[:7], 10, "l2", backend="torch")
+    assert (I[:, 7:] == -1).all() and np.isinf(D[:, 7:]).all() and (I[:, :7] >= 0).all()
+    path = tmp_path / "xb.npy"
+    np.save(path, xb.astype(np.float16))
+    ro = np.load(path, mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not writable" warning from torch
+        _, I = knn_blocks(xq, ro, 5, "l2", backend="torch", block_size=128)
+    np.testing.assert_array_equal(I, knn_numpy(xq, xb.astype(np.float16).astype(np.float32), 5, "l2")[1])
 
 
 def test_faiss_that_cannot_load_falls_back_to_numpy(monkeypatch, data):
@@ -167,6 +204,7 @@ def test_faiss_that_cannot_load_falls_back_to_numpy(monkeypatch, data):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(search, "_FAISS", {})
+    monkeypatch.setattr(search, "torch_cuda", lambda: False)  # a CPU machine
     monkeypatch.setattr(builtins, "__import__", broken)
     assert search._faiss() is None and "libcublas" in search.faiss_error()
     assert search.num_gpus() == 0 and resolve_backend("auto") == "numpy"
@@ -309,3 +347,19 @@ def test_gpu_k_limit_padding_and_global_topn():
     qi, bi, _ = global_topn(xq, xb, 3000, "l2", backend="faiss-gpu", k0=8)
     q0, b0, _ = global_topn(xq, xb, 3000, "l2", backend="numpy", k0=8)
     assert len(qi) == 3000 and len(set(zip(qi, bi)) & set(zip(q0, b0))) / 3000 > 0.99
+
+
+torch_gpu = pytest.mark.skipif(not search.torch_cuda() and not REQUIRE_GPU, reason="needs CUDA for torch")
+
+
+@pytest.mark.gpu
+@torch_gpu
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_torch_backend_on_cuda_matches_numpy(data, metric):
+    xq, xb = data
+    D0, I0 = knn_numpy(xq, xb, 10, metric)
+    D1, I1 = search.knn_torch(xq, xb, 10, metric, device="cuda")  # raises without CUDA
+    assert (I0 == I1).mean() > 0.99  # float32 products on the GPU (TF32 off)
+    np.testing.assert_allclose(D0, D1, rtol=1e-4, atol=1e-3)
+    _, I2 = knn_blocks(xq, xb, 10, metric, backend="torch", block_size=100)
+    assert (I2 == I0).mean() > 0.99

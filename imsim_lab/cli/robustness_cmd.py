@@ -36,7 +36,7 @@ def _common(p) -> None:
     p.add_argument("--sample", type=int, default=None, help="size of the seeded sample (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda (default: CUDA if present)")
-    p.add_argument("--backend", default="auto", choices=["auto", "faiss", "faiss-gpu", "numpy"])
+    p.add_argument("--backend", default="auto", choices=["auto", "faiss", "faiss-gpu", "torch", "numpy"])
     p.add_argument("--force", action="store_true", help="drop caches made with other settings")
     p.add_argument("--json", action="store_true", help="print the table as JSON records")
 

@@ -20,7 +20,7 @@ def register(sub) -> None:
                    help="method parameter (e.g. beta=0.3) or model setting (model.weights_path=w.pth); "
                         "VALUE is read as JSON when it parses, else as text")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if present)")
-    p.add_argument("--backend", default="auto", choices=["auto", "faiss", "faiss-gpu", "numpy"],
+    p.add_argument("--backend", default="auto", choices=["auto", "faiss", "faiss-gpu", "torch", "numpy"],
                    help="search backend")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
