@@ -144,18 +144,22 @@ if dist.is_initialized():
 '''
 
 
+def _ddp_and_one_process(tmp_path, worker: str, port_base: int) -> None:
+    """Run ``worker`` under torchrun with 2 gloo processes of batch 4 into tmp_path/ddp, then as
+    one process of batch 8 into tmp_path/one."""
+    script = tmp_path / "worker.py"
+    script.write_text(worker)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for cmd in (["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                 str(port_base + os.getpid() % 1000), str(script), str(tmp_path / "ddp"), "4"],
+                [str(script), str(tmp_path / "one"), "8"]):
+        r = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=env, timeout=240)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_two_process_gloo_ddp_equals_one_process_with_the_global_batch(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(29500 + os.getpid() % 1000), str(script), str(tmp_path / "ddp"), "4"],
-                       capture_output=True, text=True, env=env, timeout=240)
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "8"], capture_output=True, text=True,
-                       env=env, timeout=240)
-    assert r.returncode == 0, r.stderr[-3000:]
+    _ddp_and_one_process(tmp_path, WORKER, 29500)
     cfg = json.loads((tmp_path / "ddp" / "train_config.json").read_text())
     assert cfg["world_size"] == 2
     a, b = _weights(tmp_path / "ddp" / "weights.pt"), _weights(tmp_path / "one" / "weights.pt")
@@ -191,14 +195,7 @@ if dist.is_initialized():
 @pytest.mark.slow
 def test_ddp_averages_the_criterion_gradients_too(tmp_path):
     """DDP averages the model's gradients only: the criterion's parameters would drift per rank."""
-    script = tmp_path / "worker.py"
-    script.write_text(CRITERION_WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    for out, cmd in (("ddp", ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                              str(30500 + os.getpid() % 1000), str(script), str(tmp_path / "ddp"), "4"]),
-                     ("one", [str(script), str(tmp_path / "one"), "8"])):
-        r = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=env, timeout=240)
-        assert r.returncode == 0, r.stderr[-3000:]
+    _ddp_and_one_process(tmp_path, CRITERION_WORKER, 30500)
     a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("ddp", "one"))
     assert not torch.allclose(a["criterion"]["w"], torch.ones(16))  # it did learn
     assert torch.allclose(a["criterion"]["w"], b["criterion"]["w"], atol=1e-5)
