@@ -177,21 +177,25 @@ def _cell_name(family: str, strength: float) -> str:
 
 def extract_cell(model, bench, ref_ids: list[str], family: str, strength: float, cfg: GradedConfig, assets,
                  batch_size: int = 16, num_workers: int = 0, progress: Callable[[int], None] | None = None):
-    """Descriptors of the edited references of one cell: (ids (m,), x (m, d), failures)."""
-    from torch.utils.data import DataLoader
+    """Descriptors of the edited references of one cell: (ids (m,), x (m, d), failures).
+
+    Edits and embeddings go through the extraction's batching
+    (:func:`~imsim_lab.extraction.embedded_batches`): ``num_workers`` DataLoader processes, or one
+    thread per core for models that run best that way (SSCD ONNX on CPU).
+    """
+    from .extraction import ExtractConfig, batches_of, embedded_batches
 
     ds = _EditedReferences([str(bench.image_path(r)) for r in ref_ids], ref_ids, family, strength, cfg, assets,
                            model.preprocess)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     ids, xs, failed = [], [], []
-    for batch in loader:
-        ok = [(i, a) for i, a, err in batch if err is None]
-        failed += [{"id": ref_ids[i], "error": err} for i, _, err in batch if err is not None]
-        if ok:
-            xs.append(model.embed([a for _, a in ok]))
-            ids += [ref_ids[i] for i, _ in ok]
+    for idx, x, failures in embedded_batches(model, ds, batches_of(len(ds), batch_size),
+                                             ExtractConfig(batch_size=batch_size, num_workers=num_workers)):
+        failed += [{"id": ref_ids[i], "error": err} for i, err in failures]
+        if len(idx):
+            xs.append(x)
+            ids += [ref_ids[i] for i in idx]
         if progress:
-            progress(len(batch))
+            progress(len(idx) + len(failures))
     x = np.concatenate(xs) if xs else np.zeros((0, model.dim), np.float32)
     return np.asarray(ids, dtype=str), x.astype(np.float32), failed
 

@@ -2,6 +2,7 @@
 at strength 0, refusals) and the adversarial suite (white-box + transfer, epsilon 0 = clean run)."""
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from imsim_lab.benchmark import sha256_file
 from imsim_lab.cli import main
 from imsim_lab.extraction import ExtractConfig
 from imsim_lab.formats import GroundTruth, write_ground_truth
-from imsim_lab.robustness import GradedConfig, edit_seed, read_graded, run_graded, sample_references
+from imsim_lab.robustness import (GradedConfig, bench_assets, edit_seed, extract_cell, read_graded, run_graded,
+                                  sample_references)
 from imsim_lab.runcontext import RobustnessError, open_run
 from imsim_lab.runs import RunOptions, run_method
 
@@ -92,6 +94,41 @@ def test_graded_suite_table_cache_and_determinism(runs):
     pd.testing.assert_frame_equal(read_graded(a), t3)
     pq = pd.read_parquet(out / "graded" / "per_query.parquet")
     assert len(pq) == 12 and {"family", "strength", "true_rank", "top_reference_id"} <= set(pq.columns)
+
+
+class _Streamed:
+    """The model of a run, asking for 3 CPU streams as SSCD ONNX does (edits made in threads)."""
+
+    def __init__(self, inner):
+        self.inner, self.threads = inner, set()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def cpu_streams(self):
+        return 3
+
+    def embed_stream(self, batch):
+        self.threads.add(threading.current_thread().name)
+        return self.inner.embed(batch)
+
+
+def test_graded_cells_made_in_threads_equal_the_dataloader_path(runs):
+    """Edits (with assets: combine pastes other images) made concurrently stay deterministic."""
+    bench_root, a, _ = runs
+    ctx = open_run(a)
+    model = ctx.create_model("cpu")
+    refs = sample_references(ctx.bench, None)
+    cfg = GradedConfig(families=("combine", "airgap", "rotate"), strengths=(0.5, 1.0), sample=None)
+    assets = bench_assets(ctx.bench)
+    streamed = _Streamed(model)
+    for family in cfg.families:
+        for s in cfg.strengths:
+            ids0, x0, f0 = extract_cell(model, ctx.bench, refs, family, s, cfg, assets, batch_size=2)
+            ids1, x1, f1 = extract_cell(streamed, ctx.bench, refs, family, s, cfg, assets, batch_size=1)
+            assert list(ids0) == list(ids1) == refs and f0 == f1 == []
+            np.testing.assert_allclose(x0, x1, atol=1e-5)
+    assert len(streamed.threads) > 1
 
 
 def test_graded_refuses_other_settings_without_force(runs):

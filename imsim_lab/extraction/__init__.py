@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .extract import DTYPES, ExtractConfig, extract_split, make_loader
+from .extract import DTYPES, ExtractConfig, batches_of, embedded_batches, extract_split, make_loader
 from .store import FeatureSet, has_features, load_features, save_features
 
 
@@ -25,5 +25,5 @@ def export_split_hdf5(fs: FeatureSet, path: str | Path) -> None:
     write_split_vectors(path, list(fs.ids), np.asarray(fs.x, dtype=np.float32))
 
 
-__all__ = ["DTYPES", "ExtractConfig", "FeatureSet", "export_split_hdf5", "extract_split", "has_features",
-           "load_features", "make_loader", "save_features"]
+__all__ = ["DTYPES", "ExtractConfig", "FeatureSet", "batches_of", "embedded_batches", "export_split_hdf5",
+           "extract_split", "has_features", "load_features", "make_loader", "save_features"]

@@ -163,36 +163,52 @@ def _batches(shards: list[int], n: int, shard_size: int, batch_size: int) -> lis
     return out
 
 
-def make_loader(model, paths: list[str], batches: list[list[int]], config: ExtractConfig):
-    """The DataLoader of an extraction (also used by the benchmarks)."""
+def as_dataset(model, data):
+    """``data`` as a map-style dataset whose item i is ``(i, array or None, error or None)``: a
+    list of image paths becomes :class:`~imsim_lab.extraction.dataset.ImageFiles` with the model's
+    preprocessing; anything else (e.g. the robustness suite's edited references) is used as is."""
+    if isinstance(data, (list, tuple)) and all(isinstance(p, (str, Path)) for p in data):
+        return ImageFiles(data, model.preprocess)
+    return data
+
+
+def make_loader(model, data, batches: list[list[int]], config: ExtractConfig):
+    """The DataLoader of an extraction over image paths or a dataset (see :func:`as_dataset`)."""
     from torch.utils.data import DataLoader
 
     kw = {}
     if config.num_workers > 0:
         kw = dict(worker_init_fn=worker_init, prefetch_factor=config.prefetch_factor, persistent_workers=False)
-    return DataLoader(ImageFiles(paths, model.preprocess), batch_sampler=batches, collate_fn=collate,
+    return DataLoader(as_dataset(model, data), batch_sampler=batches, collate_fn=collate,
                       num_workers=config.num_workers, pin_memory=str(model.device).startswith("cuda"), **kw)
 
 
-def embedded_batches(model, paths: list[str], batches: list[list[int]], config: ExtractConfig):
+def embedded_batches(model, data, batches: list[list[int]], config: ExtractConfig):
     """Yield ``(indices, descriptors or None, failures)`` per batch, in the order of ``batches``.
 
-    The DataLoader path (``num_workers`` processes read, the main process embeds), or
+    ``data``: image paths or a dataset (see :func:`as_dataset`). The DataLoader path
+    (``num_workers`` processes read, the main process embeds), or
     :func:`~imsim_lab.extraction.dataset.ordered_threads` over whole batches when
-    :meth:`ExtractConfig.streams_for` the model is above 1.
+    :meth:`ExtractConfig.streams_for` the model is above 1 (then the dataset's items are made in
+    threads: they must not share mutable state).
     """
     streams = config.streams_for(model)
     if streams > 1:
-        files = ImageFiles(paths, model.preprocess)
+        dataset = as_dataset(model, data)
 
         def one(batch):
-            idx, arrays, failures = collate([files[i] for i in batch])
+            idx, arrays, failures = collate([dataset[i] for i in batch])
             return idx, model.embed_stream(arrays) if len(idx) else None, failures
 
         yield from ordered_threads(one, batches, streams, ahead=streams * config.prefetch_factor)
         return
-    for idx, arrays, failures in make_loader(model, paths, batches, config):
+    for idx, arrays, failures in make_loader(model, data, batches, config):
         yield idx, model.embed(arrays) if len(idx) else None, failures
+
+
+def batches_of(n: int, batch_size: int) -> list[list[int]]:
+    """``[[0, ..., b-1], [b, ...], ...]``: the indices 0..n-1 in batches of ``batch_size``."""
+    return [list(range(b, min(n, b + batch_size))) for b in range(0, n, batch_size)]
 
 
 def _run_shards(model, paths, ids, shard_dir, todo, config, progress) -> None:
