@@ -22,6 +22,10 @@ memory is one block plus the queries. ``knn(..., block_size=...)`` routes there.
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+
 import numpy as np
 
 METRICS = ("l2", "ip")
@@ -123,7 +127,13 @@ def resolve_backend(backend: str = "auto") -> str:
 
 
 def torch_cuda() -> bool:
-    """Whether torch is importable and sees a CUDA GPU."""
+    """Whether torch is importable and sees a CUDA GPU.
+
+    Without an NVIDIA driver on the machine (and torch not already loaded) the answer is no
+    without importing torch, whose CUDA libraries would add hundreds of MB to a CPU-only search.
+    """
+    if "torch" not in sys.modules and not (os.path.exists("/proc/driver/nvidia") or shutil.which("nvidia-smi")):
+        return False
     try:
         import torch
     except ImportError:  # pragma: no cover - core dependency

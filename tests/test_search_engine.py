@@ -168,6 +168,20 @@ def test_auto_backend_takes_torch_on_cuda_when_faiss_has_no_gpu(fake_gpus, monke
     assert resolve_backend("auto") == "faiss-gpu"
 
 
+@pytest.mark.skipif(os.path.exists("/proc/driver/nvidia"), reason="a machine with an NVIDIA driver")
+def test_auto_backend_does_not_load_torch_on_a_machine_without_nvidia_driver(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": str(tmp_path)}  # no nvidia-smi either
+    code = ("import sys; from imsim_lab.search import knn, resolve_backend; import numpy as np; "
+            "b = resolve_backend('auto'); knn(np.zeros((1, 4), np.float32), np.ones((3, 4), np.float32), 2); "
+            "print(b, 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["faiss", "False"]
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_torch_backend_in_query_batches_and_global_topn(data, metric):
     xq, xb = data
