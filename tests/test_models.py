@@ -124,6 +124,9 @@ def test_sscd_onnx_streams_give_the_same_descriptors(img):
 
     m = create_model("sscd_disc_mixup_onnx")
     assert m.cpu_streams() == len(os.sched_getaffinity(0))
+    with pytest.MonkeyPatch.context() as mp:  # torchrun: the node's processes share the cores
+        mp.setenv("LOCAL_WORLD_SIZE", "2")
+        assert m.cpu_streams() == max(1, len(os.sched_getaffinity(0)) // 2)
     xs = [m.preprocess(im) for im in (img, img.rotate(90, expand=True), img.transpose(Image.FLIP_LEFT_RIGHT))]
     y = m.embed(xs)
     with ThreadPoolExecutor(3) as ex:  # concurrent calls on the shared single-threaded session

@@ -96,7 +96,8 @@ class SSCDOnnx(DescriptorModel):
         self._stream_lock = threading.Lock()
 
     def cpu_streams(self) -> int:
-        """On CPU: one single-threaded session call per usable core (on CUDA: 1).
+        """On CPU: one single-threaded session call per usable core, shared among the processes
+        that ``torchrun`` started on this node (on CUDA: 1).
 
         onnxruntime scales this int8 network almost perfectly over threads, so a call with one
         thread per core is as fast as the cores allow; but image decoding running beside it
@@ -108,7 +109,8 @@ class SSCDOnnx(DescriptorModel):
         """
         if "CUDAExecutionProvider" in self.session.get_providers():
             return 1
-        return usable_cores()
+        # under torchrun the processes of one node share its cores
+        return max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
     def _embed_stacked(self, x) -> np.ndarray:
         return self._run(self.session, x)
