@@ -82,8 +82,16 @@ def _versions() -> dict:
     return out
 
 
+#: extraction settings that change how fast descriptors are made, not what they are
+_EXECUTION_ONLY = ("batch_size", "num_workers", "shard_size", "prefetch_factor", "streams")
+
+
 def _stable(d: dict) -> dict:
-    return json.loads(json.dumps({k: v for k, v in d.items() if k not in _VOLATILE}, sort_keys=True, default=str))
+    """The part of a config.json that decides whether a run folder can be reused."""
+    d = {k: v for k, v in d.items() if k not in _VOLATILE}
+    if isinstance(d.get("extract"), dict):
+        d["extract"] = {k: v for k, v in d["extract"].items() if k not in _EXECUTION_ONLY}
+    return json.loads(json.dumps(d, sort_keys=True, default=str))
 
 
 def resolve_config(spec: MethodSpec, bench, overrides: dict | None, opts: RunOptions, out: Path) -> dict:

@@ -179,6 +179,21 @@ def test_another_configuration_in_the_same_folder_is_refused(bench, tmp_path):
         run_method("gist", bench, tmp_path / "r", opts=FAST)
 
 
+def test_a_run_is_reused_with_other_execution_settings(bench, tmp_path):
+    """Workers, batch size, shards and streams change the speed, not the descriptors; older
+    config.json files (written before a setting existed) are reused too."""
+    first = run_method("pdq", bench, tmp_path / "r", opts=FAST)
+    cpath = tmp_path / "r" / "config.json"
+    old = json.loads(cpath.read_text())
+    del old["extract"]["streams"]  # as written before ExtractConfig.streams existed
+    cpath.write_text(json.dumps(old))
+    other = RunOptions(device="cpu", extract=ExtractConfig(batch_size=3, num_workers=1, shard_size=5, streams=1))
+    again = run_method("pdq", bench, tmp_path / "r", opts=other)
+    assert again.reused and again.metrics == first.metrics
+    with pytest.raises(ImsimError, match="extract"):  # storage dtype changes the descriptors
+        run_method("pdq", bench, tmp_path / "r", opts=RunOptions(device="cpu", extract=ExtractConfig(dtype="float16")))
+
+
 def test_unknown_parameter_is_refused():
     with pytest.raises(KeyError, match="no parameter 'betta'"):
         get_method("sscd+nes").resolve({"betta": 1})
