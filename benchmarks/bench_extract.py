@@ -25,7 +25,7 @@ from PIL import Image
 from imsim_lab.extraction import ExtractConfig, extract_split
 from imsim_lab.extraction.dataset import ordered_threads
 from imsim_lab.models import create_model
-from imsim_lab.models.sscd import usable_cores
+from imsim_lab.system import usable_cores
 
 SIZES = [(640, 480), (480, 640), (640, 427), (640, 640)]
 MODELS = {"sscd": ("sscd_disc_mixup_onnx", {}), "resnet50": ("resnet50_gem", {"input_size": 224})}

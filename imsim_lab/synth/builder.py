@@ -28,6 +28,7 @@ from PIL import Image
 from .. import __version__
 from ..atomic import atomic_path, atomic_write_text
 from ..benchmark import SPLITS, BenchmarkError, write_parquet, write_tables
+from ..system import usable_cores
 from .photos import SourceImageError, fit_long_side, load_source_image, packaged_photos, scan_source
 from .plan import Original, Plan, QuerySpec, plan_from_files, plan_synthetic
 from .presets import PRESETS, Preset
@@ -84,11 +85,8 @@ class BuildReport:
         return asdict(self)
 
 
-def default_workers() -> int:
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(os.cpu_count() or 1, 1)
+#: worker processes of a build when none are given: one per usable core
+default_workers = usable_cores
 
 
 # --------------------------------------------------------------------------------------------
