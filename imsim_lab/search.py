@@ -66,13 +66,19 @@ def _check(xq: np.ndarray, xb: np.ndarray, metric: str):
     return xq, xb
 
 
+def _no_neighbours(nq: int, k: int, metric: str):
+    """D, I (nq, k) of a search that found nothing: D = +inf ("l2") or -inf ("ip"), I = -1.
+    Every path fills the columns of the neighbours it finds and leaves the rest as padding."""
+    D = np.full((nq, k), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
+    return D, np.full((nq, k), -1, dtype=np.int64)
+
+
 def knn_numpy(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", block: int = 4096):
     """Exact k-NN in numpy, the reference of every other path. Returns D, I (nq, k)."""
     xq, xb = _check(xq, xb, metric)
     nq, nb = len(xq), len(xb)
     kk = min(k, nb)
-    D = np.full((nq, k), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
-    I = np.full((nq, k), -1, dtype=np.int64)
+    D, I = _no_neighbours(nq, k, metric)
     if kk == 0:
         return D, I
     nb2 = (xb.astype(np.float64) ** 2).sum(1)
@@ -152,8 +158,7 @@ def knn_torch(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", device
     xq, xb = _check(xq, xb, metric)
     nq, nb = len(xq), len(xb)
     kk = min(k, nb)
-    D = np.full((nq, k), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
-    I = np.full((nq, k), -1, dtype=np.int64)
+    D, I = _no_neighbours(nq, k, metric)
     if kk == 0 or nq == 0:
         return D, I
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -283,10 +288,11 @@ def knn(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", backend: str
         index.add(xb)
         D, I = index.search(xq, kk)
         del index  # frees its GPU memory now
-    if kk < k:
-        D = np.concatenate([D, np.zeros((len(xq), k - kk), np.float32)], axis=1)
-        I = np.concatenate([I, np.full((len(xq), k - kk), -1, np.int64)], axis=1)
-    D[I < 0] = np.inf if metric == "l2" else -np.inf
+    if kk < k:  # padding for the neighbours that do not exist (no copy otherwise: k may be large)
+        D_all, I_all = _no_neighbours(len(xq), k, metric)
+        D_all[:, :kk], I_all[:, :kk] = D, I
+        D, I = D_all, I_all
+    D[I < 0] = np.inf if metric == "l2" else -np.inf  # faiss pads with -1 too
     return D, I
 
 
@@ -335,8 +341,7 @@ def knn_blocks(xq: np.ndarray, xb: np.ndarray, k: int, metric: str = "l2", backe
         raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     nq = len(xq)
-    D = np.full((nq, k), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
-    I = np.full((nq, k), -1, dtype=np.int64)
+    D, I = _no_neighbours(nq, k, metric)
     for i0, block in iter_blocks(xb, block_size):
         Db, Ib = knn(xq, block, min(k, len(block)), metric, backend)
         Ib = np.where(Ib >= 0, Ib + i0, -1)
