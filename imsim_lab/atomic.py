@@ -65,6 +65,12 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str))
 
 
+def atomic_write_npy(path: str | Path, array: np.ndarray) -> None:
+    """Write one array as ``.npy`` (read back with ``np.load``, memory-mappable), atomically."""
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array)
+
+
 def atomic_write_npz(path: str | Path, **arrays: np.ndarray) -> None:
     """Write ``arrays`` as an uncompressed ``.npz`` (read back with ``np.load``), atomically."""
     with atomic_path(path, suffix=".npz") as tmp:

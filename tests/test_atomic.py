@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imsim_lab.atomic import (atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_npz,
-                              atomic_write_parquet, atomic_write_text)
+from imsim_lab.atomic import (atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_npy,
+                              atomic_write_npz, atomic_write_parquet, atomic_write_text)
 
 
 def _leftovers(folder):
@@ -22,6 +22,7 @@ def test_writers_round_trip_and_create_folders(tmp_path):
     atomic_write_json(deep / "j.json", {"p": Path_like(), "n": 1})
     atomic_write_npz(deep / "cell.npz", ids=np.array(["R1", "R2"]), x=np.eye(2, dtype=np.float32))
     atomic_write_npz(deep / "no_suffix", x=np.arange(3))
+    atomic_write_npy(deep / "x.npy", np.arange(4, dtype=np.float16))
     df = pd.DataFrame({"query_id": ["Q1", "Q2"], "true_rank": [0, -1]})
     atomic_write_parquet(deep / "t.parquet", df)
 
@@ -32,9 +33,10 @@ def test_writers_round_trip_and_create_folders(tmp_path):
         assert z["ids"].tolist() == ["R1", "R2"] and z["x"].dtype == np.float32
     with np.load(deep / "no_suffix", allow_pickle=False) as z:  # np.savez did not add ".npz" to the name
         assert z["x"].tolist() == [0, 1, 2]
+    assert np.load(deep / "x.npy", mmap_mode="r").tolist() == [0, 1, 2, 3]
     pd.testing.assert_frame_equal(pd.read_parquet(deep / "t.parquet"), df)
     assert sorted(p.name for p in deep.iterdir()) == ["b.bin", "cell.npz", "j.json", "no_suffix", "t.parquet",
-                                                      "t.txt"]
+                                                      "t.txt", "x.npy"]
 
 
 class Path_like:  # noqa: N801 - an object json cannot encode

@@ -156,11 +156,8 @@ def extract_split(model, paths: Sequence[str | Path], ids: Sequence[str], folder
 
 
 def _batches(shards: list[int], n: int, shard_size: int, batch_size: int) -> list[list[int]]:
-    out = []
-    for s in shards:
-        lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
-        out += [list(range(b, min(hi, b + batch_size))) for b in range(lo, hi, batch_size)]
-    return out
+    """The batches of the given shards, in order (a batch never straddles two shards)."""
+    return [b for s in shards for b in batches_of(min(n, (s + 1) * shard_size), batch_size, start=s * shard_size)]
 
 
 def as_dataset(model, data):
@@ -206,9 +203,9 @@ def embedded_batches(model, data, batches: list[list[int]], config: ExtractConfi
         yield idx, model.embed(arrays) if len(idx) else None, failures
 
 
-def batches_of(n: int, batch_size: int) -> list[list[int]]:
-    """``[[0, ..., b-1], [b, ...], ...]``: the indices 0..n-1 in batches of ``batch_size``."""
-    return [list(range(b, min(n, b + batch_size))) for b in range(0, n, batch_size)]
+def batches_of(stop: int, batch_size: int, start: int = 0) -> list[list[int]]:
+    """The indices ``start..stop-1`` in consecutive batches of ``batch_size`` (the last may be shorter)."""
+    return [list(range(b, min(stop, b + batch_size))) for b in range(start, stop, batch_size)]
 
 
 def _run_shards(model, paths, ids, shard_dir, todo, config, progress) -> None:

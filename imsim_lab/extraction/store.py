@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, atomic_write_json, atomic_write_npz
+from ..atomic import atomic_path, atomic_write_json, atomic_write_npy, atomic_write_npz
 from ..errors import FormatError, ImsimError
 
 
@@ -88,13 +88,8 @@ def merge_shards(shard_dir: Path, n_shards: int, folder: Path, name: str, dim: i
             atomic_write_json(folder / f"{name}_failed.json", failed)
         else:
             (folder / f"{name}_failed.json").unlink(missing_ok=True)
-        _save_npy(folder / f"{name}_ids.npy", ids.astype(str))
+        atomic_write_npy(folder / f"{name}_ids.npy", ids.astype(str))
     return load_features(folder, name)
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path, suffix=".npy") as tmp:
-        np.save(tmp, arr)
 
 
 def has_features(folder: str | Path, name: str) -> bool:
@@ -124,5 +119,5 @@ def load_features(folder: str | Path, name: str, mmap: bool = True) -> FeatureSe
 def save_features(folder: str | Path, name: str, fs: FeatureSet) -> None:
     """Write a FeatureSet as ``name.npy`` + ``name_ids.npy`` (atomic; e.g. after post-processing)."""
     folder = Path(folder)
-    _save_npy(folder / f"{name}_ids.npy", np.asarray(fs.ids).astype(str))
-    _save_npy(folder / f"{name}.npy", np.asarray(fs.x))
+    atomic_write_npy(folder / f"{name}_ids.npy", np.asarray(fs.ids).astype(str))
+    atomic_write_npy(folder / f"{name}.npy", np.asarray(fs.x))
