@@ -271,6 +271,7 @@ def check_init(path: str | Path, backbone: str, dim: int) -> None:
 
     from ..models import get_config
     from ..models.timm_descriptor import TimmDescriptorNet
+    from ..models.weights import state_dict_mismatch
 
     path = Path(path)
     if not path.is_file():
@@ -293,15 +294,12 @@ def check_init(path: str | Path, backbone: str, dim: int) -> None:
     extra = get_config("isc_effnetv2m", backbone=backbone, dim=dim).extra
     with torch.device("meta"):
         net = TimmDescriptorNet(backbone, dim, extra["gem_p"], extra["gem_learnable"], extra["head"])
-    own = net.state_dict()
-    shapes = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in state.items()
-              if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    shapes, missing, unexpected = state_dict_mismatch(state, net.state_dict())
     if shapes or missing or unexpected:
         parts = []
         if shapes:
-            parts.append(f"{len(shapes)} tensors of other shapes, e.g. {'; '.join(shapes[:2])}")
+            shown = [f"{k} {a} (model {b})" for k, a, b in shapes[:2]]
+            parts.append(f"{len(shapes)} tensors of other shapes, e.g. {'; '.join(shown)}")
         if missing:
             parts.append(f"{len(missing)} missing, e.g. {', '.join(missing[:2])}")
         if unexpected:

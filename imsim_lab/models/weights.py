@@ -115,6 +115,18 @@ def _unwrap(obj):
     return obj
 
 
+def state_dict_mismatch(sd: dict, own: dict) -> tuple[list[tuple[str, tuple, tuple]], list[str], list[str]]:
+    """How the state dict ``sd`` (from a file) fails to fit a model's own ``state_dict()``.
+
+    Returns:
+        ([(key, shape in sd, shape in the model)] for common keys of other shapes, keys the model
+        has and ``sd`` lacks, keys of ``sd`` the model does not have); all empty when it fits.
+    """
+    shapes = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items()
+              if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    return shapes, [k for k in own if k not in sd], [k for k in sd if k not in own]
+
+
 def load_state_dict(module, path: str | Path, strict: bool = True, prefix_map: dict | None = None) -> None:
     """Load a checkpoint into ``module`` safely.
 
@@ -150,13 +162,10 @@ def load_state_dict(module, path: str | Path, strict: bool = True, prefix_map: d
             if k.startswith(old):
                 k = new + k[len(old):]
         fixed[k] = v
-    own = module.state_dict()
-    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-           for k, v in fixed.items() if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
-    if bad:
+    shapes, missing, unexpected = state_dict_mismatch(fixed, module.state_dict())
+    if shapes:
+        bad = [f"{k}: file {a} vs model {b}" for k, a, b in shapes]
         raise WeightsError(f"{path}: shape mismatch for {len(bad)} tensors, e.g. {'; '.join(bad[:3])}")
-    missing = [k for k in own if k not in fixed]
-    unexpected = [k for k in fixed if k not in own]
     if strict and (missing or unexpected):
         raise WeightsError(f"{path}: does not fit the model: {len(missing)} missing keys "
                            f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}")
