@@ -3,8 +3,6 @@
 import json
 from pathlib import Path
 
-import pytest
-
 from test_explorer_support import demo_results, make_mini_bench, scored_predictions, write_run  # noqa: F401
 
 APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")

@@ -2,7 +2,6 @@
 at strength 0, refusals) and the adversarial suite (white-box + transfer, epsilon 0 = clean run)."""
 
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from imsim_lab.robustness import (GradedConfig, bench_assets, edit_seed, extract
                                   sample_references)
 from imsim_lab.runcontext import RobustnessError, open_run
 from imsim_lab.runs import RunOptions, run_method
+from test_extract import Streamed
 
 FAST = RunOptions(device="cpu", extract=ExtractConfig(batch_size=8, num_workers=0, shard_size=16))
 SMALL_MODEL = {"model.input_size": 32, "model.dim": 32}
@@ -56,13 +56,17 @@ def make_bench(root: Path, n_ref=8, n_pos=4, n_neg=3, seed=0) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("robust")
+def make_runs(root: Path):
+    """A minimal benchmark and two timm_random runs of it (other seeds): (bench, run a, run b)."""
     bench = make_bench(root / "bench")
     a = run_method("timm_random", bench, root / "runs" / "a", SMALL_MODEL, FAST).out
     b = run_method("timm_random", bench, root / "runs" / "b", {**SMALL_MODEL, "model.seed": 1}, FAST).out
     return bench, a, b
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return make_runs(tmp_path_factory.mktemp("robust"))
 
 
 CFG = GradedConfig(families=("rotate", "vflip"), strengths=(0.0, 1.0), sample=3, seed=0)
@@ -96,23 +100,6 @@ def test_graded_suite_table_cache_and_determinism(runs):
     assert len(pq) == 12 and {"family", "strength", "true_rank", "top_reference_id"} <= set(pq.columns)
 
 
-class _Streamed:
-    """The model of a run, asking for 3 CPU streams as SSCD ONNX does (edits made in threads)."""
-
-    def __init__(self, inner):
-        self.inner, self.threads = inner, set()
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def cpu_streams(self):
-        return 3
-
-    def embed_stream(self, batch):
-        self.threads.add(threading.current_thread().name)
-        return self.inner.embed(batch)
-
-
 def test_graded_cells_made_in_threads_equal_the_dataloader_path(runs):
     """Edits (with assets: combine pastes other images) made concurrently stay deterministic."""
     bench_root, a, _ = runs
@@ -121,7 +108,7 @@ def test_graded_cells_made_in_threads_equal_the_dataloader_path(runs):
     refs = sample_references(ctx.bench, None)
     cfg = GradedConfig(families=("combine", "airgap", "rotate"), strengths=(0.5, 1.0), sample=None)
     assets = bench_assets(ctx.bench)
-    streamed = _Streamed(model)
+    streamed = Streamed(model)  # asks for 3 CPU streams, as SSCD ONNX does: edits made in threads
     for family in cfg.families:
         for s in cfg.strengths:
             ids0, x0, f0 = extract_cell(model, ctx.bench, refs, family, s, cfg, assets, batch_size=2)

@@ -10,8 +10,7 @@ from imsim_lab.report import discover_runs
 from imsim_lab.report.robustness import (attack_curves, attack_examples, attack_figure, find_attacks, graded_example,
                                          graded_figure, graded_table)
 from imsim_lab.robustness import GradedConfig, run_graded
-from imsim_lab.runs import run_method
-from test_robustness import FAST, SMALL_MODEL, make_bench
+from test_robustness import FAST, make_runs
 
 APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
 
@@ -19,9 +18,7 @@ APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("robust_explorer")
-    bench = make_bench(root / "bench")
-    a = run_method("timm_random", bench, root / "runs" / "a", SMALL_MODEL, FAST).out
-    b = run_method("timm_random", bench, root / "runs" / "b", {**SMALL_MODEL, "model.seed": 1}, FAST).out
+    bench, a, b = make_runs(root)
     run_graded(a, GradedConfig(families=("rotate", "crop"), strengths=(0.0, 0.5, 1.0), sample=3), opts=FAST)
     run_attack_suite(a, SuiteConfig(AttackConfig("fgsm", "linf"), eps=(0.0, 4 / 255, 16 / 255), sample=3,
                                     n_examples=2), [b], opts=FAST)
