@@ -2,7 +2,7 @@
 
 For each surrogate model (random weights: the cost does not depend on them) and attack, a batch of
 query-sized images (512 x 384, the long side of disc-synth queries) is attacked end to end through
-:class:`imsim_lab.attacks.DifferentiableDescriptor` (antialiased resize to the model's input,
+:class:`imsim_lab.analysis.attacks.DifferentiableDescriptor` (antialiased resize to the model's input,
 normalisation, backbone, GeM, head), and the wall-clock and process CPU seconds per query are
 printed. Process CPU time counts every thread, so on a shared machine it is the steadier figure.
 
@@ -19,8 +19,8 @@ import time
 import numpy as np
 import torch
 
-from imsim_lab.attacks import AttackConfig, DifferentiableDescriptor, attack
-from imsim_lab.models import create_model
+from imsim_lab.analysis.attacks import AttackConfig, DifferentiableDescriptor, attack
+from imsim_lab.features.models import create_model
 
 MODELS = [("resnet18_gem", {"input_size": 224}), ("resnet50_gem", {"input_size": 224}),
           ("resnet18_gem", {"input_size": 112})]

@@ -3,7 +3,7 @@
 Data: 500,000 predictions over 50,000 queries, 10,000 of which have a match (the DISC21 dev
 shape), scores with ties. Compares, in the same run:
 
-* the vectorised :func:`imsim_lab.metrics.evaluate` (isc2021 protocol, rank recall included);
+* the vectorised :func:`imsim_lab.eval.metrics.evaluate` (isc2021 protocol, rank recall included);
 * a straightforward reference: Python sort over (score, not-correct) tuples and a per-query
   dictionary for the ranks, the way isc2021's ``isc/metrics.py`` computes them;
 * reading the 500,000-row CSV with validation, and the whole ``imsim-lab eval`` command.
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imsim_lab.formats import GroundTruth, Predictions, read_ground_truth, read_predictions, write_ground_truth, write_predictions
-from imsim_lab.metrics import evaluate
+from imsim_lab.eval.formats import GroundTruth, Predictions, read_ground_truth, read_predictions, write_ground_truth, write_predictions
+from imsim_lab.eval.metrics import evaluate
 
 
 def make_data(seed=0, nq=50_000, n_pos=10_000, n_preds=500_000, nr=1_000_000):

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imsim_lab.extraction import ExtractConfig, extract_split
-from imsim_lab.extraction.dataset import ordered_threads
-from imsim_lab.models import create_model
+from imsim_lab.features import ExtractConfig, extract_split
+from imsim_lab.features.dataset import ordered_threads
+from imsim_lab.features.models import create_model
 from imsim_lab.system import usable_cores
 
 SIZES = [(640, 480), (480, 640), (640, 427), (640, 640)]

@@ -2,7 +2,7 @@
 ``IMSIM_RUNS_DIR=RESULTS_DIR streamlit run explorer/app.py``).
 
 This file only declares the navigation; each page (``explorer/views/``) is a thin layout over the
-tested functions of ``imsim_lab.report`` (see ``explorer/common.py`` for caching and shared controls).
+tested functions of ``imsim_lab.analysis.report`` (see ``explorer/common.py`` for caching and shared controls).
 The pages are not in a folder named ``pages/``: Streamlit treats such a folder as the older
 multipage layout whenever the first visit of a fresh server opens a page other than the main one
 (the page then runs without this file: no navigation, no wide layout).

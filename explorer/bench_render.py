@@ -31,8 +31,8 @@ def make_bench(root: Path, nq: int, nref: int, seed: int = 0):
     """A benchmark folder with nq queries (20 % with a match) and nref references."""
     from PIL import Image
 
-    from imsim_lab.augment import FAMILIES
-    from imsim_lab.benchmark import load_benchmark, make_ids, write_tables
+    from imsim_lab.data.augment import FAMILIES
+    from imsim_lab.data.benchmark import load_benchmark, make_ids, write_tables
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -72,11 +72,11 @@ def make_bench(root: Path, nq: int, nref: int, seed: int = 0):
 def make_run(out: Path, bench, skill: float, seed: int, k: int = 10) -> None:
     """A run folder: k predictions per query; the true reference is among them with a score
     boosted by ``skill`` (higher = a better method)."""
-    from imsim_lab.benchmark import sha256_file
-    from imsim_lab.formats import GroundTruth, Predictions, write_predictions
-    from imsim_lab.metrics import evaluate
-    from imsim_lab.report.submission import per_query_from_predictions
-    from imsim_lab.runs import write_per_query
+    from imsim_lab.data.benchmark import sha256_file
+    from imsim_lab.eval.formats import GroundTruth, Predictions, write_predictions
+    from imsim_lab.eval.metrics import evaluate
+    from imsim_lab.analysis.report.submission import per_query_from_predictions
+    from imsim_lab.runner import write_per_query
 
     rng = np.random.default_rng(seed)
     gt: GroundTruth = bench.gt

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from imsim_lab.report import discover_runs, load_run_data, resolve_benchmark
+from imsim_lab.analysis.report import discover_runs, load_run_data, resolve_benchmark
 
 PROTOCOLS = ["isc2021", "drivendata"]
 METRICS = {"micro_ap": "µAP", "recall_at_p90": "R@P90", "recall_at_rank1": "R@1"}
@@ -65,7 +65,7 @@ def discovered():
 
 @st.cache_resource(show_spinner="Loading the benchmark…", max_entries=4)
 def benchmark(root: str):
-    from imsim_lab.benchmark import load_benchmark
+    from imsim_lab.data.benchmark import load_benchmark
 
     return load_benchmark(root, check_hashes=False)
 

@@ -24,7 +24,7 @@
 #   offline stand-in *disc-synth* reproduces its layout;
 # * the transformation families that turn a reference into a query, with examples;
 # * micro-average precision (µAP) and recall at precision 90 (R@P90), computed **by hand** on a
-#   small example and then by `imsim_lab.metrics.evaluate`;
+#   small example and then by `imsim_lab.eval.metrics.evaluate`;
 # * the two official implementations of the metric (`isc2021` and `drivendata`) and where they
 #   disagree.
 #
@@ -46,10 +46,10 @@ import pandas as pd
 import plotly.express as px
 from IPython.display import display
 
-from imsim_lab.augment import apply_family, describe_families
-from imsim_lab.formats import GroundTruth, Predictions
-from imsim_lab.metrics import evaluate
-from imsim_lab.train.lessons import check_profile, contact_sheet, family_metrics, lesson_benchmark, run_dir
+from imsim_lab.data.augment import apply_family, describe_families
+from imsim_lab.eval.formats import GroundTruth, Predictions
+from imsim_lab.eval.metrics import evaluate
+from imsim_lab.lessons import check_profile, contact_sheet, family_metrics, lesson_benchmark, run_dir
 
 check_profile(profile)
 NOTEBOOK = "01_benchmark_and_metric"
@@ -98,7 +98,7 @@ display(contact_sheet(images, captions, size=200, cols=4))
 # ## The transformation families
 #
 # Queries are made by *families* of edits (geometric, colour, quality, overlays, frames,
-# composites, "air-gap" re-captures, and chains of several). `imsim_lab.augment` holds them as
+# composites, "air-gap" re-captures, and chains of several). `imsim_lab.data.augment` holds them as
 # recorded, replayable operations. Below: the list, then one reference edited by a few families
 # at a medium and a high strength.
 
@@ -123,7 +123,7 @@ display(contact_sheet(imgs, caps, size=150, cols=6))
 #
 # A benchmark of drawn scenes teaches the wrong magnitudes if a real descriptor sees its distinct
 # originals as near neighbours: every lesson about distractor density and score normalisation
-# would be exaggerated. `imsim_lab.realism` measures it with SSCD: the cosine between distinct
+# would be exaggerated. `imsim_lab.analysis.realism` measures it with SSCD: the cosine between distinct
 # originals (mean, and the median over originals of the largest cosine to another original), on
 # random samples as large as the natural-photo set it is compared with, and how far an edited
 # copy stands above its hardest distractor. `imsim-lab bench realism DIR` writes the same report
@@ -131,7 +131,7 @@ display(contact_sheet(imgs, caps, size=150, cols=6))
 # so that the notebook stays quick.
 
 # %%
-from imsim_lab.realism import load_realism, measure_realism, report_tables
+from imsim_lab.analysis.realism import load_realism, measure_realism, report_tables
 
 realism = load_realism(bench.root)
 if realism is None:
@@ -225,9 +225,9 @@ display(both[["micro_ap", "recall_at_p90", "n_predictions", "n_dropped"]])
 # shows; the per-family table tells which edits are hard.
 
 # %%
-from imsim_lab.extraction import ExtractConfig
-from imsim_lab.formats import read_predictions
-from imsim_lab.runs import RunOptions, run_method
+from imsim_lab.features import ExtractConfig
+from imsim_lab.eval.formats import read_predictions
+from imsim_lab.runner import RunOptions, run_method
 
 out = run_dir(NOTEBOOK, "sscd", results_dir, profile)
 res = run_method("sscd", bench.root, out, opts=RunOptions(extract=ExtractConfig(batch_size=32, num_workers=0)))

@@ -44,12 +44,12 @@ import pandas as pd
 import plotly.express as px
 from IPython.display import display
 
-from imsim_lab import postprocess as pp
-from imsim_lab.extraction import ExtractConfig, load_features
+from imsim_lab.methods import postprocess as pp
+from imsim_lab.features import ExtractConfig, load_features
 from imsim_lab.methods import get_method, prepare
-from imsim_lab.runs import RunOptions, run_method
+from imsim_lab.runner import RunOptions, run_method
 from imsim_lab.search import knn
-from imsim_lab.train.lessons import check_profile, evaluate_prepared, family_metrics, lesson_benchmark, run_dir
+from imsim_lab.lessons import check_profile, evaluate_prepared, family_metrics, lesson_benchmark, run_dir
 
 check_profile(profile)
 NOTEBOOK = "02_background_set"

@@ -54,15 +54,15 @@ import torch
 import torch.nn.functional as F
 from IPython.display import display
 
-from imsim_lab.extraction import ExtractConfig
-from imsim_lab.formats import read_predictions
-from imsim_lab.metrics import evaluate
+from imsim_lab.features import ExtractConfig
+from imsim_lab.eval.formats import read_predictions
+from imsim_lab.eval.metrics import evaluate
 from imsim_lab.methods import MethodSpec
-from imsim_lab.runs import RunOptions, run_method
+from imsim_lab.runner import RunOptions, run_method
 from imsim_lab.train import (LYAKAAP_SCHEDULE, STAGES, ScheduleStep, TrainConfig, XBMContrastiveLoss,
                              contrastive_loss, hard_view, moderate_view, view_rng)
 from imsim_lab.train.data import to_array
-from imsim_lab.train.lessons import check_profile, contact_sheet, family_metrics, lesson_benchmark, run_dir
+from imsim_lab.lessons import check_profile, contact_sheet, family_metrics, lesson_benchmark, run_dir
 from imsim_lab.train.lyakaap import (PUBLISHED_BACKBONE, StageConfig, finetune_pairs, iscnet, model_args,
                                      split_queries, torchrun_command, train_stage)
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from imsim_lab.attacks import (AttackConfig, AttackError, DifferentiableDescriptor, attack, eps_label, jpeg_roundtrip,
+from imsim_lab.analysis.attacks import (AttackConfig, AttackError, DifferentiableDescriptor, attack, eps_label, jpeg_roundtrip,
                                perturbation_image, quantize)
-from imsim_lab.attacks.core import L2_REFERENCE_SIZE
-from imsim_lab.models import create_model
+from imsim_lab.analysis.attacks.core import L2_REFERENCE_SIZE
+from imsim_lab.features.models import create_model
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""imsim_lab.augment: every family on odd inputs, exact replay, seeds, JSON, errors, assets."""
+"""imsim_lab.data.augment: every family on odd inputs, exact replay, seeds, JSON, errors, assets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imsim_lab.augment import (
+from imsim_lab.data.augment import (
     FAMILIES, MAX_SIDE, OPS, AssetError, Assets, AugmentError, Op, apply_family, apply_ops,
     op_to_dict, ops_from_json, ops_to_json, sample_chain, sample_ops, synthetic_image, to_rgb,
 )
@@ -240,7 +240,7 @@ def test_default_assets_use_augly_fonts_emoji_and_templates():
 
 
 def test_every_augly_function_used_runs_with_installed_versions():
-    from imsim_lab.augment._augly import REPLACED, USED, augly_status
+    from imsim_lab.data.augment._augly import REPLACED, USED, augly_status
 
     status = augly_status()
     assert set(status) == set(USED)
@@ -266,7 +266,7 @@ def test_huge_inputs_are_capped_before_the_edits():
 
 
 def test_describe_families_lists_every_family():
-    from imsim_lab.augment import describe_families
+    from imsim_lab.data.augment import describe_families
 
     rows = describe_families()
     assert [r["family"] for r in rows] == FAMILIES.names()

@@ -1,4 +1,4 @@
-"""imsim_lab.augment: the project's own geometry (perspective, meme, frames, collage) and monotone strength."""
+"""imsim_lab.data.augment: the project's own geometry (perspective, meme, frames, collage) and monotone strength."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imsim_lab.augment import (
+from imsim_lab.data.augment import (
     Assets, AugmentError, Op, apply_family, apply_ops, feed_frame, meme, perspective, perspective_coeffs,
     sample_ops,
 )
-from imsim_lab.augment.composite import collage, collage_layout
-from imsim_lab.augment.geometric import crop_box_pixels
+from imsim_lab.data.augment.composite import collage, collage_layout
+from imsim_lab.data.augment.geometric import crop_box_pixels
 
 
 def _img(w=120, h=80, seed=0):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imsim_lab.benchmark import (BenchmarkError, load_benchmark, make_ids, read_query_table, split_of,
+from imsim_lab.data.benchmark import (BenchmarkError, load_benchmark, make_ids, read_query_table, split_of,
                                  write_query_table, write_tables)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imsim_lab.candidates import descriptor_predictions
-from imsim_lab.formats import DescriptorSubmission, GroundTruth
+from imsim_lab.eval.candidates import descriptor_predictions
+from imsim_lab.eval.formats import DescriptorSubmission, GroundTruth
 from imsim_lab.search import global_topn, knn, knn_numpy
 
 
@@ -91,8 +91,8 @@ def test_isc2021_knn_and_budget():
 
 
 def test_predictions_carry_codes_that_give_the_same_metrics():
-    from imsim_lab.formats import Predictions
-    from imsim_lab.metrics import evaluate
+    from imsim_lab.eval.formats import Predictions
+    from imsim_lab.eval.metrics import evaluate
 
     sub = make_sub()
     gt = GroundTruth.from_pairs([(f"Q{i:05d}", f"R{i:06d}" if i < 10 else None) for i in range(40)])

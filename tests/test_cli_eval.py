@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from imsim_lab.cli import main
-from imsim_lab.formats import DescriptorSubmission, GroundTruth, Predictions, write_descriptors, write_ground_truth, write_predictions
+from imsim_lab.eval.formats import DescriptorSubmission, GroundTruth, Predictions, write_descriptors, write_ground_truth, write_predictions
 
 KEYS = {"protocol", "micro_ap", "recall_at_p90", "precision_at_p90", "threshold_at_p90", "recall_at_rank1",
         "recall_at_rank10", "n_predictions", "n_positives"}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imsim_lab.benchmark import load_benchmark, sha256_file
+from imsim_lab.data.benchmark import load_benchmark, sha256_file
 from imsim_lab.cli import main
-from imsim_lab.disc21 import (Disc21Error, SubsetConfig, check_file, load_manifest, make_subset, split_folders,
+from imsim_lab.data.disc21 import (Disc21Error, SubsetConfig, check_file, load_manifest, make_subset, split_folders,
                               verify)
 
 

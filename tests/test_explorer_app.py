@@ -118,7 +118,7 @@ def test_submit_page_and_empty_results(monkeypatch, demo_results, tmp_path):
 
 def test_synthetic_runs_and_broken_run(monkeypatch, tmp_path):
     """Pages on hand-made runs, one of them broken: the others are shown, the broken one named."""
-    from imsim_lab.benchmark import load_benchmark
+    from imsim_lab.data.benchmark import load_benchmark
 
     bench = load_benchmark(make_mini_bench(tmp_path / "bench"))
     res = tmp_path / "results"
@@ -160,8 +160,8 @@ def test_cli_errors(tmp_path, capsys):
 def test_upload_bad_and_good_files(monkeypatch, tmp_path):
     """AppTest uploads: a bad file gives the reader's message; a good one is evaluated, saved as a run,
     and then listed on the leaderboard. Nothing is written outside the results folder."""
-    from imsim_lab.benchmark import load_benchmark
-    from imsim_lab.formats import write_predictions
+    from imsim_lab.data.benchmark import load_benchmark
+    from imsim_lab.eval.formats import write_predictions
 
     bench = load_benchmark(make_mini_bench(tmp_path / "bench"))
     res = tmp_path / "results"
@@ -196,7 +196,7 @@ def test_upload_bad_and_good_files(monkeypatch, tmp_path):
 def test_browser_shows_the_realism_report(monkeypatch, demo_results):
     import numpy as np
 
-    from imsim_lab.realism import RealismReport, SetReport, cosine_stats, query_gap, write_realism
+    from imsim_lab.analysis.realism import RealismReport, SetReport, cosine_stats, query_gap, write_realism
 
     runs, bench = demo_results
     at = app(monkeypatch, runs, PAGES[4])

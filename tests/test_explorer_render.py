@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from imsim_lab.metrics import evaluate
-from imsim_lab.report import discover_runs, leaderboard, load_run_data
+from imsim_lab.eval.metrics import evaluate
+from imsim_lab.analysis.report import discover_runs, leaderboard, load_run_data
 
 SCRIPT = Path(__file__).resolve().parents[1] / "explorer" / "bench_render.py"
 
@@ -29,7 +29,7 @@ def test_synthetic_large_run_and_render_times(tmp_path):
     rds = [load_run_data(r, bench.gt) for r in runs]
     lb = leaderboard(rds, n_boot=50)
     assert lb["label"].tolist() == ["m1", "m0"]  # more skill, better µAP
-    from imsim_lab.formats import read_predictions
+    from imsim_lab.eval.formats import read_predictions
 
     p = read_predictions(tmp_path / "runs" / "m1" / "predictions.csv")
     assert len(p) == 4000 and lb.loc[0, "micro_ap"] == evaluate(bench.gt, p).micro_ap

@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imsim_lab.benchmark import write_tables
-from imsim_lab.formats import Predictions, write_predictions
-from imsim_lab.metrics import evaluate
-from imsim_lab.report.submission import per_query_from_predictions
-from imsim_lab.runs import write_per_query
+from imsim_lab.data.benchmark import write_tables
+from imsim_lab.eval.formats import Predictions, write_predictions
+from imsim_lab.eval.metrics import evaluate
+from imsim_lab.analysis.report.submission import per_query_from_predictions
+from imsim_lab.runner import write_per_query
 
 FAMILIES = ["rotate", "blur", "text"]
 DEMO_METHODS = "pdq,sscd,sscd+sn"
@@ -67,7 +67,7 @@ def make_mini_bench(root: Path, n_ref: int = 10, n_q: int = 18, seed: int = 0) -
 
 def write_run(out: Path, bench, preds: Predictions, method: str) -> Path:
     """A run folder with these predictions (metrics from ``evaluate``, per-query from the predictions)."""
-    from imsim_lab.benchmark import sha256_file
+    from imsim_lab.data.benchmark import sha256_file
 
     out.mkdir(parents=True, exist_ok=True)
     config = {"method": method, "post": "none", "model_fingerprint": method.split("+")[0],

@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 from imsim_lab.errors import ImsimError
-from imsim_lab.extraction import ExtractConfig, export_split_hdf5, extract_split, load_features
-from imsim_lab.extraction import extract as extract_mod
-from imsim_lab.extraction.dataset import ordered_threads
-from imsim_lab.extraction.store import shard_path
-from imsim_lab.formats import read_split_vectors
-from imsim_lab.models import create_model
+from imsim_lab.features import ExtractConfig, export_split_hdf5, extract_split, load_features
+from imsim_lab.features import extract as extract_mod
+from imsim_lab.features.dataset import ordered_threads
+from imsim_lab.features.store import shard_path
+from imsim_lab.eval.formats import read_split_vectors
+from imsim_lab.features.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -227,7 +227,7 @@ def _torchrun(tmp_path, images, nproc, extra_env=None, extra_args=()):
     lst.write_text("".join(f"{i}\t{p}\n" for i, p in zip(ids, paths)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(extra_env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "imsim_lab.extraction.distributed", "--model", "resnet18_gem",
+           "-m", "imsim_lab.features.torchrun_extract", "--model", "resnet18_gem",
            "--model-args", json.dumps({"input_size": 48, "dim": 32}), "--images", str(lst),
            "--out", str(tmp_path / "out"), "--name", "reference", "--shard-size", "3", "--batch-size", "2",
            "--workers", "0", *extra_args]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from imsim_lab.errors import FormatError
-from imsim_lab.formats import (
+from imsim_lab.eval.formats import (
     DescriptorSubmission, GroundTruth, Predictions, read_descriptors, read_ground_truth, read_predictions,
     read_split_vectors, write_descriptors, write_ground_truth, write_predictions, write_split_vectors,
 )

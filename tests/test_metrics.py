@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imsim_lab.errors import FormatError
-from imsim_lab.formats import GroundTruth, Predictions
-from imsim_lab.metrics import evaluate
+from imsim_lab.eval.formats import GroundTruth, Predictions
+from imsim_lab.eval.metrics import evaluate
 
 GT4 = GroundTruth.from_pairs([("Q00000", "R000000"), ("Q00001", "R000001"), ("Q00002", None), ("Q00003", None)])
 
@@ -225,7 +225,7 @@ def test_large_random_against_reference():
 
 
 def test_duplicate_detection_paths_agree():
-    from imsim_lab.metrics import first_duplicate
+    from imsim_lab.eval.metrics import first_duplicate
 
     rng = np.random.default_rng(1)
     q = rng.integers(0, 50, 2000)
@@ -247,7 +247,7 @@ def test_multiple_matches_per_query_use_the_general_path():
 
 
 def test_reader_codes_give_the_same_metrics(tmp_path):
-    from imsim_lab.formats import read_predictions, write_predictions
+    from imsim_lab.eval.formats import read_predictions, write_predictions
 
     rng = np.random.default_rng(3)
     gt_pairs = [(f"Q{i:05d}", f"R{i:06d}" if i % 3 == 0 else None) for i in range(60)]

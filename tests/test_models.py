@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from imsim_lab.models import MODELS, ModelConfig, Preprocess, WeightsError, create_model, get_config, list_models
-from imsim_lab.models.classical import gabor_bank, gist, hamming_from_ip
-from imsim_lab.models.layers import GeM, gem
-from imsim_lab.models.timm_descriptor import TimmDescriptorNet
-from imsim_lab.models.weights import fetch_weights, load_state_dict
+from imsim_lab.features.models import MODELS, ModelConfig, Preprocess, WeightsError, create_model, get_config, list_models
+from imsim_lab.features.models.classical import gabor_bank, gist, hamming_from_ip
+from imsim_lab.features.models.layers import GeM, gem
+from imsim_lab.features.models.timm_descriptor import TimmDescriptorNet
+from imsim_lab.features.models.weights import fetch_weights, load_state_dict
 
 # scripts/gpu_checks.sh sets IMSIM_REQUIRE_GPU=1: a gpu test without CUDA then fails instead of skipping
 cuda = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("IMSIM_REQUIRE_GPU") != "1",

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from imsim_lab import postprocess as pp
+from imsim_lab.methods import postprocess as pp
 from imsim_lab.search import knn_numpy
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from imsim_lab.realism import (RealismError, RealismReport, cosine_stats, judge, load_realism, query_gap,
+from imsim_lab.analysis.realism import (RealismError, RealismReport, cosine_stats, judge, load_realism, query_gap,
                                sampled_cosine_stats, write_realism)
 
 
@@ -112,7 +112,7 @@ def test_judge_words():
 
 
 def test_report_roundtrip_and_bad_file(tmp_path):
-    from imsim_lab.realism import SetReport
+    from imsim_lab.analysis.realism import SetReport
 
     s = cosine_stats(X4)
     g = query_gap(_unit([1, 0.5, 0]), X4[:3], [0])
@@ -128,7 +128,7 @@ def test_report_roundtrip_and_bad_file(tmp_path):
 
 
 def test_report_tables():
-    from imsim_lab.realism import SetReport, report_tables
+    from imsim_lab.analysis.realism import SetReport, report_tables
 
     s = cosine_stats(X4)
     g = query_gap(_unit([1, 0.5, 0]), X4[:3], [0])
@@ -145,7 +145,7 @@ def test_report_tables():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from imsim_lab.synth import BuildConfig, build_benchmark
+    from imsim_lab.data.synth import BuildConfig, build_benchmark
 
     root = tmp_path_factory.mktemp("rl") / "tiny"
     build_benchmark(BuildConfig("tiny", seed=1, workers=1), root)

@@ -9,19 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imsim_lab.benchmark import load_benchmark
+from imsim_lab.data.benchmark import load_benchmark
 from imsim_lab.errors import FormatError, ImsimError
-from imsim_lab.formats import Predictions
-from imsim_lab.metrics import evaluate
-from imsim_lab.report import (compare_families, discover_runs, family_table, found_by_one, leaderboard,
+from imsim_lab.eval.formats import Predictions
+from imsim_lab.eval.metrics import evaluate
+from imsim_lab.analysis.report import (compare_families, discover_runs, family_table, found_by_one, leaderboard,
                               load_per_query, load_run_data, resolve_benchmark, runs_table, strength_table,
                               tie_ranks)
-from imsim_lab.report.browse import query_kinds, reference_siblings, sibling_groups
-from imsim_lab.report.failures import (confident_false_positives, filter_queries, missed_matches, paginate,
+from imsim_lab.analysis.report.browse import query_kinds, reference_siblings, sibling_groups
+from imsim_lab.analysis.report.failures import (confident_false_positives, filter_queries, missed_matches, paginate,
                                        recipe_text)
-from imsim_lab.report.guide import first_look
-from imsim_lab.report.runs import find_benchmarks
-from imsim_lab.report.tables import cell_queries
+from imsim_lab.analysis.report.guide import first_look
+from imsim_lab.analysis.report.runs import find_benchmarks
+from imsim_lab.analysis.report.tables import cell_queries
 from test_explorer_support import make_mini_bench, scored_predictions, write_run
 
 
@@ -131,7 +131,7 @@ def test_family_and_strength_tables_equal_evaluate(world):
 
 
 def _csv(rd):
-    from imsim_lab.formats import read_predictions
+    from imsim_lab.eval.formats import read_predictions
 
     p = read_predictions(rd.info.path / "predictions.csv")
     return p.query_ids, p.reference_ids, p.scores

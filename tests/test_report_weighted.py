@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from imsim_lab.formats import GroundTruth, Predictions
-from imsim_lab.metrics import evaluate
-from imsim_lab.report.weighted import (bootstrap_counts, prepare_scored, subset_weights, weighted_metrics)
+from imsim_lab.eval.formats import GroundTruth, Predictions
+from imsim_lab.eval.metrics import evaluate
+from imsim_lab.analysis.report.weighted import (bootstrap_counts, prepare_scored, subset_weights, weighted_metrics)
 
 
 def random_case(seed, nq=30, nref=12, n_pred=120, tie_levels=None, extra_queries=0):
@@ -129,7 +129,7 @@ def test_bootstrap_counts_are_seeded_resamples():
 
 
 def test_reader_codes_give_the_same_result(tmp_path):
-    from imsim_lab.formats import read_predictions, write_predictions
+    from imsim_lab.eval.formats import read_predictions, write_predictions
 
     gt, preds = random_case(8, extra_queries=2)
     write_predictions(tmp_path / "p.csv", preds)
@@ -143,7 +143,7 @@ def test_reader_codes_give_the_same_result(tmp_path):
 
 
 def test_pr_points_match_evaluate_curve():
-    from imsim_lab.report.weighted import pr_points
+    from imsim_lab.analysis.report.weighted import pr_points
 
     gt, preds = random_case(4, tie_levels=5)
     m = evaluate(gt, preds)

@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imsim_lab.attacks import AttackConfig, AttackError, SuiteConfig, run_attack_suite
-from imsim_lab.benchmark import sha256_file
+from imsim_lab.analysis.attacks import AttackConfig, AttackError, SuiteConfig, run_attack_suite
+from imsim_lab.data.benchmark import sha256_file
 from imsim_lab.cli import main
-from imsim_lab.extraction import ExtractConfig
-from imsim_lab.formats import GroundTruth, write_ground_truth
-from imsim_lab.robustness import (GradedConfig, bench_assets, edit_seed, extract_cell, read_graded, run_graded,
+from imsim_lab.features import ExtractConfig
+from imsim_lab.eval.formats import GroundTruth, write_ground_truth
+from imsim_lab.analysis.robustness import (GradedConfig, bench_assets, edit_seed, extract_cell, read_graded, run_graded,
                                   sample_references)
-from imsim_lab.runcontext import RobustnessError, open_run
-from imsim_lab.runs import RunOptions, run_method
+from imsim_lab.analysis.runcontext import RobustnessError, open_run
+from imsim_lab.runner import RunOptions, run_method
 from test_extract import Streamed
 
 FAST = RunOptions(device="cpu", extract=ExtractConfig(batch_size=8, num_workers=0, shard_size=16))
@@ -139,8 +139,8 @@ def test_graded_config_and_sampling(runs):
 
 
 def test_robustness_still_exports_the_run_context():
-    import imsim_lab.robustness as robustness
-    import imsim_lab.runcontext as runcontext
+    import imsim_lab.analysis.robustness as robustness
+    import imsim_lab.analysis.runcontext as runcontext
 
     for name in ("RobustnessError", "RunContext", "open_run", "evaluate_query_set"):
         assert getattr(robustness, name) is getattr(runcontext, name)

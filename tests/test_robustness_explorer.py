@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from imsim_lab.attacks import AttackConfig, SuiteConfig, run_attack_suite
-from imsim_lab.report import discover_runs
-from imsim_lab.report.robustness import (attack_curves, attack_examples, attack_figure, find_attacks, graded_example,
+from imsim_lab.analysis.attacks import AttackConfig, SuiteConfig, run_attack_suite
+from imsim_lab.analysis.report import discover_runs
+from imsim_lab.analysis.report.robustness import (attack_curves, attack_examples, attack_figure, find_attacks, graded_example,
                                          graded_figure, graded_table)
-from imsim_lab.robustness import GradedConfig, run_graded
+from imsim_lab.analysis.robustness import GradedConfig, run_graded
 from test_robustness import FAST, make_runs
 
 APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
@@ -39,7 +39,7 @@ def test_backend_tables_and_figures(results):
     cur = attack_curves(suites, "isc2021")
     assert set(cur["kind"]) == {"white-box", "transfer"} and len(cur) == 6
     assert len(json.loads(attack_figure(cur).to_json())["data"]) == 2
-    from imsim_lab.benchmark import load_benchmark
+    from imsim_lab.data.benchmark import load_benchmark
 
     ex = attack_examples(suites[0], cur["eval_label"].iloc[0], 16 / 255, load_benchmark(bench))
     assert len(ex) == 2

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-from imsim_lab.benchmark import BenchmarkError, sha256_file
+from imsim_lab.data.benchmark import BenchmarkError, sha256_file
 from imsim_lab.cli import main
 from imsim_lab.errors import ImsimError
-from imsim_lab.extraction import ExtractConfig
-from imsim_lab.formats import GroundTruth, read_descriptors, read_predictions, write_ground_truth
+from imsim_lab.features import ExtractConfig
+from imsim_lab.eval.formats import GroundTruth, read_descriptors, read_predictions, write_ground_truth
 from imsim_lab.methods import METHODS, MethodSpec, get_method, prepare
-from imsim_lab.runs import PER_QUERY_COLUMNS, RunOptions, is_run_folder, run_method
+from imsim_lab.runner import PER_QUERY_COLUMNS, RunOptions, is_run_folder, run_method
 
 
 def texture(rng, h=72, w=96):

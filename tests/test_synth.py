@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imsim_lab.augment import FAMILIES, apply_ops, ops_from_json
-from imsim_lab.benchmark import BenchmarkError, load_benchmark
+from imsim_lab.data.augment import FAMILIES, apply_ops, ops_from_json
+from imsim_lab.data.benchmark import BenchmarkError, load_benchmark
 from imsim_lab.cli import main
-from imsim_lab.formats import read_ground_truth
-from imsim_lab.synth import PRESETS, BuildConfig, build_benchmark
-from imsim_lab.synth.builder import save_jpeg
-from imsim_lab.synth.photos import load_source_image, packaged_photos
-from imsim_lab.synth.scenes import SCENES, render_scene
+from imsim_lab.eval.formats import read_ground_truth
+from imsim_lab.data.synth import PRESETS, BuildConfig, build_benchmark
+from imsim_lab.data.synth.builder import save_jpeg
+from imsim_lab.data.synth.photos import load_source_image, packaged_photos
+from imsim_lab.data.synth.scenes import SCENES, render_scene
 
 TINY = PRESETS.get("tiny")
 
@@ -103,7 +103,7 @@ def test_hard_cases(tiny):
 
 
 def test_queries_replay_from_recorded_ops(tiny):
-    from imsim_lab.augment import Assets
+    from imsim_lab.data.augment import Assets
 
     root, _ = tiny
     b = load_benchmark(root)

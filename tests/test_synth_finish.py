@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imsim_lab.synth.finish import photo_detail, photo_textures, reframe, tone_curve
-from imsim_lab.synth.scenes import DEFAULT_FINISH, Finish, render_scene
+from imsim_lab.data.synth.finish import photo_detail, photo_textures, reframe, tone_curve
+from imsim_lab.data.synth.scenes import DEFAULT_FINISH, Finish, render_scene
 
 
 def _canvas(h=60, w=80):
@@ -60,7 +60,7 @@ def test_finish_steps_can_be_switched_off_and_siblings_share_the_look():
 
 @pytest.mark.parametrize("bad", [-0.5, 2.0])
 def test_camera_finish_survives_out_of_range_canvases(bad):
-    from imsim_lab.synth.render import camera_finish
+    from imsim_lab.data.synth.render import camera_finish
 
     c = _canvas()
     c[:10, :10] = bad  # scenes may overshoot (light shafts) or undershoot

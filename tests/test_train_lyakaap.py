@@ -11,7 +11,7 @@ from imsim_lab.train.views import LYAKAAP_SCHEDULE
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from imsim_lab.synth import BuildConfig, build_benchmark
+    from imsim_lab.data.synth import BuildConfig, build_benchmark
 
     root = tmp_path_factory.mktemp("bench") / "tiny"
     build_benchmark(BuildConfig(preset="tiny", seed=0, workers=1), root)

@@ -4,7 +4,7 @@ examples: clean query, adversarial query, amplified perturbation, top-1 before a
 import streamlit as st
 
 import common as c
-from imsim_lab.report.robustness import attack_curves, attack_examples, attack_figure, find_attacks
+from imsim_lab.analysis.report.robustness import attack_curves, attack_examples, attack_figure, find_attacks
 
 
 @st.cache_resource(show_spinner="Reading attack suites…", max_entries=16)

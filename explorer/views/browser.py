@@ -7,10 +7,10 @@ import streamlit as st
 
 import common as c
 from imsim_lab.errors import ImsimError
-from imsim_lab.realism import load_realism, report_tables
-from imsim_lab.report.browse import query_kinds, reference_siblings
-from imsim_lab.report.failures import filter_queries, paginate
-from imsim_lab.report.runs import find_benchmarks
+from imsim_lab.analysis.realism import load_realism, report_tables
+from imsim_lab.analysis.report.browse import query_kinds, reference_siblings
+from imsim_lab.analysis.report.failures import filter_queries, paginate
+from imsim_lab.analysis.report.runs import find_benchmarks
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -3,9 +3,9 @@
 import streamlit as st
 
 import common as c
-from imsim_lab.report import compare_families, found_by_one
-from imsim_lab.report.failures import filter_queries, paginate
-from imsim_lab.report.figures import compare_figure
+from imsim_lab.analysis.report import compare_families, found_by_one
+from imsim_lab.analysis.report.failures import filter_queries, paginate
+from imsim_lab.analysis.report.figures import compare_figure
 
 st.title("Compare two methods")
 runs, problems, bench_of = c.discovered()

@@ -5,8 +5,8 @@ import math
 import streamlit as st
 
 import common as c
-from imsim_lab.report.browse import query_kinds, sibling_groups
-from imsim_lab.report.failures import (confident_false_positives, filter_queries, missed_matches, paginate,
+from imsim_lab.analysis.report.browse import query_kinds, sibling_groups
+from imsim_lab.analysis.report.failures import (confident_false_positives, filter_queries, missed_matches, paginate,
                                        recipe_text)
 
 st.title("Failure cases")

@@ -5,11 +5,11 @@ import pandas as pd
 import streamlit as st
 
 import common as c
-from imsim_lab.report import family_table, strength_table
-from imsim_lab.report.failures import paginate, recipe_text
-from imsim_lab.report.figures import family_heatmap, strength_figure
-from imsim_lab.report.tables import cell_queries
-from imsim_lab.report.robustness import graded_figure, graded_table
+from imsim_lab.analysis.report import family_table, strength_table
+from imsim_lab.analysis.report.failures import paginate, recipe_text
+from imsim_lab.analysis.report.figures import family_heatmap, strength_figure
+from imsim_lab.analysis.report.tables import cell_queries
+from imsim_lab.analysis.report.robustness import graded_figure, graded_table
 
 
 @st.cache_data(show_spinner="Per-family metrics…", max_entries=32)

@@ -4,9 +4,9 @@ import pandas as pd
 import streamlit as st
 
 import common as c
-from imsim_lab.report import leaderboard, runs_table
-from imsim_lab.report.figures import leaderboard_figure, pr_figure
-from imsim_lab.report.tables import pr_table
+from imsim_lab.analysis.report import leaderboard, runs_table
+from imsim_lab.analysis.report.figures import leaderboard_figure, pr_figure
+from imsim_lab.analysis.report.tables import pr_table
 
 
 @st.cache_data(show_spinner="Bootstrapping…", max_entries=32)

@@ -6,9 +6,9 @@ import streamlit as st
 
 import common as c
 from imsim_lab.errors import ImsimError
-from imsim_lab.report import family_table
-from imsim_lab.report.runs import find_benchmarks
-from imsim_lab.report.submission import (MAX_UPLOAD_BYTES, evaluate_submission, save_as_run, store_upload,
+from imsim_lab.analysis.report import family_table
+from imsim_lab.analysis.report.runs import find_benchmarks
+from imsim_lab.analysis.report.submission import (MAX_UPLOAD_BYTES, evaluate_submission, save_as_run, store_upload,
                                          submission_run_data)
 
 MAX_MB = MAX_UPLOAD_BYTES // 2**20

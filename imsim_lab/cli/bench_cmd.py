@@ -52,7 +52,7 @@ def register(sub) -> None:
 
 
 def run_build(args) -> int:
-    from ..synth import BuildConfig, build_benchmark
+    from ..data.synth import BuildConfig, build_benchmark
 
     cfg = BuildConfig(preset=args.preset, seed=args.seed, source=args.source, workers=args.workers, name=args.name)
     try:
@@ -86,7 +86,7 @@ def run_build(args) -> int:
 
 
 def run_info(args) -> int:
-    from ..benchmark import load_benchmark
+    from ..data.benchmark import load_benchmark
 
     b = load_benchmark(args.root)
     s = b.summary()
@@ -117,7 +117,7 @@ def _stats_row(label: str, n: int, st) -> str:
 
 
 def run_realism(args) -> int:
-    from ..realism import measure_realism, write_realism
+    from ..analysis.realism import measure_realism, write_realism
 
     bars = PhaseBars(args.json)
     try:

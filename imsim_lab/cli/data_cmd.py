@@ -47,7 +47,7 @@ def register(sub) -> None:
 
 
 def run_verify(args) -> int:
-    from ..disc21 import load_manifest, verify
+    from ..data.disc21 import load_manifest, verify
 
     manifest = load_manifest(args.manifest)
     bar = PhaseBars(args.quiet, "file")
@@ -82,7 +82,7 @@ def run_verify(args) -> int:
 def run_subset(args) -> int:
     from pathlib import Path
 
-    from ..disc21 import SubsetConfig, load_manifest, make_subset
+    from ..data.disc21 import SubsetConfig, load_manifest, make_subset
 
     cfg = SubsetConfig(name=args.name or Path(args.out).name, ground_truth=args.gt, positives=args.positives,
                        references=args.references, negatives=args.negatives, training=args.training,

@@ -46,8 +46,8 @@ def _done(t0: float, what: str = "done") -> float:
 
 
 def build_phase(preset: str, seed: int, bench: Path, workers: int) -> None:
-    from ..benchmark import BenchmarkError, load_benchmark
-    from ..synth import BuildConfig, build_benchmark
+    from ..data.benchmark import BenchmarkError, load_benchmark
+    from ..data.synth import BuildConfig, build_benchmark
     from .progress import PhaseBars
 
     try:
@@ -68,9 +68,9 @@ def build_phase(preset: str, seed: int, bench: Path, workers: int) -> None:
 
 
 def runs_phase(methods: list[str], bench: Path, runs: Path, workers: int) -> dict:
-    from ..extraction import ExtractConfig
+    from ..features import ExtractConfig
     from ..methods import METHODS
-    from ..runs import RunOptions, run_method
+    from ..runner import RunOptions, run_method
     from .run_cmd import _bars
 
     unknown = [m for m in methods if m not in METHODS]
@@ -109,7 +109,7 @@ def runs_phase(methods: list[str], bench: Path, runs: Path, workers: int) -> dic
 
 
 def run(args) -> int:
-    from ..report.guide import first_look
+    from ..analysis.report.guide import first_look
     from .explore_cmd import free_port, serve
 
     from ..methods import METHODS

@@ -28,9 +28,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..candidates import descriptor_predictions
-    from ..formats import read_descriptors, read_ground_truth, read_predictions
-    from ..metrics import evaluate
+    from ..eval.candidates import descriptor_predictions
+    from ..eval.formats import read_descriptors, read_ground_truth, read_predictions
+    from ..eval.metrics import evaluate
 
     t0 = time.perf_counter()
     gt = read_ground_truth(args.gt)

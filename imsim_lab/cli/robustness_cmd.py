@@ -101,7 +101,7 @@ def _resolve_run(args) -> Path:
         raise ImsimError(f"{args.target!r} is neither a run folder nor a method (see `imsim-lab methods`)")
     if not args.out or not args.bench:
         raise ImsimError(f"running the method {args.target!r} first needs --bench and --out")
-    from ..runs import RunOptions, run_method
+    from ..runner import RunOptions, run_method
     from .run_cmd import parse_params
 
     try:
@@ -115,7 +115,7 @@ def _resolve_run(args) -> Path:
 def _bench(args):
     if not args.bench:
         return None
-    from ..benchmark import load_benchmark
+    from ..data.benchmark import load_benchmark
 
     return load_benchmark(args.bench, check_hashes=False)
 
@@ -125,9 +125,9 @@ def _sample(args, default: int):
 
 
 def robustness(args) -> int:
-    from ..augment import FAMILIES
-    from ..robustness import DEFAULT_FAMILIES, GradedConfig, run_graded
-    from ..runs import RunOptions
+    from ..data.augment import FAMILIES
+    from ..analysis.robustness import DEFAULT_FAMILIES, GradedConfig, run_graded
+    from ..runner import RunOptions
 
     run = _resolve_run(args)
     fams = DEFAULT_FAMILIES if not args.families else (
@@ -147,8 +147,8 @@ def robustness(args) -> int:
 
 
 def attack_cmd(args) -> int:
-    from ..attacks import DEFAULT_EPS_L2, DEFAULT_EPS_LINF, AttackConfig, SuiteConfig, run_attack_suite
-    from ..runs import RunOptions
+    from ..analysis.attacks import DEFAULT_EPS_L2, DEFAULT_EPS_LINF, AttackConfig, SuiteConfig, run_attack_suite
+    from ..runner import RunOptions
 
     run = _resolve_run(args)
     eps = _floats(args.eps) if args.eps else (DEFAULT_EPS_LINF if args.norm == "linf" else DEFAULT_EPS_L2)

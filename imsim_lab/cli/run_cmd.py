@@ -74,9 +74,9 @@ def _bars():
 
 
 def run(args) -> int:
-    from ..extraction import ExtractConfig
+    from ..features import ExtractConfig
     from ..methods import METHODS
-    from ..runs import RunOptions, run_method
+    from ..runner import RunOptions, run_method
 
     if args.method not in METHODS:
         raise ImsimError(f"unknown method {args.method!r}; see `imsim-lab methods` "

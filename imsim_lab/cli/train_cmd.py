@@ -165,7 +165,7 @@ def run_lyakaap(args) -> int:
 
 
 def _run_lyakaap(args, rank: int, world: int) -> int:
-    from ..benchmark import load_benchmark
+    from ..data.benchmark import load_benchmark
     from ..train.lyakaap import PUBLISHED_BACKBONE, StageConfig, train_stage
     from ..train.trainer import CHECKPOINT, TrainConfig
     from ..train.views import STAGES
@@ -269,9 +269,9 @@ def check_init(path: str | Path, backbone: str, dim: int) -> None:
     """
     import torch
 
-    from ..models import get_config
-    from ..models.timm_descriptor import TimmDescriptorNet
-    from ..models.weights import state_dict_mismatch
+    from ..features.models import get_config
+    from ..features.models.timm_descriptor import TimmDescriptorNet
+    from ..features.models.weights import state_dict_mismatch
 
     path = Path(path)
     if not path.is_file():
@@ -324,7 +324,7 @@ def evaluate_command(bench: str | Path, out: str | Path, backbone: str, size: in
         ImsimError: the method cannot express this model (the command would evaluate something else).
     """
     from ..methods import get_method
-    from ..models import get_config
+    from ..features.models import get_config
     from ..train.lyakaap import model_args
 
     spec = get_method(EVAL_METHOD)

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..augment import Assets
+from ..data.augment import Assets
 from ..errors import ImsimError
 from .views import ViewStage, hard_view, moderate_view, view_rng
 

@@ -65,9 +65,9 @@ class StageConfig:
 
 def iscnet(backbone: str = PUBLISHED_BACKBONE, size: int = 512, dim: int = 256, device: str | None = None,
            weights_path: str | Path | None = None, pretrained: bool = False):
-    """ISCNet as a :class:`~imsim_lab.models.base.TorchDescriptorModel` (``.module`` is the
+    """ISCNet as a :class:`~imsim_lab.features.models.base.TorchDescriptorModel` (``.module`` is the
     ``nn.Module`` to train; ``.config`` gives the preprocessing)."""
-    from ..models import create_model
+    from ..features.models import create_model
 
     kw = {"backbone": backbone, "input_size": size, "dim": dim}
     if weights_path is not None:
@@ -83,7 +83,7 @@ def model_args(backbone: str, size: int, dim: int = 256, weights_path: str | Pat
     The weights' sha256 is part of them: a run folder made with other weights at the same path
     is refused instead of silently reused (and the checksum is verified before loading).
     """
-    from ..models.weights import sha256_file
+    from ..features.models.weights import sha256_file
 
     d = {"backbone": backbone, "input_size": size, "dim": dim}
     if weights_path is not None:
@@ -95,7 +95,7 @@ def model_args(backbone: str, size: int, dim: int = 256, weights_path: str | Pat
 def train_stage(bench, out: str | Path, cfg: StageConfig, init: str | Path | None = None,
                 on_step: Callable[[dict], None] | None = None, training_ids: Sequence[str] | None = None
                 ) -> TrainResult:
-    """Train one stage on ``bench`` (a :class:`~imsim_lab.benchmark.Benchmark`) into ``out``.
+    """Train one stage on ``bench`` (a :class:`~imsim_lab.data.benchmark.Benchmark`) into ``out``.
 
     Args:
         init: ``weights.pt`` of the previous stage (None: backbone init of ``cfg``).

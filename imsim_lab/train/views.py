@@ -12,7 +12,7 @@ Each training image gives two views with the same label:
 The magnitudes grow with the resolution: :data:`STAGES` holds the three published settings
 (v83 at 256 px, v86 at 384 px, v98 at 512 px). Every random choice comes from a numpy Generator
 seeded by (seed, epoch, image index), so a view is the same whatever the DataLoader worker and
-after a resume. The edits reuse the recorded ops of :mod:`imsim_lab.augment` (the same code that
+after a resume. The edits reuse the recorded ops of :mod:`imsim_lab.data.augment` (the same code that
 makes the benchmark's queries), with lyakaap's parameters.
 
 Taught in ``notebooks/03_descriptor_1st_lyakaap``.
@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..augment import Assets, Op, apply_op, sample_ops
+from ..data.augment import Assets, Op, apply_op, sample_ops
 from ..registry import Registry
 
 

@@ -1,0 +1,217 @@
+"""Evaluate an uploaded submission (matching CSV or descriptor HDF5) against a benchmark.
+
+The upload is first stored inside the results folder (``RESULTS/uploads/``, a sanitised name with
+the content hash, written atomically), then read with the official readers of
+:mod:`imsim_lab.eval.formats`, so a bad file gets the same message as on the command line (file, row or
+dataset, problem). Nothing is written outside the results folder. :func:`save_as_run` turns an
+evaluated submission into a run folder so that it joins the leaderboard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ...atomic import atomic_write_bytes, atomic_write_json
+from ...errors import FormatError, ImsimError
+from ...eval.formats import Predictions
+
+MAX_UPLOAD_BYTES = 200 * 2**20
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+UPLOADS = "uploads"
+
+
+@dataclass(frozen=True, eq=False)
+class SubmissionResult:
+    """An evaluated submission.
+
+    Attributes:
+        kind: "csv" (matching track) or "hdf5" (descriptor track).
+        path: where the upload was stored.
+        metrics: protocol -> ``Metrics.to_dict()`` for the protocols that accepted the file.
+        errors: protocol -> message for a protocol that refused it (isc2021 refuses duplicates).
+        predictions: protocol -> :class:`Predictions` evaluated.
+        per_query: a per-query table (docs/CONTRACTS.md columns) from the isc2021 predictions
+            (or the DrivenData ones when isc2021 refused the file).
+    """
+
+    kind: str
+    path: Path
+    metrics: dict
+    errors: dict = field(default_factory=dict)
+    predictions: dict = field(default_factory=dict)
+    per_query: pd.DataFrame | None = None
+
+
+def safe_name(filename: str) -> str:
+    """A file name without folders or odd characters (``../../x y.csv`` -> ``x_y.csv``)."""
+    base = os.path.basename(str(filename).replace("\\", "/")) or "upload"
+    base = re.sub(r"[^A-Za-z0-9._+-]+", "_", base).lstrip(".") or "upload"
+    return base[:80]
+
+
+def store_upload(data: bytes, filename: str, results_dir: str | Path, max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
+    """Write uploaded bytes to ``results_dir/uploads/<stem>-<sha8><suffix>`` (atomic) and return it.
+
+    Raises:
+        ImsimError: the upload is empty or larger than ``max_bytes``.
+    """
+    if not data:
+        raise ImsimError(f"{filename}: the uploaded file is empty")
+    if len(data) > max_bytes:
+        raise ImsimError(f"{filename}: {len(data) / 2**20:.1f} MiB, more than the limit of {max_bytes / 2**20:.0f} MiB")
+    name = safe_name(filename)
+    stem, suffix = os.path.splitext(name)
+    digest = hashlib.sha256(data).hexdigest()[:8]
+    folder = Path(results_dir) / UPLOADS
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / f"{stem}-{digest}{suffix}"
+    atomic_write_bytes(dest, data)
+    return dest
+
+
+def detect_kind(path: str | Path) -> str:
+    """"hdf5" (by its signature) or "csv" (text starting with a header); FormatError otherwise."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(HDF5_SIGNATURE):
+        return "hdf5"
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise FormatError(path, "neither an HDF5 file nor UTF-8 CSV text") from None
+    if text.lstrip().lower().startswith("query_id"):
+        return "csv"
+    raise FormatError(path, "not a submission: expected a CSV with the header query_id,reference_id,score or a "
+                            "descriptor HDF5 file", "row 1")
+
+
+def per_query_from_predictions(queries: pd.DataFrame, preds: Predictions) -> pd.DataFrame:
+    """A per-query table (docs/CONTRACTS.md columns) from matching-track predictions.
+
+    ``true_rank``: 0-based rank of the true reference among the query's predictions sorted by
+    score (ties count against it, as for R@1), -1 when not predicted; ``top_*``: the best one.
+    """
+    q = queries.reset_index(drop=True)
+    df = pd.DataFrame({"query_id": np.asarray(preds.query_ids, dtype=object).astype(str),
+                       "ref": np.asarray(preds.reference_ids, dtype=object).astype(str),
+                       "score": np.asarray(preds.scores, float)})
+    df = df.sort_values(["query_id", "score"], ascending=[True, False], kind="stable")
+    top = df.drop_duplicates("query_id", keep="first").set_index("query_id")
+    truth = dict(zip(q["query_id"].astype(str), q["reference_id"].astype(str)))
+    df["truth"] = df["query_id"].map(truth).fillna("")
+    hit = df[(df["truth"] != "") & (df["ref"] == df["truth"])].drop_duplicates("query_id").set_index("query_id")
+    ge = df.merge(hit[["score"]].rename(columns={"score": "ts"}), left_on="query_id", right_index=True)
+    rank = (ge["score"] >= ge["ts"]).groupby(ge["query_id"]).sum() - 1
+    qid = q["query_id"].astype(str)
+    return pd.DataFrame({
+        "query_id": qid.to_numpy(), "family": q["family"].astype(str).to_numpy(),
+        "strength": q["strength"].astype(float).to_numpy(), "has_match": q["has_match"].astype(bool).to_numpy(),
+        "reference_id": q["reference_id"].astype(str).to_numpy(),
+        "true_rank": qid.map(rank).fillna(-1).astype(np.int64).to_numpy(),
+        "true_score": qid.map(hit["score"]).astype(float).to_numpy(),
+        "top_reference_id": qid.map(top["ref"]).fillna("").astype(str).to_numpy(),
+        "top_score": qid.map(top["score"]).astype(float).to_numpy(),
+    })
+
+
+def evaluate_submission(path: str | Path, bench, knn: int | None = None) -> SubmissionResult:
+    """Evaluate a stored submission under both protocols against ``bench``'s ground truth.
+
+    Args:
+        path: a matching CSV or descriptor HDF5 (:func:`detect_kind`).
+        bench: a loaded :class:`imsim_lab.data.benchmark.Benchmark`.
+        knn: descriptors only: k neighbours per query instead of the global budgets.
+
+    Raises:
+        FormatError: the file is malformed (names the row or dataset); a protocol that refuses
+            a well-formed file (isc2021 and duplicates) is reported in ``errors`` instead.
+    """
+    from ...eval.candidates import descriptor_predictions
+    from ...eval.formats import read_descriptors, read_predictions
+    from ...eval.metrics import evaluate
+
+    path = Path(path)
+    kind = detect_kind(path)
+    metrics, errors, preds = {}, {}, {}
+    if kind == "csv":
+        base = read_predictions(path, allow_duplicates=True)
+        for protocol in ("isc2021", "drivendata"):
+            try:
+                metrics[protocol] = evaluate(bench.gt, base, protocol).to_dict()
+                preds[protocol] = base
+            except FormatError as e:
+                errors[protocol] = str(e)
+    else:
+        sub = read_descriptors(path)
+        for protocol in ("isc2021", "drivendata"):
+            p = descriptor_predictions(sub, bench.gt, protocol, knn=knn)
+            metrics[protocol] = evaluate(bench.gt, p, protocol).to_dict()
+            preds[protocol] = p
+    first = preds.get("isc2021", preds.get("drivendata"))
+    pq = per_query_from_predictions(bench.queries, first) if first is not None else None
+    return SubmissionResult(kind, path, metrics, errors, preds, pq)
+
+
+def save_as_run(result: SubmissionResult, bench, results_dir: str | Path, name: str) -> Path:
+    """Write an evaluated submission as a run folder ``results_dir/uploads/<name>/`` (the explorer
+    then lists it like any run). metrics.json is written last (it marks the run finished).
+
+    Raises:
+        ImsimError: a protocol refused the file, or the folder holds another run.
+    """
+    from ...data.benchmark import sha256_file
+    from ...eval.formats import write_predictions
+    from ...runner import write_per_query
+
+    if result.errors:
+        raise ImsimError("only a submission accepted by both protocols can join the leaderboard: "
+                         + "; ".join(f"{k}: {v}" for k, v in result.errors.items()))
+    out = Path(results_dir) / UPLOADS / safe_name(name)
+    if (out / "config.json").exists():
+        old = json.loads((out / "config.json").read_text())
+        if (old.get("submission") or {}).get("file") != str(result.path):
+            raise ImsimError(f"{out}: holds another run; choose another name")
+    out.mkdir(parents=True, exist_ok=True)
+    mpath = Path(bench.root) / "manifest.json"
+    config = {"method": f"upload:{safe_name(name)}", "description": f"uploaded {result.kind} submission",
+              "submission": {"kind": result.kind, "file": str(result.path),
+                             "sha256": sha256_file(result.path)},
+              "benchmark": {"root": str(Path(bench.root).resolve()), "name": bench.name,
+                            "manifest_sha256": sha256_file(mpath) if mpath.is_file() else None,
+                            "counts": bench.counts()},
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_json(out / "config.json", config)
+    p = result.predictions["isc2021"]
+    order = np.argsort(-np.asarray(p.scores, float), kind="stable")
+    write_predictions(out / "predictions.csv", Predictions(p.query_ids[order], p.reference_ids[order],
+                                                           np.asarray(p.scores, float)[order]))
+    write_per_query(out / "per_query.parquet", result.per_query)
+    atomic_write_json(out / "timings.json", {})
+    atomic_write_json(out / "metrics.json", result.metrics)
+    return out
+
+
+def submission_run_data(result: SubmissionResult, bench, label: str = "upload"):
+    """The evaluated submission as a :class:`~imsim_lab.analysis.report.tables.RunData`, so the per-family
+    tables and comparisons apply to it as to any run."""
+    from .runs import RunInfo
+    from .tables import RunData, _sorted
+    from .weighted import prepare_scored
+
+    gt = _sorted(bench.gt)
+    info = RunInfo(path=result.path.parent, run_id=result.path.name, method=label, label=label,
+                   config={"submission": {"kind": result.kind, "file": str(result.path)}}, metrics=result.metrics,
+                   bench_name=bench.name, bench_root=str(bench.root))
+    pq = result.per_query.set_index("query_id").reindex(gt.query_ids).reset_index()
+    scored = {p: prepare_scored(gt, preds, p) for p, preds in result.predictions.items()}
+    return RunData(info, gt, pq, scored)

@@ -1,0 +1,496 @@
+"""The official ISC2021 / DISC21 file formats, read and written with validation.
+
+Formats (``shared/docs/PROTOCOL.md`` section 2):
+
+* ground truth CSV: header ``query_id,reference_id``; every query has a row, an empty reference
+  when it has no match;
+* matching-track CSV: header ``query_id,reference_id,score`` (higher = more similar), at most
+  500,000 rows;
+* descriptor-track HDF5: datasets ``query`` (nq x d), ``reference`` (nr x d), ``query_ids`` and
+  ``reference_ids`` (ASCII bytes, sorted ascending, unique); d <= 256;
+* isc2021's per-split HDF5: ``vectors`` and ``image_names`` (path and extension stripped on read).
+
+Every reader raises :class:`~imsim_lab.errors.FormatError` naming the file, the row or dataset and
+the problem. Nothing is silently dropped. Taught in ``notebooks/01_benchmark_and_metric``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ..atomic import atomic_path, atomic_write_text
+from ..errors import FormatError
+
+GT_HEADER = ("query_id", "reference_id")
+PREDICTIONS_HEADER = ("query_id", "reference_id", "score")
+MAX_PREDICTIONS = 500_000
+MAX_DESCRIPTOR_DIM = 256
+
+#: Accepted id formats, DISC21 style (benchmarks larger than DISC21 may use more digits).
+ID_PATTERNS = {
+    "query": re.compile(r"Q\d{5,}"),
+    "reference": re.compile(r"R\d{6,}"),
+    "training": re.compile(r"T\d{6,}"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# containers
+
+
+@dataclass(frozen=True, eq=False)
+class GroundTruth:
+    """The ground truth of a query set.
+
+    Shapes: ``query_ids`` (n,) and ``reference_ids`` (n,), str; one row per line of the file;
+    ``reference_ids[i] == ""`` when query i has no match.
+    """
+
+    query_ids: np.ndarray
+    reference_ids: np.ndarray
+    path: str | None = None
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[tuple[str, str | None]], path: str | None = None) -> "GroundTruth":
+        rows = [(q, r or "") for q, r in pairs]
+        q = np.array([r[0] for r in rows], dtype=object)
+        r = np.array([r[1] for r in rows], dtype=object)
+        return cls(q, r, path)
+
+    @property
+    def positive_mask(self) -> np.ndarray:
+        return self.reference_ids != ""
+
+    @property
+    def positives(self) -> tuple[np.ndarray, np.ndarray]:
+        """(query_ids, reference_ids) of the pairs with a match."""
+        m = self.positive_mask
+        return self.query_ids[m], self.reference_ids[m]
+
+    @property
+    def n_positives(self) -> int:
+        return int(self.positive_mask.sum())
+
+    @property
+    def queries(self) -> np.ndarray:
+        """Sorted unique query ids listed in the file."""
+        return np.unique(self.query_ids.astype(str))
+
+    def __len__(self) -> int:
+        return len(self.query_ids)
+
+
+@dataclass(frozen=True, eq=False)
+class Predictions:
+    """Scored (query, reference) pairs; score: higher = more similar.
+
+    Shapes: ``query_ids`` (n,), ``reference_ids`` (n,) str; ``scores`` (n,) float64.
+    """
+
+    query_ids: np.ndarray
+    reference_ids: np.ndarray
+    scores: np.ndarray
+    path: str | None = None
+    #: optional caches of the CSV reader, which gets them for free: integer codes with equal
+    #: codes for equal ids, and the query vocabulary (``query_vocab[query_codes] == query_ids``)
+    reference_codes: np.ndarray | None = field(default=None, repr=False)
+    query_codes: np.ndarray | None = field(default=None, repr=False)
+    query_vocab: np.ndarray | None = field(default=None, repr=False)
+    #: True when the reader already refused repeated (query, reference) pairs
+    pairs_checked_unique: bool = field(default=False, repr=False)
+
+    def __post_init__(self):
+        n = len(self.query_ids)
+        if len(self.reference_ids) != n or len(self.scores) != n:
+            raise ValueError("query_ids, reference_ids and scores must have the same length")
+
+    @classmethod
+    def from_triples(cls, triples: Iterable[tuple[str, str, float]]) -> "Predictions":
+        t = list(triples)
+        return cls(
+            np.array([x[0] for x in t], dtype=object),
+            np.array([x[1] for x in t], dtype=object),
+            np.array([x[2] for x in t], dtype=np.float64),
+        )
+
+    @classmethod
+    def empty(cls) -> "Predictions":
+        return cls(np.array([], dtype=object), np.array([], dtype=object), np.array([], dtype=np.float64))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass(frozen=True, eq=False)
+class DescriptorSubmission:
+    """A descriptor-track submission.
+
+    Shapes: ``xq`` (nq, d) float32 with ``query_ids`` (nq,); ``xb`` (nr, d) float32 with
+    ``reference_ids`` (nr,). Distances are Euclidean (PROTOCOL.md section 4).
+    """
+
+    query_ids: np.ndarray
+    xq: np.ndarray
+    reference_ids: np.ndarray
+    xb: np.ndarray
+    path: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _open_text(path: Path):
+    if not path.exists():
+        raise FormatError(path, "file not found")
+    if path.is_dir():
+        raise FormatError(path, "is a folder, expected a CSV file")
+    return open(path, newline="", encoding="utf-8-sig", errors="replace")
+
+
+def _read_header(path: Path, expected: tuple[str, ...]) -> None:
+    with _open_text(path) as f:
+        first = f.readline()
+    if not first.strip():
+        raise FormatError(path, f"empty file; expected the header {','.join(expected)}", "row 1")
+    header = tuple(h.strip() for h in next(csv.reader([first])))
+    if header != expected:
+        raise FormatError(path, f"wrong header {','.join(header)!r}; expected {','.join(expected)!r}", "row 1")
+
+
+def _data_row(path: Path, index: int) -> int:
+    """The 1-based file row of the index-th data row (blank lines are skipped by the reader)."""
+    with _open_text(path) as f:
+        next(f, None)
+        seen = -1
+        for row, line in enumerate(f, start=2):
+            if line.strip():
+                seen += 1
+                if seen == index:
+                    return row
+    return index + 2
+
+
+def _read_columns(path: Path, ncols: int) -> list:
+    """Read the CSV body as ``ncols`` pyarrow string arrays (fast, multi-threaded parser).
+
+    The header is checked by :func:`_read_header`; empty fields stay empty strings.
+    """
+    import pyarrow as pa
+    from pyarrow import csv as pa_csv
+
+    invalid = []
+
+    def on_invalid(row):
+        invalid.append(row)
+        return "skip"
+
+    names = [f"c{i}" for i in range(ncols)]
+    try:
+        table = pa_csv.read_csv(
+            path,
+            read_options=pa_csv.ReadOptions(skip_rows=1, autogenerate_column_names=True),
+            parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={f"f{i}": pa.string() for i in range(ncols + 8)},
+                strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+    except pa.ArrowInvalid as e:
+        msg = str(e).splitlines()[0]
+        if "Empty CSV file" in msg:
+            return [pa.array([], pa.string()) for _ in names]
+        if "UTF8" in msg or "utf8" in msg.lower():
+            raise FormatError(path, "not UTF-8 text") from None
+        raise FormatError(path, f"malformed CSV ({msg})") from None
+    if table.num_columns != ncols:
+        raise FormatError(path, f"expected {ncols} fields per row, found {table.num_columns}", f"row {_data_row(path, 0)}")
+    if invalid:
+        bad = invalid[0]
+        with _open_text(path) as f:
+            row = next((i for i, line in enumerate(f, start=1) if i > 1 and line.rstrip("\r\n") == bad.text), None)
+        raise FormatError(path, f"expected {ncols} fields per row, found {bad.actual_columns}",
+                          f"row {row}" if row else None)
+    return [table.column(i).combine_chunks() for i in range(ncols)]
+
+
+_EXAMPLE_ID = {"query": "Q00000", "reference": "R000000", "training": "T000000"}
+
+
+def _id_column(arr, path: Path, kind: str, column: str, allow_empty: bool = False):
+    """Strip, validate and encode a column of ids.
+
+    Returns (values, codes, vocabulary): values (n,) object array of str; codes (n,) int64
+    with ``vocabulary[codes] == values``. Raises FormatError at the first row holding an empty or malformed id.
+    """
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    enc = pc.dictionary_encode(arr)
+    idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    stripped = np.array([u.strip() for u in enc.dictionary.to_pylist()], dtype=object)
+    ucode, uniq = pd.factorize(stripped)  # ids equal once stripped share one code
+    codes = ucode.astype(np.int64)[idx] if len(idx) else idx
+    uniq = np.asarray(uniq, dtype=object)
+    pat = ID_PATTERNS[kind]
+    bad = [j for j, u in enumerate(uniq) if not ((allow_empty and u == "") or pat.fullmatch(u))]
+    if bad:
+        i = int(np.flatnonzero(np.isin(codes, bad))[0])
+        u = uniq[codes[i]]
+        problem = f"empty {column}" if u == "" else f"unknown {kind} id format {u!r} (expected like {_EXAMPLE_ID[kind]})"
+        raise FormatError(path, problem, f"row {_data_row(path, i)}")
+    return uniq[codes] if len(codes) else np.array([], dtype=object), codes, uniq
+
+
+def first_repeat(*codes: np.ndarray) -> int | None:
+    """Index of the first row whose tuple of codes repeats an earlier row, or None."""
+    import pandas as pd
+
+    if len(codes[0]) < 2:
+        return None
+    key = np.zeros(len(codes[0]), np.int64)
+    for c in codes:
+        key = key * (int(c.max()) + 1) + c
+    hits = np.flatnonzero(pd.Series(key).duplicated(keep="first").to_numpy())
+    return int(hits[0]) if len(hits) else None
+
+
+def _scores(arr, path: Path) -> np.ndarray:
+    """Parse a column of scores; FormatError at the first non-numeric, NaN or infinite one."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        s = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. surrounding spaces: slow path
+        s = pd.to_numeric(pd.Series(arr.to_pylist(), dtype=object).str.strip(), errors="coerce").to_numpy(np.float64)
+    bad = np.flatnonzero(~np.isfinite(s))
+    if len(bad):
+        i = int(bad[0])
+        txt = arr[i].as_py().strip()
+        if txt == "":
+            what = "empty"
+        elif txt.lower().lstrip("+-") == "nan":
+            what = "NaN"
+        elif np.isinf(s[i]):
+            what = "infinite"
+        else:
+            what = "non-numeric"
+        raise FormatError(path, f"{what} score {txt!r}", f"row {_data_row(path, i)}")
+    return s
+
+
+# --------------------------------------------------------------------------------------------
+# ground truth
+
+
+def read_ground_truth(path: str | Path) -> GroundTruth:
+    """Read an official ground-truth CSV (``query_id,reference_id``).
+
+    Raises FormatError on a wrong header, malformed ids, a duplicated row, or a query listed both
+    with and without a match.
+    """
+    path = Path(path)
+    _read_header(path, GT_HEADER)
+    qcol, rcol = _read_columns(path, 2)
+    if len(qcol) == 0:
+        raise FormatError(path, "no rows after the header")
+    q, qc, _ = _id_column(qcol, path, "query", "query_id")
+    r, rc, _ = _id_column(rcol, path, "reference", "reference_id", allow_empty=True)
+    dup = first_repeat(qc, rc)
+    if dup is not None:
+        raise FormatError(path, f"duplicate row {q[dup]},{r[dup]}", f"row {_data_row(path, dup)}")
+    has = r != ""
+    neg = np.zeros(int(qc.max()) + 1, bool)
+    neg[qc[~has]] = True
+    both = np.flatnonzero(has & neg[qc])
+    if len(both):
+        i = int(both[0])
+        raise FormatError(path, f"query {q[i]} is listed both without a match and with one", f"row {_data_row(path, i)}")
+    return GroundTruth(q, r, str(path))
+
+
+def write_ground_truth(path: str | Path, gt: GroundTruth) -> None:
+    """Write ``gt`` as an official ground-truth CSV, rows in the order of ``gt`` (atomic)."""
+    lines = [",".join(GT_HEADER)]
+    lines += [f"{q},{r}" for q, r in zip(gt.query_ids, gt.reference_ids)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# matching-track predictions
+
+
+def read_predictions(path: str | Path, max_rows: int | None = MAX_PREDICTIONS,
+                     allow_duplicates: bool = False) -> Predictions:
+    """Read a matching-track CSV (``query_id,reference_id,score``).
+
+    Args:
+        path: the CSV file.
+        max_rows: the row cap (isc2021: 500,000); None for no cap.
+        allow_duplicates: keep repeated (query, reference) pairs (DrivenData counts them again);
+            by default a repeated pair is an error, as in isc2021.
+
+    Raises FormatError naming the row on a wrong header, an empty or malformed id, a
+    non-numeric, NaN or infinite score, a duplicate pair, or too many rows.
+    """
+    path = Path(path)
+    _read_header(path, PREDICTIONS_HEADER)
+    qcol, rcol, scol = _read_columns(path, 3)
+    n = len(qcol)
+    if max_rows is not None and n > max_rows:
+        raise FormatError(path, f"{n} predictions, more than the limit of {max_rows}", f"row {_data_row(path, max_rows)}")
+    q, qc, qvocab = _id_column(qcol, path, "query", "query_id")
+    r, rc, _ = _id_column(rcol, path, "reference", "reference_id")
+    s = _scores(scol, path)
+    if not allow_duplicates:
+        dup = first_repeat(qc, rc)
+        if dup is not None:
+            raise FormatError(path, f"duplicate prediction ({q[dup]}, {r[dup]})", f"row {_data_row(path, dup)}")
+    return Predictions(q, r, s, str(path), reference_codes=rc, query_codes=qc, query_vocab=qvocab,
+                       pairs_checked_unique=not allow_duplicates)
+
+
+def write_predictions(path: str | Path, preds: Predictions) -> None:
+    """Write ``preds`` as a matching-track CSV (scores with full float precision; atomic)."""
+    lines = [",".join(PREDICTIONS_HEADER)]
+    lines += [f"{q},{r},{s!r}" for q, r, s in zip(preds.query_ids, preds.reference_ids, preds.scores.tolist())]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# HDF5 formats
+
+
+def _h5():
+    import h5py
+
+    return h5py
+
+
+def _open_h5(path: Path, required: tuple[str, ...]):
+    """Open an HDF5 file for reading, checking that it holds the ``required`` datasets."""
+    if not path.exists():
+        raise FormatError(path, "file not found")
+    try:
+        f = _h5().File(path, "r")
+    except OSError as e:
+        raise FormatError(path, f"not a readable HDF5 file ({e})") from None
+    for name in required:
+        if name not in f:
+            found = sorted(f.keys())
+            f.close()
+            raise FormatError(path, f"missing dataset (found: {found})", f"dataset '{name}'")
+    return f
+
+
+def _decode_ids(ds, path, name) -> np.ndarray:
+    raw = ds[()]
+    try:
+        ids = np.array([x.decode("ascii") if isinstance(x, bytes) else str(x) for x in raw], dtype=object)
+    except UnicodeDecodeError:
+        raise FormatError(path, "ids are not ASCII", f"dataset '{name}'") from None
+    return ids
+
+
+def _check_id_array(ids: np.ndarray, kind: str, path, dataset: str) -> None:
+    pat = ID_PATTERNS[kind]
+    for i, u in enumerate(ids):
+        if not pat.fullmatch(u):
+            raise FormatError(path, f"unknown {kind} id format {u!r} at position {i} (expected like {_EXAMPLE_ID[kind]})",
+                              f"dataset '{dataset}'")
+
+
+def _check_sorted_unique(ids: np.ndarray, path, name: str) -> None:
+    s = ids.astype(str)
+    if len(s) > 1:
+        notinc = np.flatnonzero(s[1:] <= s[:-1])
+        if len(notinc):
+            i = notinc[0] + 1
+            problem = "not unique" if s[i] == s[i - 1] else "not sorted ascending"
+            raise FormatError(path, f"ids {problem}: {s[i - 1]!r} then {s[i]!r} at position {i}", f"dataset '{name}'")
+
+
+def _check_matrix(x, path, name: str, n_ids: int, max_dim: int | None) -> np.ndarray:
+    if x.ndim != 2:
+        raise FormatError(path, f"expected a 2-D array, found shape {x.shape}", f"dataset '{name}'")
+    if x.shape[0] != n_ids:
+        raise FormatError(path, f"{x.shape[0]} vectors for {n_ids} ids", f"dataset '{name}'")
+    if max_dim is not None and x.shape[1] > max_dim:
+        raise FormatError(path, f"{x.shape[1]} dimensions, more than {max_dim}", f"dataset '{name}'")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise FormatError(path, f"dtype {x.dtype}, expected float32", f"dataset '{name}'")
+    x = np.asarray(x, dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if len(bad):
+        raise FormatError(path, f"non-finite value in vector {bad[0]}", f"dataset '{name}'")
+    return x
+
+
+def read_descriptors(path: str | Path, max_dim: int | None = MAX_DESCRIPTOR_DIM) -> DescriptorSubmission:
+    """Read a descriptor-track HDF5 submission and validate it (see module docstring)."""
+    path = Path(path)
+    with _open_h5(path, ("query", "reference", "query_ids", "reference_ids")) as f:
+        qids = _decode_ids(f["query_ids"], path, "query_ids")
+        rids = _decode_ids(f["reference_ids"], path, "reference_ids")
+        _check_id_array(qids, "query", path, "query_ids")
+        _check_id_array(rids, "reference", path, "reference_ids")
+        _check_sorted_unique(qids, path, "query_ids")
+        _check_sorted_unique(rids, path, "reference_ids")
+        xq = _check_matrix(f["query"][()], path, "query", len(qids), max_dim)
+        xb = _check_matrix(f["reference"][()], path, "reference", len(rids), max_dim)
+    if xq.shape[1] != xb.shape[1]:
+        raise FormatError(path, f"query dimension {xq.shape[1]} differs from reference dimension {xb.shape[1]}")
+    return DescriptorSubmission(qids, xq, rids, xb, str(path))
+
+
+def _ascii(ids) -> np.ndarray:
+    return np.array([str(i).encode("ascii") for i in ids], dtype="S")
+
+
+def write_descriptors(path: str | Path, sub: DescriptorSubmission, max_dim: int | None = MAX_DESCRIPTOR_DIM) -> None:
+    """Write a descriptor-track HDF5, sorting the ids ascending (atomic). Validates like the reader."""
+    path = Path(path)
+    qo = np.argsort(np.asarray(sub.query_ids).astype(str), kind="stable")
+    ro = np.argsort(np.asarray(sub.reference_ids).astype(str), kind="stable")
+    qids, rids = np.asarray(sub.query_ids)[qo], np.asarray(sub.reference_ids)[ro]
+    _check_sorted_unique(qids, path, "query_ids")
+    _check_sorted_unique(rids, path, "reference_ids")
+    xq = _check_matrix(np.asarray(sub.xq)[qo], path, "query", len(qids), max_dim)
+    xb = _check_matrix(np.asarray(sub.xb)[ro], path, "reference", len(rids), max_dim)
+    if xq.shape[1] != xb.shape[1]:
+        raise FormatError(path, f"query dimension {xq.shape[1]} differs from reference dimension {xb.shape[1]}")
+    with atomic_path(path) as tmp, _h5().File(tmp, "w") as f:
+        f.create_dataset("query", data=xq)
+        f.create_dataset("reference", data=xb)
+        f.create_dataset("query_ids", data=_ascii(qids))
+        f.create_dataset("reference_ids", data=_ascii(rids))
+
+
+def read_split_vectors(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read isc2021's per-split HDF5 (``vectors``, ``image_names``).
+
+    Returns (ids, x): ids (n,) with folders and extensions stripped, x (n, d) float32.
+    """
+    path = Path(path)
+    with _open_h5(path, ("vectors", "image_names")) as f:
+        names = _decode_ids(f["image_names"], path, "image_names")
+        ids = np.array([os.path.splitext(os.path.basename(n))[0] for n in names], dtype=object)
+        x = _check_matrix(f["vectors"][()], path, "vectors", len(ids), None)
+    return ids, x
+
+
+def write_split_vectors(path: str | Path, ids, x: np.ndarray) -> None:
+    """Write isc2021's per-split HDF5 (atomic)."""
+    path = Path(path)
+    x = _check_matrix(np.asarray(x), path, "vectors", len(ids), None)
+    with atomic_path(path) as tmp, _h5().File(tmp, "w") as f:
+        f.create_dataset("vectors", data=x)
+        f.create_dataset("image_names", data=_ascii(ids))
