@@ -50,6 +50,10 @@ class Registry(Generic[T]):
     def names(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern))
 
+    def in_order(self) -> list[str]:
+        """The names in registration order (``names`` sorts them)."""
+        return list(self._items)
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 
