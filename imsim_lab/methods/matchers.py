@@ -1,0 +1,139 @@
+"""Matchers: the matching track's extension point.
+
+A matching method takes candidate pairs (:class:`CandidatePairs`, from a descriptor method) and
+**rescores** them with a registered matcher that may look at the images, their local features or
+their sub-images. A matcher is a class in :data:`MATCHERS`, built with the method's parameters (its
+own keys only: the ``candidates.*`` keys are the runner's), and called once per run::
+
+    @MATCHERS.register("sift")
+    class SiftVerifier(Matcher):
+        def __init__(self, features="sift", ratio=0.8, ransac=False): ...
+        def score(self, pairs, ctx): ...       # -> MatchResult
+
+``score`` gets the pairs and a :class:`MatchContext`: the query and reference images as
+:class:`~imsim_lab.features.dataset.ImageSource` (files of the benchmark, or the robustness suite's
+edited queries made on the fly), a work folder owned by this run for resumable caches (local-feature
+stores, view descriptors), the device and extraction settings, and a progress callback. It returns a
+:class:`MatchResult`: one score per pair (higher = more similar; a pair it cannot score, e.g. an
+image without keypoints, gets the lowest score it gives, never an exception), per-pair columns that
+the run folder keeps in ``candidates.parquet`` for the explorer's pair view, and a report (counts of
+what was skipped, throughput) that goes into ``config.json``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..registry import Registry
+from .spec import CANDIDATE_KEYS
+
+
+@dataclass(frozen=True, eq=False)
+class CandidatePairs:
+    """Candidate (query, reference) pairs with the descriptor score that proposed them.
+
+    Shapes: all (n,). ``scores`` higher = more similar; ``ranks``: 0-based rank of the pair inside
+    its query's candidate list (by descriptor score).
+    """
+
+    query_ids: np.ndarray
+    reference_ids: np.ndarray
+    scores: np.ndarray
+    ranks: np.ndarray
+
+    def __post_init__(self):
+        n = len(self.query_ids)
+        if not (len(self.reference_ids) == len(self.scores) == len(self.ranks) == n):
+            raise ValueError("candidate pairs: query_ids, reference_ids, scores and ranks differ in length")
+
+    def __len__(self) -> int:
+        return len(self.query_ids)
+
+    @classmethod
+    def from_predictions(cls, preds) -> "CandidatePairs":
+        """From :class:`~imsim_lab.eval.formats.Predictions`; ranks are computed per query."""
+        q = np.asarray(preds.query_ids).astype(str)
+        r = np.asarray(preds.reference_ids).astype(str)
+        s = np.asarray(preds.scores, np.float64)
+        order = np.lexsort((-s, q))
+        ranks = np.empty(len(q), np.int64)
+        if len(q):
+            qs = q[order]
+            start = np.r_[0, np.flatnonzero(qs[1:] != qs[:-1]) + 1]
+            first = np.repeat(start, np.diff(np.r_[start, len(qs)]))
+            ranks[order] = np.arange(len(qs)) - first
+        return cls(q, r, s, ranks)
+
+
+@dataclass(frozen=True, eq=False)
+class MatchContext:
+    """What a matcher may use besides the pairs.
+
+    Attributes:
+        queries, references: :class:`~imsim_lab.features.dataset.ImageSource` of the images.
+        work: a folder owned by this run for the matcher's caches (created by the runner).
+        device: None = CUDA when present. extract: :class:`~imsim_lab.features.ExtractConfig`.
+        backend: search backend (:mod:`imsim_lab.search`).
+        progress: ``progress(stage, total) -> update(n)`` for progress bars, or None (silent).
+    """
+
+    queries: object
+    references: object
+    work: Path
+    device: str | None = None
+    extract: object = None
+    backend: str = "auto"
+    progress: Callable[[str, int], Callable[[int], None]] | None = None
+
+    def bar(self, stage: str, total: int) -> Callable[[int], None] | None:
+        return self.progress(stage, total) if self.progress else None
+
+
+@dataclass(frozen=True, eq=False)
+class MatchResult:
+    """A matcher's output. ``scores`` (n,) float64, higher = more similar; ``extras``: name -> (n,)
+    array kept per pair in ``candidates.parquet``; ``report``: JSON-able counts and figures."""
+
+    scores: np.ndarray
+    extras: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+
+
+class Matcher:
+    """Base class of the matchers (see the module docstring)."""
+
+    #: registry name, set by :data:`MATCHERS` registration
+    name: str = ""
+
+    def score(self, pairs: CandidatePairs, ctx: MatchContext) -> MatchResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+MATCHERS: Registry = Registry("matcher")
+
+
+def matcher_params(params: dict) -> dict:
+    """The parameters of a matching method that belong to its matcher (not ``candidates.*``)."""
+    return {k: v for k, v in params.items() if k not in CANDIDATE_KEYS}
+
+
+def create_matcher(name: str, params: dict) -> Matcher:
+    """Build the registered matcher ``name`` with the matcher part of a method's ``params``.
+
+    Raises:
+        KeyError: unknown matcher. TypeError: a parameter the matcher does not take (names it).
+    """
+    cls = MATCHERS.get(name)
+    own = matcher_params(params)
+    accepted = inspect.signature(cls).parameters
+    unknown = [k for k in own if k not in accepted]
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        raise TypeError(f"matcher {name!r} takes no parameter {unknown[0]!r}; it takes {', '.join(accepted)}")
+    m = cls(**own)
+    m.name = name
+    return m

@@ -1,0 +1,134 @@
+"""What a method is: a frozen :class:`MethodSpec` in the :data:`METHODS` registry.
+
+A method produces scored (query, reference) pairs, on one of the two tracks of ISC2021:
+
+* **descriptor**: one vector per image from a model (:mod:`imsim_lab.features.models`), a
+  post-processing (:data:`imsim_lab.methods.post.POST`) and a search; the scores come from the
+  search;
+* **matching**: candidate pairs from a descriptor method named in its parameters
+  (``candidates.method``, a per-query ``candidates.k`` and/or a global ``candidates.budget``),
+  rescored by a registered matcher (:data:`imsim_lab.methods.matchers.MATCHERS`) that may look at the
+  images, their local features or their sub-images.
+
+Both run through the same runner (:func:`imsim_lab.runner.run_method`) and write the same run folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..registry import Registry
+
+TRACKS = ("descriptor", "matching")
+#: the parameters of a matching method that name its candidate source
+CANDIDATE_KEYS = ("candidates.method", "candidates.k", "candidates.budget")
+
+
+@dataclass(frozen=True)
+class CandidateSource:
+    """Where a matching method's candidate pairs come from.
+
+    Attributes:
+        method: a registered descriptor method.
+        k: neighbours per query (None: no per-query cut).
+        budget: pairs kept over all queries, best scores first (None: no global cut). With both,
+            the k-NN lists are cut to the ``budget`` best pairs overall.
+    """
+
+    method: str = "sscd"
+    k: int | None = 10
+    budget: int | None = None
+
+    def __post_init__(self):
+        if self.k is None and self.budget is None:
+            raise ValueError("a candidate source needs candidates.k or candidates.budget (or both)")
+        for name, v in (("candidates.k", self.k), ("candidates.budget", self.budget)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{name} must be a positive integer or None, not {v!r}")
+
+    @classmethod
+    def from_params(cls, params: dict) -> "CandidateSource":
+        return cls(params["candidates.method"], params.get("candidates.k"), params.get("candidates.budget"))
+
+    def to_params(self) -> dict:
+        return {"candidates.method": self.method, "candidates.k": self.k, "candidates.budget": self.budget}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method of either track.
+
+    Attributes:
+        name: registry name.
+        track: ``"descriptor"`` or ``"matching"``.
+        model: descriptor track: the model registry name; ``model_args``: its config overrides.
+        post: descriptor track: post-processing name in :data:`~imsim_lab.methods.post.POST`.
+        matcher: matching track: the matcher name in :data:`~imsim_lab.methods.matchers.MATCHERS`.
+        params: default parameters (overridable per run): the post-processing's, or for a matching
+            method the matcher's plus ``candidates.method``, ``candidates.k``, ``candidates.budget``.
+        needs_training: extract the training split (background set) too.
+        description, paper: for ``imsim-lab methods``.
+    """
+
+    name: str
+    model: str = ""
+    post: str = "none"
+    model_args: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    needs_training: bool = False
+    description: str = ""
+    paper: str = ""
+    track: str = "descriptor"
+    matcher: str = ""
+
+    def __post_init__(self):
+        if self.track not in TRACKS:
+            raise ValueError(f"method {self.name!r}: track must be one of {TRACKS}, not {self.track!r}")
+        if self.track == "descriptor" and not self.model:
+            raise ValueError(f"descriptor method {self.name!r} needs a model")
+        if self.track == "matching":
+            if not self.matcher:
+                raise ValueError(f"matching method {self.name!r} needs a matcher")
+            missing = [k for k in CANDIDATE_KEYS if k not in self.params]
+            if missing or self.model:
+                raise ValueError(f"matching method {self.name!r}: its candidate source is given by the parameters "
+                                 f"{', '.join(CANDIDATE_KEYS)}, not by a model")
+            CandidateSource.from_params(self.params)
+
+    def resolve(self, overrides: dict | None = None) -> tuple[dict, dict]:
+        """(model_args, params) with ``overrides`` applied: keys ``model.X`` go to the model,
+        others must be known parameters of the method."""
+        model_args, params = dict(self.model_args), dict(self.params)
+        for k, v in (overrides or {}).items():
+            if k.startswith("model.") and self.track == "descriptor":
+                model_args[k[len("model."):]] = v
+            elif k in params:
+                params[k] = v
+            else:
+                known = sorted(params) + (["model.<setting>"] if self.track == "descriptor" else [])
+                hint = (" (a matching method has no model of its own: its candidates come from "
+                        "candidates.method)" if k.startswith("model.") else "")
+                raise KeyError(f"method {self.name!r} has no parameter {k!r}{hint}; parameters: {', '.join(known)}")
+        if self.track == "matching":
+            CandidateSource.from_params(params)
+        return model_args, params
+
+    def candidate_source(self, params: dict | None = None) -> CandidateSource:
+        """The candidate source of a matching method (with resolved ``params``)."""
+        if self.track != "matching":
+            raise ValueError(f"{self.name!r} is a descriptor method: it has no candidate source")
+        return CandidateSource.from_params(params if params is not None else self.params)
+
+
+METHODS: Registry = Registry("method")
+
+
+def get_method(name: str) -> MethodSpec:
+    return METHODS.get(name)
+
+
+def list_methods(pattern: str = "*", track: str | None = None) -> list[str]:
+    """Registered method names matching the glob ``pattern``, optionally of one ``track``."""
+    if track is not None and track not in TRACKS:
+        raise ValueError(f"track must be one of {TRACKS}, not {track!r}")
+    return [n for n in METHODS.names(pattern) if track is None or METHODS.get(n).track == track]
