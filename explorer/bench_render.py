@@ -13,7 +13,6 @@ page with both times in seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -73,10 +72,9 @@ def make_run(out: Path, bench, skill: float, seed: int, k: int = 10) -> None:
     """A run folder: k predictions per query; the true reference is among them with a score
     boosted by ``skill`` (higher = a better method)."""
     from imsim_lab.data.benchmark import sha256_file
-    from imsim_lab.eval.formats import GroundTruth, Predictions, write_predictions
+    from imsim_lab.eval.formats import GroundTruth, Predictions
     from imsim_lab.eval.metrics import evaluate
-    from imsim_lab.analysis.report.submission import per_query_from_predictions
-    from imsim_lab.runner import write_per_query
+    from imsim_lab.runfolder import per_query_from_predictions, write_outputs
 
     rng = np.random.default_rng(seed)
     gt: GroundTruth = bench.gt
@@ -96,15 +94,10 @@ def make_run(out: Path, bench, skill: float, seed: int, k: int = 10) -> None:
     s[keep_true, 0] += skill * rng.random(int(keep_true.sum())) * 3
     order = np.argsort(-s.ravel(), kind="stable")
     preds = Predictions(np.repeat(gt.query_ids, k)[order], rids[ri.ravel()][order], np.round(s.ravel()[order], 6))
-    out.mkdir(parents=True, exist_ok=True)
     cfg = {"method": out.name, "post": "none", "benchmark": {"root": str(bench.root.resolve()), "name": bench.name,
                                                              "manifest_sha256": sha256_file(bench.root / "manifest.json")}}
-    (out / "config.json").write_text(json.dumps(cfg))
-    write_predictions(out / "predictions.csv", preds)
-    write_per_query(out / "per_query.parquet", per_query_from_predictions(bench.queries, preds))
-    (out / "timings.json").write_text("{}")
     m = {p: evaluate(gt, preds, p).to_dict() for p in ("isc2021", "drivendata")}
-    (out / "metrics.json").write_text(json.dumps(m))
+    write_outputs(out, cfg, preds, m, per_query_from_predictions(bench.queries, preds), {})
 
 
 def render_times(runs_dir: Path, pages=PAGES, timeout: float = 600) -> list[dict]:

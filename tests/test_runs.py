@@ -14,7 +14,8 @@ from imsim_lab.errors import ImsimError
 from imsim_lab.features import ExtractConfig
 from imsim_lab.eval.formats import GroundTruth, read_descriptors, read_predictions, write_ground_truth
 from imsim_lab.methods import METHODS, MethodSpec, get_method, prepare
-from imsim_lab.runner import PER_QUERY_COLUMNS, RunOptions, is_run_folder, run_method
+from imsim_lab.runfolder import PER_QUERY_COLUMNS, is_run_folder
+from imsim_lab.runner import RunOptions, run_method
 
 
 def texture(rng, h=72, w=96):

@@ -25,9 +25,10 @@ instant. Outputs: ``RUN/robustness/graded.parquet`` and ``graded.json`` (one row
 strength and protocol), ``graded/per_query.parquet`` and one example image per cell.
 
 The run folder is opened and each cell evaluated with :mod:`imsim_lab.analysis.runcontext` (shared with
-:mod:`imsim_lab.analysis.attacks`), whose names this module re-exports (:func:`open_run`,
-:class:`RunContext`, :func:`evaluate_query_set`, :class:`RobustnessError`).
-Taught in ``notebooks/07_robustness``.
+:mod:`imsim_lab.analysis.attacks`). Any method runs: a matching run's cell embeds the edited queries
+with its candidate run's model, then its matcher rescores their candidates on the edited images
+(made on the fly, never written to disk), with the matcher's work for them kept in
+``graded/cells/<cell>_matcher/``.
 """
 
 from __future__ import annotations
@@ -46,9 +47,8 @@ import numpy as np
 from ..atomic import atomic_path, atomic_write_json, atomic_write_npz, atomic_write_parquet
 from .runcontext import RobustnessError, RunContext, evaluate_query_set, open_run
 
-__all__ = ["DEFAULT_FAMILIES", "DEFAULT_STRENGTHS", "METRIC_KEYS", "GradedConfig", "RobustnessError", "RunContext",
-           "bench_assets", "edit_image", "edit_seed", "evaluate_query_set", "extract_cell", "open_run", "read_graded",
-           "run_graded", "sample_references"]
+__all__ = ["DEFAULT_FAMILIES", "DEFAULT_STRENGTHS", "METRIC_KEYS", "GradedConfig", "bench_assets", "edit_image",
+           "edit_seed", "edited_source", "extract_cell", "read_graded", "run_graded", "sample_references"]
 
 #: the families the organisers found hardest, plus common edits as a yardstick
 DEFAULT_FAMILIES = ("rotate", "vflip", "hflip", "crop", "scale", "perspective", "blur", "jpeg", "text",
@@ -171,6 +171,17 @@ class _EditedReferences:
             return i, None, f"{self.paths[i]}: {type(e).__name__}: {e}"
 
 
+def edited_source(bench, ref_ids: list[str], qids, family: str, strength: float, cfg: GradedConfig, assets,
+                  key: str):
+    """The edited references of a cell as an :class:`~imsim_lab.features.dataset.ImageSource`
+    addressed by the cell's query ids (edits made on the fly for any preprocessing)."""
+    from ..features.dataset import ImageSource
+
+    paths = [str(bench.image_path(r)) for r in ref_ids]
+    return ImageSource(qids, lambda pos, pre: _EditedReferences([paths[k] for k in pos], [ref_ids[k] for k in pos],
+                                                               family, strength, cfg, assets, pre), f"graded/{key}")
+
+
 def _cell_name(family: str, strength: float) -> str:
     return f"{family}_{strength:.4f}"
 
@@ -201,11 +212,11 @@ def extract_cell(model, bench, ref_ids: list[str], family: str, strength: float,
 
 
 def _meta(ctx: RunContext, cfg: GradedConfig, refs: list[str]) -> dict:
-    from ..features.models import get_config
-
-    mcfg = get_config(ctx.spec.model, **ctx.model_args)
-    return {"model_fingerprint": mcfg.fingerprint(), "seed": cfg.seed, "jpeg_quality": cfg.jpeg_quality,
+    meta = {"model_fingerprint": ctx.model_fingerprint(), "seed": cfg.seed, "jpeg_quality": cfg.jpeg_quality,
             "references": hashlib.sha256("\n".join(refs).encode()).hexdigest()[:16], "n_references": len(refs)}
+    if ctx.spec.track == "matching":
+        meta["matcher"] = {"name": ctx.spec.matcher, "params": ctx.params}
+    return meta
 
 
 def run_graded(run: str | Path, cfg: GradedConfig = GradedConfig(), bench=None, opts=None, device: str | None = None,
@@ -264,8 +275,11 @@ def run_graded(run: str | Path, cfg: GradedConfig = GradedConfig(), bench=None, 
             with np.load(path, allow_pickle=False) as z:
                 ids, x, failed = z["ids"].astype(str), z["x"], json.loads(str(z["failed"]))
             qids = np.array([f"{family}@{s:.2f}/{r}" for r in ids], dtype=object)
+            images = edited_source(ctx.bench, list(ids), qids, family, s, cfg, assets, f"{meta['references']}/{name}") \
+                if ctx.spec.track == "matching" else None
             metrics, pq = evaluate_query_set(ctx, qids, x, ids, opts, extra={"family": [family] * len(ids),
-                                                                             "strength": [s] * len(ids)})
+                                                                             "strength": [s] * len(ids)},
+                                             images=images, work=cells / f"{name}_matcher")
             pqs.append(pq)
             for protocol, m in metrics.items():
                 rows.append({"family": family, "group": FAMILIES.get(family).group, "strength": s,

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import ImsimError
 
-BASELINE = ["gist_pca", "pdq", "sscd", "sscd+sn", "sscd+nes", "sscd+stretch", "sscd+ssquare", "timm_random"]
+BASELINE = ["gist_pca", "pdq", "sscd", "sscd+sn", "sscd+nes", "sscd+stretch", "sscd+ssquare", "timm_random",
+            "sift_verify"]
 
 
 def register(sub) -> None:
@@ -85,13 +87,20 @@ def runs_phase(methods: list[str], bench: Path, runs: Path, workers: int) -> dic
         spec = METHODS.get(m)
         out = runs / m.replace("/", "_")
         key = (spec.model, tuple(sorted(spec.model_args.items())))
-        if key in donors and not (out / "metrics.json").is_file():
+        run_opts = opts
+        if spec.track == "matching":
+            # a matching method's candidates come from the demo's run of its descriptor method when there is one
+            source = spec.candidate_source().method
+            if source in results:
+                run_opts = replace(opts, candidates=str(results[source].out))
+                print(f"    [{i}/{len(methods)}] {m}: candidates from the {source} run", flush=True)
+        elif key in donors and not (out / "metrics.json").is_file():
             print(f"    [{i}/{len(methods)}] {m}: reusing the descriptors extracted for {donors[key].name}",
                   flush=True)
         t = time.perf_counter()
         make, bars = _bars()
         try:
-            res = run_method(m, bench, out, None, opts, progress=make)
+            res = run_method(m, bench, out, None, run_opts, progress=make)
         finally:
             for b in bars:
                 b.close()
@@ -103,7 +112,8 @@ def runs_phase(methods: list[str], bench: Path, runs: Path, workers: int) -> dic
               f"{dt:6.1f} s{'  (reused)' if res.reused else ''}", flush=True)
         if (res.config.get("notes") or {}).get("weights"):
             print(f"          note: {res.config['notes']['weights']}", flush=True)
-        donors.setdefault(key, out)
+        if spec.track == "descriptor":
+            donors.setdefault(key, out)
         results[m] = res
     return results
 

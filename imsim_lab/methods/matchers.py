@@ -13,7 +13,7 @@ own keys only: the ``candidates.*`` keys are the runner's), and called once per 
 ``score`` gets the pairs and a :class:`MatchContext`: the query and reference images as
 :class:`~imsim_lab.features.dataset.ImageSource` (files of the benchmark, or the robustness suite's
 edited queries made on the fly), a work folder owned by this run for resumable caches (local-feature
-stores, view descriptors), the device and extraction settings, and a progress callback. It returns a
+stores, view descriptors; :meth:`MatchContext.folder` per side), the device and extraction settings, and a progress callback. It returns a
 :class:`MatchResult`: one score per pair (higher = more similar; a pair it cannot score, e.g. an
 image without keypoints, gets the lowest score it gives, never an exception), per-pair columns that
 the run folder keeps in ``candidates.parquet`` for the explorer's pair view, and a report (counts of
@@ -76,7 +76,10 @@ class MatchContext:
 
     Attributes:
         queries, references: :class:`~imsim_lab.features.dataset.ImageSource` of the images.
-        work: a folder owned by this run for the matcher's caches (created by the runner).
+        work: a folder owned by this run for the matcher's caches; :meth:`folder` gives the folder of
+            the features of one side (``"query"``, ``"reference"``), which ``folders`` may place
+            elsewhere (the robustness suite keeps the run's reference features and puts the edited
+            queries' features in its own cell folder).
         device: None = CUDA when present. extract: :class:`~imsim_lab.features.ExtractConfig`.
         backend: search backend (:mod:`imsim_lab.search`).
         progress: ``progress(stage, total) -> update(n)`` for progress bars, or None (silent).
@@ -89,6 +92,13 @@ class MatchContext:
     extract: object = None
     backend: str = "auto"
     progress: Callable[[str, int], Callable[[int], None]] | None = None
+    folders: dict = field(default_factory=dict)
+
+    def folder(self, side: str) -> Path:
+        """Where the matcher keeps what it computes for the images of ``side`` (created)."""
+        p = Path(self.folders.get(side, Path(self.work) / side))
+        p.mkdir(parents=True, exist_ok=True)
+        return p
 
     def bar(self, stage: str, total: int) -> Callable[[int], None] | None:
         return self.progress(stage, total) if self.progress else None

@@ -31,7 +31,7 @@ import numpy as np
 
 from ...atomic import atomic_path, atomic_write_json, atomic_write_parquet
 from ..runcontext import RobustnessError, evaluate_query_set, open_run
-from .core import AttackConfig, DifferentiableDescriptor, attack, perturbation_image, quantize
+from .core import AttackConfig, AttackError, DifferentiableDescriptor, attack, perturbation_image, quantize
 
 DEFAULT_EPS_LINF = (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
 DEFAULT_EPS_L2 = (0.0, 0.5, 1.0, 2.0, 4.0)
@@ -166,11 +166,9 @@ def _run_key(ctx) -> str:
 
 
 def _meta(ctx, cfg: SuiteConfig, qids: list[str]) -> dict:
-    from ...features.models import get_config
-
     a = cfg.attack.to_dict()
     a.pop("eps")
-    return {"surrogate_model": get_config(ctx.spec.model, **ctx.model_args).fingerprint(), "attack": a,
+    return {"surrogate_model": ctx.model_fingerprint(), "attack": a,
             "seed": cfg.seed, "queries": hashlib.sha256("\n".join(qids).encode()).hexdigest()[:16]}
 
 
@@ -198,8 +196,12 @@ def run_attack_suite(surrogate: str | Path, cfg: SuiteConfig = SuiteConfig(), ev
     import pandas as pd
 
     from ...features import ExtractConfig, extract_split
+    from ...features.dataset import ImageSource
 
     sur = open_run(surrogate, bench)
+    if sur.spec.track != "descriptor":
+        raise AttackError(f"{sur.path}: a run of the matching method {sur.spec.name!r} cannot be a surrogate (attacks "
+                          "follow the gradient of a descriptor); use it as a transfer target")
     DifferentiableDescriptor(sur.create_model("cpu"))  # fail early on a non-differentiable surrogate
     others = [open_run(r, sur.bench) for r in eval_runs]
     acfg = cfg.attack
@@ -264,8 +266,11 @@ def run_attack_suite(surrogate: str | Path, cfg: SuiteConfig = SuiteConfig(), ev
                 if fs.failed:
                     raise RobustnessError(f"{fdir}: unreadable adversarial images: {fs.failed[:2]}")
                 x = np.asarray(fs.x, np.float32)
+            images = ImageSource.files(qids, paths_of[e], f"attack/{meta['queries']}/{acfg.name}/{_eps_dir(e)}") \
+                if ctx.spec.track == "matching" else None
             metrics, pq = evaluate_query_set(ctx, qids, x, truth, opts,
-                                             extra={"target_id": targets, "eps": [e] * len(qids)})
+                                             extra={"target_id": targets, "eps": [e] * len(qids)}, images=images,
+                                             work=out / "matcher" / _run_key(ctx) / _eps_dir(e))
             pq.insert(0, "eval_label", ctx.label)
             pq.insert(1, "kind", kind)
             pqs.append(pq)

@@ -22,10 +22,9 @@ import pandas as pd
 
 from ...errors import FormatError, ImsimError
 
-#: the columns ``per_query.parquet`` must have (docs/CONTRACTS.md)
-PER_QUERY_COLUMNS = ("query_id", "family", "strength", "has_match", "reference_id", "true_rank",
-                     "true_score", "top_reference_id", "top_score")
-_SKIP_DIRS = {"features", "shards", "__pycache__", "queries", "references", "training", "held_out"}
+from ...runfolder import INTERNAL_DIRS, PER_QUERY_COLUMNS  # noqa: F401  (PER_QUERY_COLUMNS: the readers' columns)
+
+_SKIP_DIRS = {*INTERNAL_DIRS, "__pycache__", "queries", "references", "training", "held_out"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,16 +74,6 @@ class DiscoveryProblem:
     problem: str
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(path, f"not readable JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise FormatError(path, "expected a JSON object")
-    return obj
-
-
 def read_run(path: str | Path, results_root: str | Path | None = None) -> RunInfo:
     """Read one run folder (config.json, metrics.json, timings.json).
 
@@ -92,19 +81,12 @@ def read_run(path: str | Path, results_root: str | Path | None = None) -> RunInf
         FormatError: a JSON file is unreadable or lacks what the explorer needs.
         ImsimError: ``path`` is not a run folder.
     """
-    path = Path(path)
-    if not ((path / "metrics.json").is_file() and (path / "config.json").is_file()):
-        raise ImsimError(f"{path}: not a run folder (needs metrics.json and config.json)")
-    config = _read_json(path / "config.json")
-    metrics = _read_json(path / "metrics.json")
-    if not any(p in metrics for p in ("isc2021", "drivendata")):
-        raise FormatError(path / "metrics.json", "no 'isc2021' or 'drivendata' section")
-    timings = {}
-    if (path / "timings.json").is_file():
-        try:
-            timings = _read_json(path / "timings.json")
-        except FormatError:
-            timings = {}
+    from ...runfolder import read_config, read_metrics, read_timings, require_run
+
+    path = require_run(path)
+    config = read_config(path)
+    metrics = read_metrics(path)
+    timings = read_timings(path)
     bench = config.get("benchmark") or {}
     root = Path(results_root) if results_root is not None else path.parent
     try:
@@ -173,40 +155,17 @@ def runs_table(runs: list[RunInfo]) -> pd.DataFrame:
 
 
 def load_per_query(run: RunInfo | str | Path) -> pd.DataFrame:
-    """Read ``per_query.parquet`` of a run (columns :data:`PER_QUERY_COLUMNS`, validated).
+    """``per_query.parquet`` of a run (:func:`imsim_lab.runfolder.read_per_query`)."""
+    from ...runfolder import read_per_query
 
-    Raises:
-        FormatError: the file is missing, unreadable or lacks a column.
-    """
-    path = Path(run.path if isinstance(run, RunInfo) else run) / "per_query.parquet"
-    if not path.is_file():
-        raise FormatError(path, "file not found (the run has no per-query table)")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - any parquet error becomes a named one
-        raise FormatError(path, f"not a readable parquet file ({e})") from None
-    missing = [c for c in PER_QUERY_COLUMNS if c not in df.columns]
-    if missing:
-        raise FormatError(path, f"missing column(s) {', '.join(missing)}")
-    for c in ("query_id", "family", "reference_id", "top_reference_id"):
-        df[c] = df[c].fillna("").astype(str)
-    df["has_match"] = df["has_match"].astype(bool)
-    df["true_rank"] = df["true_rank"].fillna(-1).astype(np.int64)
-    for c in ("strength", "true_score", "top_score"):
-        df[c] = pd.to_numeric(df[c], errors="coerce").astype(np.float64)
-    return df
+    return read_per_query(run.path if isinstance(run, RunInfo) else run)
 
 
 def load_predictions(run: RunInfo | str | Path):
-    """Read ``predictions.csv`` of a run (no row cap: a run may use a larger budget).
+    """``predictions.csv`` of a run (:func:`imsim_lab.runfolder.read_predictions`)."""
+    from ...runfolder import read_predictions
 
-    Raises:
-        FormatError: the file is missing or malformed (names the row).
-    """
-    from ...eval.formats import read_predictions
-
-    path = Path(run.path if isinstance(run, RunInfo) else run) / "predictions.csv"
-    return read_predictions(path, max_rows=None)
+    return read_predictions(run.path if isinstance(run, RunInfo) else run)
 
 
 def _manifest_sha(root: Path) -> str | None:

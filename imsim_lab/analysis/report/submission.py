@@ -10,19 +10,16 @@ evaluated submission into a run folder so that it joins the leaderboard.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from ...atomic import atomic_write_bytes, atomic_write_json
+from ...atomic import atomic_write_bytes
 from ...errors import FormatError, ImsimError
-from ...eval.formats import Predictions
 
 MAX_UPLOAD_BYTES = 200 * 2**20
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -38,7 +35,7 @@ class SubmissionResult:
         path: where the upload was stored.
         metrics: protocol -> ``Metrics.to_dict()`` for the protocols that accepted the file.
         errors: protocol -> message for a protocol that refused it (isc2021 refuses duplicates).
-        predictions: protocol -> :class:`Predictions` evaluated.
+        predictions: protocol -> :class:`~imsim_lab.eval.formats.Predictions` evaluated.
         per_query: a per-query table (docs/CONTRACTS.md columns) from the isc2021 predictions
             (or the DrivenData ones when isc2021 refused the file).
     """
@@ -95,35 +92,6 @@ def detect_kind(path: str | Path) -> str:
                             "descriptor HDF5 file", "row 1")
 
 
-def per_query_from_predictions(queries: pd.DataFrame, preds: Predictions) -> pd.DataFrame:
-    """A per-query table (docs/CONTRACTS.md columns) from matching-track predictions.
-
-    ``true_rank``: 0-based rank of the true reference among the query's predictions sorted by
-    score (ties count against it, as for R@1), -1 when not predicted; ``top_*``: the best one.
-    """
-    q = queries.reset_index(drop=True)
-    df = pd.DataFrame({"query_id": np.asarray(preds.query_ids, dtype=object).astype(str),
-                       "ref": np.asarray(preds.reference_ids, dtype=object).astype(str),
-                       "score": np.asarray(preds.scores, float)})
-    df = df.sort_values(["query_id", "score"], ascending=[True, False], kind="stable")
-    top = df.drop_duplicates("query_id", keep="first").set_index("query_id")
-    truth = dict(zip(q["query_id"].astype(str), q["reference_id"].astype(str)))
-    df["truth"] = df["query_id"].map(truth).fillna("")
-    hit = df[(df["truth"] != "") & (df["ref"] == df["truth"])].drop_duplicates("query_id").set_index("query_id")
-    ge = df.merge(hit[["score"]].rename(columns={"score": "ts"}), left_on="query_id", right_index=True)
-    rank = (ge["score"] >= ge["ts"]).groupby(ge["query_id"]).sum() - 1
-    qid = q["query_id"].astype(str)
-    return pd.DataFrame({
-        "query_id": qid.to_numpy(), "family": q["family"].astype(str).to_numpy(),
-        "strength": q["strength"].astype(float).to_numpy(), "has_match": q["has_match"].astype(bool).to_numpy(),
-        "reference_id": q["reference_id"].astype(str).to_numpy(),
-        "true_rank": qid.map(rank).fillna(-1).astype(np.int64).to_numpy(),
-        "true_score": qid.map(hit["score"]).astype(float).to_numpy(),
-        "top_reference_id": qid.map(top["ref"]).fillna("").astype(str).to_numpy(),
-        "top_score": qid.map(top["score"]).astype(float).to_numpy(),
-    })
-
-
 def evaluate_submission(path: str | Path, bench, knn: int | None = None) -> SubmissionResult:
     """Evaluate a stored submission under both protocols against ``bench``'s ground truth.
 
@@ -157,6 +125,8 @@ def evaluate_submission(path: str | Path, bench, knn: int | None = None) -> Subm
             p = descriptor_predictions(sub, bench.gt, protocol, knn=knn)
             metrics[protocol] = evaluate(bench.gt, p, protocol).to_dict()
             preds[protocol] = p
+    from ...runfolder import per_query_from_predictions
+
     first = preds.get("isc2021", preds.get("drivendata"))
     pq = per_query_from_predictions(bench.queries, first) if first is not None else None
     return SubmissionResult(kind, path, metrics, errors, preds, pq)
@@ -164,40 +134,43 @@ def evaluate_submission(path: str | Path, bench, knn: int | None = None) -> Subm
 
 def save_as_run(result: SubmissionResult, bench, results_dir: str | Path, name: str) -> Path:
     """Write an evaluated submission as a run folder ``results_dir/uploads/<name>/`` (the explorer
-    then lists it like any run). metrics.json is written last (it marks the run finished).
+    then lists it like any run), through :func:`imsim_lab.runfolder.write_outputs`.
 
     Raises:
-        ImsimError: a protocol refused the file, or the folder holds another run.
+        ImsimError: a protocol refused the file, ``name`` is empty, or the folder holds another run
+            (or is not a folder).
     """
     from ...data.benchmark import sha256_file
-    from ...eval.formats import write_predictions
-    from ...runner import write_per_query
+    from ...runfolder import CONFIG, read_json, write_outputs
 
     if result.errors:
         raise ImsimError("only a submission accepted by both protocols can join the leaderboard: "
                          + "; ".join(f"{k}: {v}" for k, v in result.errors.items()))
+    if not str(name).strip():
+        raise ImsimError("give the run a name")
     out = Path(results_dir) / UPLOADS / safe_name(name)
-    if (out / "config.json").exists():
-        old = json.loads((out / "config.json").read_text())
+    if out.exists() and not out.is_dir():
+        raise ImsimError(f"{out}: exists and is not a folder; choose another name")
+    if (out / CONFIG).exists():
+        try:
+            old = read_json(out / CONFIG)
+        except FormatError:
+            old = {}
         if (old.get("submission") or {}).get("file") != str(result.path):
-            raise ImsimError(f"{out}: holds another run; choose another name")
-    out.mkdir(parents=True, exist_ok=True)
+            raise ImsimError(f"{out}: holds another run (a run of this name exists, from another submission); choose another name")
     mpath = Path(bench.root) / "manifest.json"
-    config = {"method": f"upload:{safe_name(name)}", "description": f"uploaded {result.kind} submission",
+    config = {"method": f"upload:{safe_name(name)}", "track": "matching" if result.kind == "csv" else "descriptor",
+              "description": f"uploaded {result.kind} submission",
               "submission": {"kind": result.kind, "file": str(result.path),
                              "sha256": sha256_file(result.path)},
               "benchmark": {"root": str(Path(bench.root).resolve()), "name": bench.name,
                             "manifest_sha256": sha256_file(mpath) if mpath.is_file() else None,
                             "counts": bench.counts()},
               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_json(out / "config.json", config)
-    p = result.predictions["isc2021"]
-    order = np.argsort(-np.asarray(p.scores, float), kind="stable")
-    write_predictions(out / "predictions.csv", Predictions(p.query_ids[order], p.reference_ids[order],
-                                                           np.asarray(p.scores, float)[order]))
-    write_per_query(out / "per_query.parquet", result.per_query)
-    atomic_write_json(out / "timings.json", {})
-    atomic_write_json(out / "metrics.json", result.metrics)
+    try:
+        write_outputs(out, config, result.predictions["isc2021"], result.metrics, result.per_query, {})
+    except OSError as e:
+        raise ImsimError(f"{out}: cannot write the run ({e.strerror or e})") from None
     return out
 
 

@@ -1,0 +1,76 @@
+"""The matching track's two steps around a matcher: candidate pairs from a descriptor method, and
+rescored pairs back to predictions.
+
+* :func:`candidate_pairs`: a prepared descriptor method (:func:`~imsim_lab.methods.post.prepare`)
+  gives each query its ``k`` best references and/or the ``budget`` best pairs overall, through the
+  same :func:`~imsim_lab.methods.post.prepared_predictions` as a descriptor run;
+* :func:`rescore`: the matcher scores every pair; the result is the run's final predictions (best
+  scores first, cut to the protocol's row cap) and the table of candidates that the run folder keeps
+  (``candidates.parquet``: query, reference, the descriptor score and rank that proposed the pair,
+  the final score, and the matcher's per-pair columns).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .matchers import CandidatePairs, MatchContext, create_matcher
+from .spec import CandidateSource
+
+
+def candidate_pairs(prep, query_ids, reference_ids, source: CandidateSource, backend: str = "auto") -> CandidatePairs:
+    """Candidate pairs of the queries ``query_ids`` (rows of ``prep.xq``) among ``reference_ids``.
+
+    With ``source.k``: the k nearest references of each query; with ``source.budget`` as well, the
+    ``budget`` best of those pairs overall; with only ``source.budget``: the global search of that
+    budget (a query can get none, another many). Ranks are within each query, by descriptor score.
+    """
+    from .post import prepared_predictions
+
+    nb = len(reference_ids)
+    if source.k is not None:
+        preds = prepared_predictions(prep, query_ids, reference_ids, knn=min(source.k, nb), backend=backend)
+        if source.budget is not None and len(preds) > source.budget:
+            keep = np.sort(np.argsort(-np.asarray(preds.scores), kind="stable")[: source.budget])
+            pairs = CandidatePairs.from_predictions(preds)
+            return CandidatePairs(pairs.query_ids[keep], pairs.reference_ids[keep], pairs.scores[keep],
+                                  pairs.ranks[keep])
+    else:
+        preds = prepared_predictions(prep, query_ids, reference_ids, max_results=source.budget, backend=backend)
+    return CandidatePairs.from_predictions(preds)
+
+
+def rescore(matcher_name: str, params: dict, pairs: CandidatePairs, ctx: MatchContext, max_rows: int | None = None):
+    """Score ``pairs`` with the registered matcher; returns (predictions, candidates table, report).
+
+    ``predictions``: :class:`~imsim_lab.eval.formats.Predictions` of every pair, best first, cut to
+    ``max_rows``; the candidates table has one row per pair (columns query_id, reference_id,
+    candidate_score, candidate_rank, score, and the matcher's extras); the report is the matcher's,
+    with ``pairs`` and ``seconds``.
+    """
+    import pandas as pd
+
+    from ..eval.formats import Predictions
+
+    matcher = create_matcher(matcher_name, params)
+    t = time.perf_counter()
+    res = matcher.score(pairs, ctx)
+    seconds = time.perf_counter() - t
+    scores = np.asarray(res.scores, np.float64)
+    if scores.shape != (len(pairs),):
+        raise ValueError(f"matcher {matcher_name!r} returned {scores.shape} scores for {len(pairs)} pairs")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"matcher {matcher_name!r} returned non-finite scores")
+    table = pd.DataFrame({"query_id": pairs.query_ids, "reference_id": pairs.reference_ids,
+                          "candidate_score": pairs.scores, "candidate_rank": pairs.ranks, "score": scores})
+    for k, v in res.extras.items():
+        table[k] = np.asarray(v)
+    order = np.argsort(-scores, kind="stable")
+    if max_rows is not None:
+        order = order[:max_rows]
+    preds = Predictions(pairs.query_ids[order].astype(object), pairs.reference_ids[order].astype(object),
+                        scores[order], pairs_checked_unique=True)
+    report = {"matcher": matcher_name, "pairs": int(len(pairs)), "seconds": round(seconds, 3), **res.report}
+    return preds, table, report
