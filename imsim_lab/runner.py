@@ -99,7 +99,8 @@ def _stable(d: dict) -> dict:
     if isinstance(d.get("extract"), dict):
         d["extract"] = {k: v for k, v in d["extract"].items() if k not in _EXECUTION_ONLY}
     if isinstance(d.get("candidates"), dict):
-        d["candidates"] = {k: v for k, v in d["candidates"].items() if k != "run"}
+        # the source's definition decides; where it ran and what it gave are records
+        d["candidates"] = {k: v for k, v in d["candidates"].items() if k in ("method", "k", "budget")}
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
 

@@ -248,3 +248,43 @@ def test_registered_methods_of_the_issue():
                  "timm"):
         assert name in METHODS
     assert isinstance(get_method("sscd"), MethodSpec)
+
+
+def test_feature_cache_never_serves_another_folders_images(tmp_path):
+    """Two benchmark folders of the same name (a copy with corrupt images): the cache is keyed on the
+    images, so the copy's run reports its own failures and µAP; repairing the images and re-running
+    retries them."""
+    import shutil
+
+    a = make_bench(tmp_path / "a", seed=4)
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    for q in ("Q00000", "Q00001"):
+        (b / "queries" / f"{q}.jpg").write_bytes(b"\xff\xd8 broken")
+    cache = str(tmp_path / "cache")
+    ra = run_method("pdq", a, tmp_path / "ra", opts=cached(cache))
+    rb = run_method("pdq", b, tmp_path / "rb", opts=cached(cache))
+    assert not ra.config["failed_images"] and rb.config["failed_images"] == {"query": 2}
+    assert rb.metrics["isc2021"]["micro_ap"] < ra.metrics["isc2021"]["micro_ap"]
+    # the user repairs the images: a plain re-run sees the change and retries them
+    for q in ("Q00000", "Q00001"):
+        shutil.copyfile(a / "queries" / f"{q}.jpg", b / "queries" / f"{q}.jpg")
+    again = run_method("pdq", b, tmp_path / "rb", opts=cached(cache))
+    assert not again.reused and not again.config["failed_images"]
+    assert again.metrics["isc2021"]["micro_ap"] == pytest.approx(ra.metrics["isc2021"]["micro_ap"])
+
+
+def test_cli_run_refuses_what_it_cannot_do_in_one_line(bench, tmp_path, capsys):
+    base = ["run", "timm_random", "--bench", str(bench), "--workers", "0", "-p", "model.input_size=64"]
+    assert main(base + ["--out", str(tmp_path / "a"), "-p", "model.nosuch=1"]) == 2
+    err = capsys.readouterr().err
+    assert "nosuch" in err and len(err.strip().splitlines()) == 1
+    for dev in ("tpu", "cuda:x"):
+        assert main(base + ["--out", str(tmp_path / "b"), "--device", dev]) == 2
+        assert "--device" in capsys.readouterr().err
+    from imsim_lab.search import torch_cuda
+
+    if not torch_cuda():
+        assert main(base + ["--out", str(tmp_path / "b"), "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
