@@ -288,3 +288,16 @@ def test_cli_run_refuses_what_it_cannot_do_in_one_line(bench, tmp_path, capsys):
         assert main(base + ["--out", str(tmp_path / "b"), "--device", "cuda"]) == 2
         assert "no CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_an_image_over_the_pixel_limit_is_skipped_and_reported(tmp_path, recwarn):
+    """A 144-megapixel query (a 1-bit PNG of 12,000 x 12,000: 18 MB decoded, far more as RGB) is never
+    decoded: it is listed as skipped with its size, and no Pillow warning leaks into the output."""
+    b = make_bench(tmp_path / "b", seed=6)
+    (b / "queries" / "Q00002.jpg").unlink()
+    Image.new("1", (12_000, 12_000)).save(b / "queries" / "Q00002.jpg", format="PNG")
+    res = run_method("pdq", b, tmp_path / "r", opts=FAST)
+    assert res.config["failed_images"] == {"query": 1}
+    failed = json.loads((tmp_path / "r" / "features" / "query_failed.json").read_text())
+    assert failed[0]["id"] == "Q00002" and "144 megapixels, over the limit" in failed[0]["error"]
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]

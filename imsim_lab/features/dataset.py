@@ -19,13 +19,32 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def read_image(path: str | Path):
-    """Open and fully decode an image as RGB (raises on any problem)."""
+#: images with more pixels than this are reported as skipped, never decoded (a 144-megapixel file
+#: takes gigabytes; DISC21's images have about 0.5 megapixel)
+MAX_PIXELS = 64_000_000
+
+
+class ImageTooLarge(ValueError):
+    """An image over :data:`MAX_PIXELS` (reported as a failure by id, not decoded)."""
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS):
+    """Open and fully decode an image as RGB (raises on any problem, :class:`ImageTooLarge` above
+    ``max_pixels`` before decoding: only the header is read)."""
+    import warnings
+
     from PIL import Image
 
-    with Image.open(path) as im:
-        im.load()
-        return im if im.mode == "RGB" else im.convert("RGB")
+    with warnings.catch_warnings():
+        # the size is checked here, explicitly: Pillow's own warning would only be printed
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageTooLarge(f"{w}x{h} = {w * h / 1e6:.0f} megapixels, over the limit of "
+                                    f"{max_pixels / 1e6:.0f} (skipped)")
+            im.load()
+            return im if im.mode == "RGB" else im.convert("RGB")
 
 
 class ImageFiles:
