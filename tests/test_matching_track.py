@@ -242,3 +242,19 @@ def test_image_source_positions_and_unknown_ids(tmp_path):
                                                              "scores": np.array([0.5, 0.1, 0.9])})())
     assert dict(zip(zip(pairs.query_ids, pairs.reference_ids), pairs.ranks.tolist())) == {
         ("q2", "r1"): 1, ("q1", "r1"): 0, ("q2", "r2"): 0}
+
+
+def test_a_matching_run_is_an_attack_transfer_target_not_a_surrogate(bench, pdq_run, tmp_path):
+    from imsim_lab.analysis.attacks import AttackConfig, AttackError, SuiteConfig, run_attack_suite
+
+    m = run_method("test_pixel_verify", bench, tmp_path / "m",
+                   opts=RunOptions(**{**FAST.__dict__, "candidates": str(pdq_run)})).out
+    sur = run_method("timm_random", bench, tmp_path / "t", {"model.input_size": 64}, FAST).out
+    cfg = SuiteConfig(AttackConfig("fgsm", "linf"), eps=(0.0, 8 / 255), sample=2, n_examples=0)
+    curves = run_attack_suite(sur, cfg, [m], opts=FAST)
+    tr = curves[(curves.kind == "transfer") & (curves.protocol == "isc2021")].set_index("eps")
+    assert tr.loc[0.0, "eval_method"] == "test_pixel_verify" and tr.loc[0.0, "n_positives"] == 2
+    # the matcher ran again on the adversarial images (their own work folder), not on the clean ones
+    assert list((sur / "robustness" / "attacks" / "fgsm-linf" / "matcher").rglob("count.txt"))
+    with pytest.raises(AttackError, match="cannot be a surrogate"):
+        run_attack_suite(m, cfg, opts=FAST)

@@ -138,15 +138,6 @@ def test_graded_config_and_sampling(runs):
         open_run(bench)
 
 
-def test_robustness_still_exports_the_run_context():
-    import imsim_lab.analysis.robustness as robustness
-    import imsim_lab.analysis.runcontext as runcontext
-
-    for name in ("RobustnessError", "RunContext", "open_run", "evaluate_query_set"):
-        assert getattr(robustness, name) is getattr(runcontext, name)
-    assert set(robustness.__all__) <= set(dir(robustness))
-
-
 @pytest.mark.slow
 def test_attack_suite_white_box_and_transfer(runs):
     _, a, b = runs
