@@ -148,7 +148,7 @@ def add_lyakaap_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_lyakaap(args) -> int:
     """Train one lyakaap stage as ``args`` say; rank 0 reports. Raises ImsimError on bad input."""
-    from ..train.trainer import init_distributed
+    from ..distributed import init_distributed
 
     rank, world = init_distributed()
     try:

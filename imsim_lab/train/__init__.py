@@ -16,11 +16,10 @@ Taught in ``notebooks/03_descriptor_1st_lyakaap``.
 
 from .data import NEGATIVE_OFFSET, EpochBatches, PairImages, TrainDataError, TwoViewImages, collate, load_rgb
 from .losses import XBMContrastiveLoss, contrastive_loss, pair_distances
-from .trainer import (TrainConfig, TrainError, TrainResult, dist_info, init_distributed, load_checkpoint, lr_at,
-                      train)
+from .trainer import TrainConfig, TrainError, TrainResult, load_checkpoint, lr_at, train
 from .views import LYAKAAP_SCHEDULE, STAGES, ScheduleStep, ViewStage, hard_view, moderate_view, view_rng
 
 __all__ = ["EpochBatches", "LYAKAAP_SCHEDULE", "NEGATIVE_OFFSET", "PairImages", "STAGES", "ScheduleStep",
            "TrainConfig", "TrainDataError", "TrainError", "TrainResult", "TwoViewImages", "ViewStage",
-           "XBMContrastiveLoss", "collate", "contrastive_loss", "dist_info", "hard_view", "init_distributed",
+           "XBMContrastiveLoss", "collate", "contrastive_loss", "hard_view",
            "load_checkpoint", "load_rgb", "lr_at", "moderate_view", "pair_distances", "train", "view_rng"]
