@@ -7,7 +7,8 @@
 #
 # Sections (each with its own time limit; one that fails does not stop the others):
 #   1. pytest -m gpu on torch: CUDA extraction with AMP fp16 + channels-last, TorchScript and ONNX
-#      SSCD asked for CUDA, exact search with torch on CUDA, torchrun extraction with nccl,
+#      SSCD asked for CUDA, exact search with torch on CUDA, an nccl group bound to its GPU
+#      (imsim_lab.distributed), torchrun extraction with nccl,
 #      training with AMP (off, bf16, fp16);
 #   2. pytest -m gpu on faiss: GPU flat index against the CPU, float16 storage, sharded index,
 #      GPU block search, the k limit;
@@ -215,7 +216,8 @@ EOF
   if ((CUDA > 0)); then
     run_section "pytest gpu: models, torch search, extraction, training (torch CUDA)" 210 \
       "$PY" -m pytest -q -p no:xdist -p no:cacheprovider -m gpu -ra --tb=short --junitxml="$WORK/pytest_torch.xml" \
-      tests/test_models.py tests/test_train_trainer.py tests/test_search_engine.py::test_torch_backend_on_cuda_matches_numpy \
+      tests/test_models.py tests/test_distributed.py tests/test_train_trainer.py \
+      tests/test_search_engine.py::test_torch_backend_on_cuda_matches_numpy \
       tests/test_extract.py  # torchrun (slowest) last
   else
     not_run "pytest gpu: models, torch search, extraction, training (torch CUDA)" "torch sees no CUDA device"

@@ -1,5 +1,6 @@
 """``imsim-lab train``: one definition shared with ``python -m imsim_lab.train``, progress, resume,
-the evaluation command it prints, refusals of bad input, ``--json``, torchrun."""
+the evaluation command it prints, refusals of bad input, ``--json``, torchrun; the recipe registry
+(listing, an unknown name, a second recipe through the same command, the published schedule)."""
 
 import json
 import shlex
@@ -14,6 +15,8 @@ from PIL import Image
 
 from imsim_lab.cli import main
 from imsim_lab.cli import train_cmd
+from imsim_lab.train import recipes
+from imsim_lab.train.recipes.lyakaap import EVAL_METHOD
 from test_runs import make_bench
 
 TINY = ["--backbone", "test_resnet", "--size", "32", "--batch-size", "4", "--memory-size", "64", "--workers", "0"]
@@ -40,29 +43,33 @@ def test_help_lists_recipes_and_explains_the_stages(capsys):
     assert "--init runs/v86/weights.pt" in out and "--reference-negatives 2" in out and "v107" in out
 
 
-def test_both_entry_points_share_one_parser_and_one_implementation():
+def _routed(monkeypatch, entry, argv):
+    """What ``entry(argv)`` hands to the implementation: (recipe, parsed options)."""
+    seen = []
+    monkeypatch.setattr(train_cmd, "run_recipe", lambda recipe, args: seen.append((recipe, args)) or 0)
+    assert entry(argv) == 0
+    return seen[0]
+
+
+def test_both_entry_points_share_one_parser_and_one_implementation(monkeypatch):
     import imsim_lab.train.__main__ as module_entry
-    from imsim_lab.cli import build_parser
 
     assert module_entry.main is train_cmd.main
-
-    def options(parser, path):
-        for name in path:
-            parser = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices[name]
-        return {s: (a.default, a.help) for a in parser._actions for s in a.option_strings}, parser.get_default("func")
-
-    cli, cli_func = options(build_parser(), ["train", "lyakaap"])
-    ap = train_cmd.argparse.ArgumentParser()
-    train_cmd.add_recipes(ap, json_default=True)
-    mod, mod_func = options(ap, ["lyakaap"])
-    assert cli.pop("--json")[0] is False and mod.pop("--json")[0] is True  # scripts get JSON by default
-    assert cli == mod and cli_func is mod_func is train_cmd.run_lyakaap
+    argv = ["lyakaap", "--bench", "B", "--out", "O", "--stage", "v86", "--lr", "0.05"]
+    cli_recipe, cli = _routed(monkeypatch, main, ["train", *argv])
+    mod_recipe, mod = _routed(monkeypatch, train_cmd.main, argv)
+    assert cli_recipe is mod_recipe is recipes.get_recipe("lyakaap")
+    assert cli.json is False and mod.json is True  # scripts get JSON by default
+    assert {**vars(cli), "json": None} == {**vars(mod), "json": None}
+    assert (cli.stage, cli.lr, cli.epochs, cli.memory_size) == ("v86", 0.05, 1, 20_000)
 
 
-def test_parser_building_does_not_import_torch():
-    code = "import sys; from imsim_lab.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+def test_parser_building_and_the_recipe_list_do_not_import_torch():
+    code = ("import sys; from imsim_lab.cli import build_parser, main; build_parser(); "
+            "assert main(['train']) == 1; print('torch' in sys.modules, file=sys.stderr)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.stdout.strip() == "False", r.stderr
+    assert r.stderr.strip() == "False", r.stderr
+    assert "lyakaap" in r.stdout
 
 
 def test_train_prints_weights_and_the_command_that_evaluates_them(bench, tmp_path, capsys):
@@ -74,7 +81,7 @@ def test_train_prints_weights_and_the_command_that_evaluates_them(bench, tmp_pat
     assert f"weights      : {out / 'weights.pt'}" in cap.out
     cmd = next(ln.strip() for ln in cap.out.splitlines() if ln.strip().startswith("imsim-lab run"))
     argv = shlex.split(cmd)
-    assert argv[:3] == ["imsim-lab", "run", train_cmd.EVAL_METHOD] and f"model.weights_path={out / 'weights.pt'}" in argv
+    assert argv[:3] == ["imsim-lab", "run", EVAL_METHOD] and f"model.weights_path={out / 'weights.pt'}" in argv
 
     # the printed command is a real run of the trained network: its descriptors are the trained net's
     assert main(argv[1:] + ["--workers", "0", "--json"]) == 0
@@ -212,3 +219,118 @@ def test_torchrun_two_processes_through_the_cli(bench, tmp_path):
     res = json.loads(lines[0])
     assert res["world_size"] == 2 and res["steps"] == 2 and Path(res["weights"]).is_file()
     assert sum(ln.startswith("step ") for ln in r.stderr.splitlines()) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# the registry: every recipe goes through the same command
+
+
+def _toy_run(args, session):
+    """A recipe that 'trains' ``--steps`` steps without a network: announces, reports steps, writes weights."""
+    from imsim_lab.errors import ImsimError
+    from imsim_lab.train import TrainResult
+
+    if args.steps < 1:
+        raise ImsimError(f"{args.out}: --steps must be >= 1")
+    on_step = session.start(recipes.RunStart(f"{args.steps} steps -> {args.out}", 2 * session.world, 1, None))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    history = [{"step": s, "epoch": s / args.steps, "loss": 1.0 / s, "lr": 0.1, "seconds": 0.5 * s}
+               for s in range(1, args.steps + 1)]
+    for rec in history:
+        if on_step:
+            on_step(rec)
+    torch.save({"w": torch.ones(2)}, out / "weights.pt")
+    res = TrainResult(out, args.steps, args.steps, history, 1.25, 0, out / "weights.pt")
+    evaluate = ["imsim-lab", "run", "toy-method", "--bench", args.bench, "--out", str(out / "eval")]
+    return recipes.training_summary("toy", res, session.world, 2, evaluate)
+
+
+def _toy_arguments(p):
+    p.add_argument("--bench", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=3, help="steps to pretend")
+
+
+TOY = recipes.Recipe(
+    name="toy", help="a recipe of the tests", description="Pretends to train.", add_arguments=_toy_arguments,
+    run=_toy_run, details=lambda: "stages: just one",
+    schedule=lambda: [recipes.PublishedStep("s1: 3 steps", ("imsim-lab", "train", "toy", "--bench", "B", "--out",
+                                                            "runs/s1")),
+                      recipes.PublishedStep("then s2: by hand")],
+    notes="on a CPU: always")
+
+
+@pytest.fixture
+def with_toy(monkeypatch):
+    from imsim_lab.registry import Registry
+
+    reg = Registry("recipe")
+    for r in recipes.list_recipes():
+        reg.add(r.name, r)
+    reg.add("toy", TOY)
+    monkeypatch.setattr(recipes, "RECIPES", reg)
+    return TOY
+
+
+def test_train_alone_lists_every_registered_recipe_with_its_help(with_toy, capsys):
+    assert main(["train"]) == 1
+    out = capsys.readouterr().out
+    assert "lyakaap  one stage of lyakaap's" in out and "toy      a recipe of the tests" in out
+    assert train_cmd.main([]) == 1
+    assert "toy      a recipe of the tests" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("entry, prefix", [(lambda a: main(["train", *a]), "imsim-lab"),
+                                           (train_cmd.main, "python -m imsim_lab.train")])
+def test_an_unknown_recipe_is_one_line_and_exit_2(with_toy, capsys, entry, prefix):
+    assert entry(["lyakap", "--bench", "B"]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == ""
+    assert cap.err.splitlines() == [f"{prefix}: error: unknown recipe 'lyakap'; recipes: lyakaap, toy"]
+
+
+def test_a_registered_recipe_runs_through_the_same_command(with_toy, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "toy", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: imsim-lab train toy ") and "Pretends to train." in out and "--steps STEPS" in out
+    assert "stages: just one\n\npublished schedule (in order):\n  s1: 3 steps\n" in out
+    assert "    imsim-lab train toy --bench B --out runs/s1\n  then s2: by hand\n\non a CPU: always" in out
+
+    out_dir = tmp_path / "toy"
+    assert main(["train", "toy", "--bench", "B", "--out", str(out_dir), "--steps", "2"]) == 0
+    cap = capsys.readouterr()
+    err = cap.err.splitlines()
+    assert err[0] == f"train toy 2 steps -> {out_dir}" and [ln.split()[1] for ln in err[1:]] == ["1/2", "2/2"]
+    assert f"training run : {out_dir}  (2 of 2 steps, 1.2 s, 4.0 img/s)" in cap.out
+    assert f"  imsim-lab run toy-method --bench B --out {out_dir / 'eval'}" in cap.out
+
+    assert train_cmd.main(["toy", "--bench", "B", "--out", str(out_dir)]) == 0  # JSON by default
+    res = json.loads(capsys.readouterr().out)
+    assert res["recipe"] == "toy" and res["steps"] == 3 and res["weights"] == str(out_dir / "weights.pt")
+    assert res["world_size"] == 1 and res["evaluate"].startswith("imsim-lab run toy-method")
+
+    assert main(["train", "toy", "--bench", "B", "--out", str(out_dir), "--steps", "0"]) == 2  # the recipe refuses
+    assert capsys.readouterr().err.splitlines() == [f"imsim-lab: error: {out_dir}: --steps must be >= 1"]
+
+
+def test_the_published_schedule_commands_parse_as_the_recipe_says(capsys):
+    from imsim_lab.train.views import LYAKAAP_SCHEDULE
+
+    lyakaap = recipes.get_recipe("lyakaap")
+    steps = lyakaap.schedule()
+    assert [s.title.split(":")[0] for s in steps] == [st.stage for st in LYAKAAP_SCHEDULE] + ["then v107"]
+    parser = train_cmd.recipe_parser(lyakaap, "imsim-lab train lyakaap")
+    prev = None
+    for step, st in zip(steps, LYAKAAP_SCHEDULE):
+        argv = list(step.argv)
+        assert argv[:8] == ["torchrun", "--standalone", "--nproc_per_node", "8", "-m", "imsim_lab", "train", "lyakaap"]
+        a = parser.parse_args(argv[8:])
+        assert (a.stage, a.epochs, a.lr, a.lr_schedule, a.reference_negatives, a.memory_size) == \
+            (st.stage, st.epochs, st.lr, st.lr_schedule, st.reference_negatives, st.memory_size)
+        assert a.batch_size * 8 == st.batch_size and a.out == f"runs/{st.stage}"
+        assert (a.init, a.pretrained) == ((f"runs/{prev}/weights.pt", False) if prev else (None, True))
+        prev = st.stage
+    assert steps[-1].argv == ()

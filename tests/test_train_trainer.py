@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from imsim_lab.train import TrainConfig, TrainError, XBMContrastiveLoss, load_checkpoint, lr_at, train
-from imsim_lab.train.trainer import process_group_args, resolve_amp, rng_state, set_rng_state
+from imsim_lab.train.trainer import resolve_amp, rng_state, set_rng_state
 
 REQUIRE_GPU = os.environ.get("IMSIM_REQUIRE_GPU") == "1"  # scripts/gpu_checks.sh: no silent skip
 cuda = pytest.mark.skipif(not torch.cuda.is_available() and not REQUIRE_GPU, reason="needs CUDA")
@@ -133,7 +133,8 @@ def test_checkpoint_holds_only_safe_types(tmp_path):
 
 WORKER = COMMON + '''
 import sys
-from imsim_lab.train import TrainConfig, XBMContrastiveLoss, init_distributed, train
+from imsim_lab.distributed import init_distributed
+from imsim_lab.train import TrainConfig, XBMContrastiveLoss, train
 rank, world = init_distributed()
 out, batch = sys.argv[1], int(sys.argv[2])
 res = train(make_net(), XBMContrastiveLoss(16, 40), Items(), TrainConfig(epochs=2, batch_size=batch, lr=0.05,
@@ -172,7 +173,8 @@ def test_two_process_gloo_ddp_equals_one_process_with_the_global_batch(tmp_path)
 
 CRITERION_WORKER = COMMON + '''
 import sys
-from imsim_lab.train import TrainConfig, XBMContrastiveLoss, init_distributed, train
+from imsim_lab.distributed import init_distributed
+from imsim_lab.train import TrainConfig, XBMContrastiveLoss, train
 
 class WithParam(nn.Module):
     """The XBM loss plus a learnable term whose gradient depends on this rank's own embeddings."""
@@ -201,16 +203,6 @@ def test_ddp_averages_the_criterion_gradients_too(tmp_path):
     assert torch.allclose(a["criterion"]["w"], b["criterion"]["w"], atol=1e-5)
     for k in a["model"]:
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
-
-
-def test_process_group_arguments():
-    assert process_group_args(None, False, 0, 0) == ("gloo", None)
-    assert process_group_args(None, True, 1, 2) == ("nccl", 1)
-    assert process_group_args("gloo", True, 3, 2) == ("gloo", None)  # gloo binds no GPU
-    with pytest.raises(TrainError, match="LOCAL_RANK 2 but this node has 2 GPU"):
-        process_group_args(None, True, 2, 2)
-    with pytest.raises(TrainError, match="needs CUDA"):
-        process_group_args("nccl", False, 0, 0)
 
 
 def test_cuda_rng_state_is_the_current_devices(monkeypatch):

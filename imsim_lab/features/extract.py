@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..distributed import current_group
 from .dataset import ImageFiles, collate, ordered_threads, worker_init
 from .store import (FeatureSet, check_meta, has_features, load_features, merge_shards, shard_path,
                     write_shard)
@@ -74,17 +75,6 @@ class ExtractConfig:
         return model.cpu_streams()
 
 
-def _dist():
-    """(rank, world_size, torch.distributed or None)."""
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover
-        return 0, 1, None
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), dist
-    return 0, 1, None
-
-
 def _ids_digest(ids: Sequence[str]) -> str:
     h = hashlib.sha256()
     for i in ids:
@@ -112,7 +102,7 @@ def extract_split(model, paths: Sequence[str | Path], ids: Sequence[str], folder
     if len(paths) != len(ids):
         raise ValueError(f"{len(paths)} paths for {len(ids)} ids")
     folder = Path(folder)
-    rank, world, dist = _dist()
+    rank, world, dist = current_group()
     if has_features(folder, name):
         fs = load_features(folder, name)
         if len(fs.ids) + len(fs.failed) == len(ids) and fs.x.shape[1] == model.dim:

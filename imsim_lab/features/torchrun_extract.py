@@ -6,16 +6,17 @@
 ``--images`` is a text file with one ``id<TAB>path`` (or just a path; the id is then the file
 stem) per line, the same on every rank. The backend is NCCL when CUDA is present, gloo otherwise
 (tested on CPU with two gloo processes). Each rank uses GPU ``LOCAL_RANK``, bound to the process
-group; at most one rank per GPU (NCCL refuses two ranks on one GPU).
+group; at most one rank per GPU (NCCL refuses two ranks on one GPU): the set-up of
+:func:`imsim_lab.distributed.init_from_env`, the same as training's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
+from ..distributed import destroy_distributed, init_from_env
 from .extract import ExtractConfig, extract_split
 
 
@@ -35,25 +36,6 @@ def read_image_list(path: str | Path) -> tuple[list[str], list[str]]:
     return ids, paths
 
 
-def init_from_env(backend: str | None = None) -> tuple[int, int, str]:
-    """Initialise ``torch.distributed`` from torchrun's variables; returns (rank, world, device).
-
-    The same set-up as training (:func:`imsim_lab.train.trainer.init_distributed`): NCCL with this
-    rank's GPU ``LOCAL_RANK`` bound to the process group, gloo without CUDA. Started without
-    torchrun (no ``RANK``/``WORLD_SIZE``), it runs as the only process: (0, 1, device).
-    """
-    import torch
-
-    from ..train.trainer import init_distributed
-
-    rank, world = init_distributed(backend)
-    if not torch.cuda.is_available():
-        return rank, world, "cpu"
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    torch.cuda.set_device(local)
-    return rank, world, f"cuda:{local}"
-
-
 def main(argv: list[str] | None = None) -> int:
     from .models import create_model
 
@@ -69,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--backend", default=None)
     a = p.parse_args(argv)
-    import torch.distributed as dist
-
     rank, world, device = init_from_env(a.backend)
     try:
         model = create_model(a.model, device=device, **json.loads(a.model_args))
@@ -78,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = ExtractConfig(a.batch_size, a.workers, a.shard_size, a.dtype)
         extract_split(model, paths, ids, a.out, a.name, cfg)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        destroy_distributed()
     return 0
 
 

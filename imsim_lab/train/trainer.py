@@ -10,7 +10,7 @@
   (:mod:`imsim_lab.train.data`); a batch is flattened to ``(b * v, ...)``.
 * AMP: ``amp="auto"`` is bf16 on CUDA when supported (fp16 + GradScaler otherwise), off on CPU.
 * ``accum_steps`` micro-batches make one optimiser step (DDP does not synchronise the others).
-* Under ``torchrun`` (``init_distributed``): DDP with ``nccl`` on CUDA (one GPU per rank, bound
+* Under ``torchrun`` (:func:`imsim_lab.distributed.init_distributed`): DDP with ``nccl`` on CUDA (one GPU per rank, bound
   with ``device_id``), ``gloo`` on CPU; each rank reads its part of every global batch; SyncBN on
   CUDA; the criterion's own gradients are averaged over the ranks too. Checkpoints are written by
   rank 0.
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,6 +41,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path, atomic_write_text
+from ..distributed import all_reduce_grads, dist_info
 from ..errors import ImsimError
 from .data import EpochBatches, collate
 
@@ -120,75 +120,6 @@ class TrainResult:
     seconds: float = 0.0
     resumed_from: int = 0
     weights: Path | None = None
-
-
-# ------------------------------------------------------------------------------------------------
-# distributed helpers
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world_size); (0, 1) without an initialised process group."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(backend: str | None = None) -> tuple[int, int]:
-    """Initialise ``torch.distributed`` from torchrun's environment (``RANK``, ``WORLD_SIZE``).
-
-    ``backend`` None: ``nccl`` when CUDA is present, else ``gloo``. Sets the CUDA device to
-    ``LOCAL_RANK``. Without torchrun's variables, does nothing. Returns (rank, world_size).
-    """
-    import torch.distributed as dist
-
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return 0, 1
-    if not dist.is_initialized():
-        backend, device_id = process_group_args(backend, torch.cuda.is_available(),
-                                                int(os.environ.get("LOCAL_RANK", 0)),
-                                                torch.cuda.device_count())
-        if device_id is not None:
-            torch.cuda.set_device(device_id)
-            # bound device: NCCL's barrier and collectives use it (no guess, no warning)
-            dist.init_process_group(backend, device_id=torch.device("cuda", device_id))
-        else:
-            dist.init_process_group(backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def process_group_args(backend: str | None, cuda: bool, local_rank: int, n_gpus: int) -> tuple[str, int | None]:
-    """(backend, CUDA device of this rank or None) for ``init_process_group``.
-
-    ``nccl`` with GPU ``local_rank`` when CUDA is present, else ``gloo`` on the CPU; an explicit
-    ``backend`` is kept (``gloo`` on a GPU machine binds no device). More ranks on a node than
-    GPUs is refused: NCCL cannot run two ranks on one GPU.
-    """
-    backend = backend or ("nccl" if cuda else "gloo")
-    if "nccl" not in backend:
-        return backend, None
-    if not cuda:
-        raise TrainError(f"backend {backend!r} needs CUDA, and torch sees no GPU")
-    if not 0 <= local_rank < n_gpus:
-        raise TrainError(f"LOCAL_RANK {local_rank} but this node has {n_gpus} GPU(s): start at most "
-                         f"{n_gpus} processes per node (torchrun --nproc_per_node)")
-    return backend, local_rank
-
-
-def all_reduce_grads(module: nn.Module, world: int) -> None:
-    """Average over the ranks the gradients of ``module``'s parameters (those that have one).
-
-    DDP averages the model's gradients, not the criterion's: a criterion with parameters (a
-    learnable scale, class weights) would otherwise drift apart on each rank. Every rank runs the
-    same criterion code, so the same parameters have gradients everywhere.
-    """
-    import torch.distributed as dist
-
-    for p in module.parameters():
-        if p.requires_grad and p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad.div_(world)
 
 
 # ------------------------------------------------------------------------------------------------
