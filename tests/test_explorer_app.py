@@ -71,6 +71,32 @@ def test_families_heatmap_cell_and_strength(monkeypatch, demo_results):
                                                                            for i in at2.info)
 
 
+def test_families_definitions_intervals_and_grey(monkeypatch, demo_results):
+    """The default heatmap is prevalence-matched (>= the restricted µAP in every cell), its hover
+    carries the bootstrap interval and R@1, and a narrow width limit greys cells out."""
+    runs, _ = demo_results
+
+    def cells(at):
+        heat = charts(at)[0]
+        custom = heat["data"][1]["customdata"]
+        return {(c[0], c[1]): c for c in custom}, heat["data"][1]["text"]
+
+    prev = app(monkeypatch, runs, PAGES[1])
+    assert prev.sidebar.radio(key="fdef").value == "prevalence"
+    assert any("prevalence-matched" in m.value for m in prev.caption)
+    restr = app(monkeypatch, runs, PAGES[1], fdef="restricted")
+    cp, tp = cells(prev)
+    cr, tr = cells(restr)
+    assert cp.keys() == cr.keys()
+    vals_p = [float(t) for t in tp if t != "no positive"]
+    vals_r = [float(t) for t in tr if t != "no positive"]
+    assert len(vals_p) == len(vals_r) > 0 and all(p >= r - 1e-9 for p, r in zip(vals_p, vals_r))
+    assert sum(p > r + 1e-6 for p, r in zip(vals_p, vals_r)) > 0
+    assert all(c[4].startswith("[") for c in cp.values() if c[2] > 0)  # interval on hover
+    narrow = app(monkeypatch, runs, PAGES[1], fwidth="0.1")
+    assert any("greyed" in c[6] for c in cells(narrow)[0].values())  # tiny: every interval is wide
+
+
 def test_failures_filters_change_the_table(monkeypatch, demo_results):
     runs, _ = demo_results
     at = app(monkeypatch, runs, PAGES[2], run="pdq")

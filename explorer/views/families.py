@@ -1,20 +1,21 @@
-"""Per-augmentation AP: methods x transformation families, AP versus strength, and the examples
-behind a selected cell."""
+"""Per-augmentation AP: methods x transformation families (prevalence-matched µAP by default, R@1
+beside it, bootstrap intervals on hover), AP versus strength, and the examples behind a cell."""
 
 import pandas as pd
 import streamlit as st
 
 import common as c
-from imsim_lab.analysis.report import family_table, strength_table
+from imsim_lab.analysis.report import strength_table
 from imsim_lab.analysis.report.failures import paginate, recipe_text
+from imsim_lab.analysis.report.families import DEFINITION_TEXT, DEFINITIONS, family_metrics
 from imsim_lab.analysis.report.figures import family_heatmap, strength_figure
 from imsim_lab.analysis.report.tables import cell_queries
 from imsim_lab.analysis.report.robustness import graded_figure, graded_table
 
 
-@st.cache_data(show_spinner="Per-family metrics…", max_entries=32)
-def _families(key: tuple, protocol: str, _runs) -> pd.DataFrame:
-    return family_table(_runs, protocol)
+@st.cache_data(show_spinner="Per-family metrics and their bootstrap…", max_entries=32)
+def _families(key: tuple, protocol: str, definition: str, n_boot: int, _runs) -> pd.DataFrame:
+    return family_metrics(_runs, protocol, definition, n_boot=n_boot, seed=0)
 
 
 @st.cache_data(show_spinner="AP versus strength…", max_entries=64)
@@ -27,17 +28,26 @@ runs, problems, bench_of = c.discovered()
 name, infos, folder = c.select_benchmark(runs, bench_of)
 protocol = c.select_protocol()
 metric = c.select_metric()
+definition = st.sidebar.radio("Per-family µAP", DEFINITIONS, key="fdef", bind="query-params",
+                              format_func={"prevalence": "prevalence-matched", "restricted": "restricted"}.get)
+max_width = st.sidebar.select_slider("Grey out intervals wider than", [0.1, 0.2, 0.3, 0.4, 0.5, 1.0], value=0.3,
+                                     key="fwidth", bind="query-params")
 rds = c.load_runs(infos, folder)
 if not rds:
     st.stop()
+if all((r.per_query["family"] == "unknown").all() for r in rds):
+    st.info("This benchmark records no transformation family per query (an imported benchmark: family "
+            "'unknown'), so there is no per-family view. The leaderboard, failure cases and the audit still apply.")
+    st.stop()
 key = tuple((str(r.info.path), r.info.path.joinpath("metrics.json").stat().st_mtime) for r in rds)
-ft = _families(key, protocol, rds)
+ft = _families(key, protocol, definition, 200, rds)
 labels = [r.label for r in rds]
-st.caption("µAP restricted to a family = the family's positives plus every query without a match (the "
-           "distractors stay). Few positives make a cell noisy: hover for the count. Click a cell to see its "
-           "queries.")
+st.caption(f"**µAP per family, {DEFINITION_TEXT[definition]}.** The other definition is in the sidebar. R@1 does "
+           "not depend on the distractors (metric switch). Hover a cell for its 95 % bootstrap interval (200 "
+           f"resamples of the queries), R@1 and its number of positives; cells whose interval is wider than "
+           f"{max_width} are greyed out (value in parentheses). Click a cell to see its queries.")
 
-fig = family_heatmap(ft, metric, label_order=labels)
+fig = family_heatmap(ft, metric, label_order=labels, max_width=max_width)
 state = c.figure(fig, f"families-{name}-{protocol}-{metric}", selectable=True, key="heatmap")
 points = (state.selection.points if state is not None and hasattr(state, "selection") else []) or []
 if points and points[0].get("customdata"):
@@ -84,8 +94,9 @@ rows = cell_queries(rd, family)
 cell = ft[(ft["label"] == run_label) & (ft["family"] == family)]
 if len(cell):
     v = cell.iloc[0]
-    st.markdown(f"**{run_label} · {family}**: µAP {v['micro_ap']:.3f}, {int(v['n_positives'])} positives "
-                f"({int(v['n_queries'])} queries of the family). Worst first.")
+    st.markdown(f"**{run_label} · {family}**: µAP {v['micro_ap']:.3f} [{v['micro_ap_low']:.3f}, "
+                f"{v['micro_ap_high']:.3f}] ({definition}), R@1 {v['recall_at_rank1']:.3f}, {int(v['n_positives'])} "
+                f"positives ({int(v['n_queries'])} queries of the family). Worst first.")
 c.csv_download(rows, f"cell-{run_label}-{family}", label="Download these queries")
 if rows.empty:
     st.info("This family has no query with a match on this benchmark.")

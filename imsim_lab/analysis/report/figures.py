@@ -62,12 +62,15 @@ def leaderboard_figure(lb: pd.DataFrame, metric: str = "micro_ap"):
 
 
 def family_heatmap(ft: pd.DataFrame, metric: str = "micro_ap", family_order: list[str] | None = None,
-                   label_order: list[str] | None = None):
+                   label_order: list[str] | None = None, max_width: float | None = None):
     """Runs x transformation families coloured by ``metric`` (cividis, 0..1; blank = no positive).
 
     Drawn as a heatmap (it scales with the page) under a layer of invisible square markers, one
     per cell, which is what a click selects: each marker's ``customdata`` is (label, family,
-    n_positives, group).
+    n_positives, group, low, high, R@1). With the interval columns of
+    :func:`.families.family_metrics` (``{metric}_low``/``_high``), the hover shows the bootstrap
+    interval and, given ``max_width``, a cell whose interval is wider is greyed out (drawn without
+    colour, its value in parentheses): too few positives to read it.
     """
     go = _go()
     fams = family_order or list(ft.sort_values(["group", "family"])["family"].drop_duplicates())
@@ -75,6 +78,7 @@ def family_heatmap(ft: pd.DataFrame, metric: str = "micro_ap", family_order: lis
     df = ft.set_index(["label", "family"])
     z = np.full((len(labels), len(fams)), np.nan)
     npos = np.zeros((len(labels), len(fams)), int)
+    grey = np.zeros((len(labels), len(fams)), bool)
     xs, ys, custom, text = [], [], [], []
     for i, lab in enumerate(labels):
         for j, f in enumerate(fams):
@@ -82,11 +86,19 @@ def family_heatmap(ft: pd.DataFrame, metric: str = "micro_ap", family_order: lis
                 continue
             r = df.loc[(lab, f)]
             z[i, j], npos[i, j] = float(r[metric]), int(r["n_positives"])
+            lo, hi = float(r.get(f"{metric}_low", np.nan)), float(r.get(f"{metric}_high", np.nan))
+            grey[i, j] = max_width is not None and not math.isnan(hi - lo) and hi - lo > max_width
+            r1 = float(r.get("recall_at_rank1", np.nan))
             xs.append(f), ys.append(lab)
-            custom.append([lab, f, int(r["n_positives"]), str(r.get("group", ""))])
+            custom.append([lab, f, int(r["n_positives"]), str(r.get("group", "")),
+                           "" if math.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]",
+                           "n/a" if math.isnan(r1) else f"{r1:.3f}", "  (interval too wide: greyed)" if grey[i, j]
+                           else ""])
             text.append("no positive" if math.isnan(z[i, j]) else f"{z[i, j]:.3f}")
     name = METRIC_LABELS.get(metric, metric)
-    cells = [["" if math.isnan(v) else f"{v:.2f}" for v in row] for row in z]
+    cells = [["" if math.isnan(v) else (f"({v:.2f})" if g else f"{v:.2f}") for v, g in zip(row, grow)]
+             for row, grow in zip(z, grey)]
+    z = np.where(grey, np.nan, z)
     fig = go.Figure(go.Heatmap(
         z=z, x=fams, y=labels, colorscale=SEQUENTIAL, zmin=0.0, zmax=1.0, xgap=2, ygap=2, hoverinfo="skip",
         text=cells, texttemplate="%{text}", textfont={"size": 9}, colorbar={"title": name, "thickness": 12}))
@@ -95,7 +107,8 @@ def family_heatmap(ft: pd.DataFrame, metric: str = "micro_ap", family_order: lis
         marker={"symbol": "square", "size": 18, "color": "rgba(0,0,0,0.01)"},
         selected={"marker": {"color": "rgba(0,0,0,0.01)"}}, unselected={"marker": {"opacity": 1}},
         hovertemplate="%{customdata[0]}<br>%{customdata[1]} (%{customdata[3]})<br>" + name
-                      + " %{text}<br>%{customdata[2]} positives<extra>click to see the queries</extra>"))
+                      + " %{text} %{customdata[4]}%{customdata[6]}<br>R@1 %{customdata[5]}<br>"
+                      "%{customdata[2]} positives<extra>click to see the queries</extra>"))
     fig.update_layout(height=max(260, 150 + 34 * len(labels)), margin={"l": 10, "r": 10, "t": 30, "b": 10},
                       plot_bgcolor="#eeeeee",
                       xaxis={"type": "category", "categoryorder": "array", "categoryarray": fams, "tickangle": -50,

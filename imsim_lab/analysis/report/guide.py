@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from .runs import discover_runs, resolve_benchmark
-from .tables import family_table, leaderboard, load_run_data
+from .families import family_metrics
+from .tables import leaderboard, load_run_data
 
 PAGE_PATHS = {"leaderboard": "", "families": "families", "failures": "failures", "compare": "compare",
               "browser": "browser", "submit": "submit"}
@@ -58,12 +59,13 @@ def first_look(results_root, protocol: str = "isc2021", n_boot: int = 200) -> li
                    f"{best['micro_ap_low']:.3f}-{best['micro_ap_high']:.3f}); "
                    + (f"statistically tied with {', '.join(tied)}." if tied else "no other run is tied with it."),
                    "leaderboard", {"bench": name, "protocol": protocol})]
-    ft = family_table([r for r in rds if r.label == best["label"]], protocol)
+    ft = family_metrics([r for r in rds if r.label == best["label"]], protocol, "prevalence", n_boot=0)
     ok = ft[(ft["n_positives"] >= 3) & ft["micro_ap"].notna()]
     if len(ok):
         w = ok.sort_values("micro_ap").iloc[0]
         out.append(Finding(f"Per-augmentation AP: {best['label']} is weakest on '{w['family']}' "
-                           f"(µAP {w['micro_ap']:.3f} over {int(w['n_positives'])} positives); click that cell.",
+                           f"(prevalence-matched µAP {w['micro_ap']:.3f}, R@1 {w['recall_at_rank1']:.2f}, over "
+                           f"{int(w['n_positives'])} positives); click that cell.",
                            "families", {"bench": name, "protocol": protocol, "cell_run": best["label"],
                                         "cell_family": w["family"]}))
         out.append(Finding(f"Failure cases: what {best['label']} retrieves instead on '{w['family']}'.",

@@ -276,12 +276,15 @@ def cell_queries(rd: RunData, family: str | None = None, strength: tuple[float, 
 # two runs
 
 
-def compare_families(a: RunData, b: RunData, protocol: str = "isc2021") -> pd.DataFrame:
+def compare_families(a: RunData, b: RunData, protocol: str = "isc2021", definition: str = "prevalence") -> pd.DataFrame:
     """Per-family µAP of two runs and their difference (b − a), largest gains of b first.
 
+    ``definition``: the per-family µAP of :mod:`.families` (prevalence-matched by default).
     Columns: family, group, micro_ap_a, micro_ap_b, diff, n_positives.
     """
-    t = family_table([a, b], protocol)
+    from .families import family_metrics
+
+    t = family_metrics([a, b], protocol, definition, n_boot=0)
     ta = t[t["label"] == a.label].set_index("family")
     tb = t[t["label"] == b.label].set_index("family")
     fams = sorted(set(ta.index) | set(tb.index))
