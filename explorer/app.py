@@ -25,6 +25,7 @@ PAGES = {
         st.Page("views/families.py", title="Per-augmentation AP", icon=":material/grid_on:"),
         st.Page("views/failures.py", title="Failure cases", icon=":material/report:"),
         st.Page("views/compare.py", title="Compare two methods", icon=":material/compare:"),
+        st.Page("views/costs.py", title="Accuracy against cost", icon=":material/speed:"),
         st.Page("views/adversarial.py", title="Adversarial robustness", icon=":material/security:"),
     ],
     "Data": [

@@ -16,7 +16,7 @@ def register(sub) -> None:
                         description="Build the disc-synth benchmark: drawn scenes and packaged photos as "
                                     "originals (or --source photos), queries made with the DISC21-style "
                                     "transformation families. Same --seed, same bytes.")
-    b.add_argument("--preset", default="small", help="tiny | small | medium (default: small)")
+    b.add_argument("--preset", default="small", help="tiny | small | demo | medium (default: small)")
     b.add_argument("--seed", type=int, default=0, help="global seed (default 0)")
     b.add_argument("--out", required=True, help="benchmark folder to write")
     b.add_argument("--source", help="folder of your own photos to use as originals")

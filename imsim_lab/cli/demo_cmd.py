@@ -1,5 +1,7 @@
-"""``imsim-lab demo``: the main job. Build the disc-synth benchmark, run the baseline set, start
-the explorer on 127.0.0.1 and say what to look at first. Every phase is printed with its duration;
+"""``imsim-lab demo``: the main job. Build the disc-synth benchmark (preset ``demo``: at least 30
+copies per transformation family), run the baseline set of both tracks, train a short surrogate
+and run the robustness suites (:mod:`.demo_robustness`), start the explorer on 127.0.0.1 and say
+what to look at first. Every phase is printed with its duration;
 re-running reuses what is done (finished builds and runs, extracted features).
 
 Methods that share a descriptor (SSCD and its post-processings) share its extraction: the feature
@@ -26,12 +28,15 @@ def register(sub) -> None:
                        description="Build the disc-synth benchmark, run the baseline set (GIST+PCA, PDQ, SSCD "
                                    "with each post-processing, a timm descriptor), then start the explorer on "
                                    "127.0.0.1. Re-running reuses what is done.")
-    p.add_argument("--preset", default="small", help="benchmark size: tiny | small | medium (default small)")
+    p.add_argument("--preset", default="demo", help="benchmark size: tiny | small | demo | medium (default demo: "
+                                                    "4,400 queries, at least 30 copies per family)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/demo", help="demo folder: OUT/bench and OUT/runs (default results/demo)")
     p.add_argument("--methods", default=",".join(BASELINE), help=f"comma-separated (default: {','.join(BASELINE)})")
     p.add_argument("--workers", type=int, default=2, help="image loading processes")
     p.add_argument("--no-serve", action="store_true", help="stop after the runs (print the findings only)")
+    p.add_argument("--no-robustness", action="store_true",
+                   help="skip the surrogate, the attack suite and the graded suite")
     p.add_argument("--port", type=int, default=8501)
     p.set_defaults(func=run)
 
@@ -132,13 +137,21 @@ def run(args) -> int:
     bench, runs = out / "bench", out / "runs"
     t_all = time.perf_counter()
     timings = {}
-    t = _phase(f"1/3 benchmark: disc-synth preset '{args.preset}', seed {args.seed} -> {bench}")
+    robust = not args.no_robustness and "sscd" in methods
+    n = 4 if robust else 3
+    t = _phase(f"1/{n} benchmark: disc-synth preset '{args.preset}', seed {args.seed} -> {bench}")
     build_phase(args.preset, args.seed, bench, args.workers)
     timings["benchmark"] = _done(t)
-    t = _phase(f"2/3 runs: {len(methods)} methods -> {runs}")
+    t = _phase(f"2/{n} runs: {len(methods)} methods -> {runs}")
     runs_phase(methods, bench, runs, args.workers)
     timings["runs"] = _done(t)
-    t = _phase("3/3 findings")
+    if robust:
+        from .demo_robustness import robustness_phase
+
+        t = _phase(f"3/{n} robustness: a short surrogate, PGD with transfer to sscd, sscd's graded suite")
+        robustness_phase(bench, runs, out, "sscd", workers=min(args.workers, 1) if args.workers else 0)
+        timings["robustness"] = _done(t)
+    t = _phase(f"{n}/{n} findings")
     findings = first_look(runs)
     timings["findings"] = _done(t)
     total = time.perf_counter() - t_all

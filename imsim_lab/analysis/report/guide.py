@@ -15,6 +15,7 @@ from .families import family_metrics
 from .tables import leaderboard, load_run_data
 
 PAGE_PATHS = {"leaderboard": "", "families": "families", "failures": "failures", "compare": "compare",
+              "adversarial": "adversarial", "audit": "audit", "pairs": "pairs", "costs": "costs",
               "browser": "browser", "submit": "submit"}
 
 
@@ -37,7 +38,9 @@ def first_look(results_root, protocol: str = "isc2021", n_boot: int = 200) -> li
     1. the best run and how many runs are statistically tied with it (Leaderboard);
     2. the best run's weakest family with enough positives (Per-augmentation AP, that cell);
     3. its missed matches in that family (Failure cases);
-    4. the pair of runs to compare: the best against the plain baseline of its model, when any.
+    4. the pair of runs to compare: the best against the plain baseline of its model, when any;
+    5. the adversarial suites (Adversarial robustness) and the graded suite (Per-augmentation AP's
+       graded curves), when a run has them.
     """
     runs, _ = discover_runs(results_root)
     if not runs:
@@ -79,6 +82,31 @@ def first_look(results_root, protocol: str = "isc2021", n_boot: int = 200) -> li
         out.append(Finding(f"Compare: {best['label']} against {base.label} (same descriptor, µAP {d:+.3f}): which "
                            "queries the post-processing fixed and which it broke.", "compare",
                            {"bench": name, "protocol": protocol, "a": base.label, "b": best["label"]}))
+    out += robustness_findings(infos, name, protocol)
+    return out
+
+
+def robustness_findings(infos, bench_name: str, protocol: str = "isc2021") -> list[Finding]:
+    """Findings about the attack suites and graded suites of these runs (none when there are none)."""
+    from .robustness import attack_curves, find_attacks, graded_table
+
+    out = []
+    curves = attack_curves(find_attacks(infos), protocol)
+    if len(curves):
+        top = curves[curves["eps"] == curves["eps"].max()]
+        parts = [f"{r['eval_label']} ({r['kind']}) µAP {r['micro_ap']:.3f}" for _, r in top.iterrows()]
+        clean = curves[curves["eps"] == 0]
+        base = ", ".join(f"{r['eval_label']} {r['micro_ap']:.3f}" for _, r in clean.iterrows())
+        out.append(Finding(f"Adversarial robustness: at ε {top['eps_label'].iloc[0]} " + ", ".join(parts)
+                           + (f" (clean: {base})" if base else "") + ".", "adversarial",
+                           {"bench": bench_name, "protocol": protocol}))
+    graded = graded_table(infos)
+    graded = graded[graded["protocol"] == protocol] if len(graded) else graded
+    if len(graded):
+        hard = graded[graded["strength"] == graded["strength"].max()].sort_values("micro_ap").iloc[0]
+        out.append(Finding(f"Graded suite: {hard['label']} at full strength is weakest on '{hard['family']}' "
+                           f"(µAP {hard['micro_ap']:.3f}); see the curves under Per-augmentation AP.", "families",
+                           {"bench": bench_name, "protocol": protocol, "gfam": hard["family"]}))
     return out
 
 
