@@ -1,4 +1,5 @@
-"""``imsim-lab bench``: build the embedded disc-synth benchmark and describe any benchmark folder."""
+"""``imsim-lab bench``: build the embedded disc-synth benchmark, import your own images as a
+benchmark, and describe any benchmark folder."""
 
 from __future__ import annotations
 
@@ -25,6 +26,20 @@ def register(sub) -> None:
     b.add_argument("--overwrite", action="store_true", help="replace a folder that holds another build")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=run_build)
+
+    m = bsub.add_parser("import", help="a benchmark folder from your own queries, references and ground truth",
+                        description="DIR holds queries/ and references/ (images), optionally training/, and a "
+                                    "ground-truth CSV in the official format (query_id,reference_id; every query "
+                                    "listed, an empty reference for no match): DIR/ground_truth.csv, the only CSV "
+                                    "of DIR, or --gt. Ids are the file names without extension; names that are not "
+                                    "DISC21 ids are renamed (id_map.csv keeps the originals). Families are "
+                                    "'unknown'.")
+    m.add_argument("src", metavar="DIR", help="folder with queries/, references/ [training/] and the CSV")
+    m.add_argument("--out", required=True, help="benchmark folder to write")
+    m.add_argument("--gt", help="the ground-truth CSV (default: DIR/ground_truth.csv or the only CSV of DIR)")
+    m.add_argument("--name", help="benchmark name (default: the folder's name)")
+    m.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
+    m.set_defaults(func=run_import)
 
     i = bsub.add_parser("info", help="counts, families and manifest of a benchmark folder")
     i.add_argument("root", help="benchmark folder")
@@ -82,6 +97,19 @@ def run_build(args) -> int:
             print(f"  skipped   {s['path']}: {s['reason']}")
         for s in rep.converted[:20]:
             print(f"  converted {s['path']}: {s['note']}")
+    return 0
+
+
+def run_import(args) -> int:
+    from ..data.import_folder import import_folder
+
+    rep = import_folder(args.src, args.out, gt=args.gt, name=args.name, overwrite=args.overwrite)
+    c = rep.counts
+    print(f"imported {args.src} -> {rep.out}: {c['queries']} queries ({c['positives']} with a match), "
+          f"{c['references']} references, {c['training']} training images; {rep.linked} files hard-linked, "
+          f"{rep.copied} copied" + (f"; renamed to DISC21 ids: {', '.join(rep.renamed)} (see id_map.csv)"
+                                    if rep.renamed else ""))
+    print(f"next: imsim-lab run sscd --bench {rep.out} --out runs/sscd")
     return 0
 
 
