@@ -110,7 +110,7 @@ def demo_results(tmp_path_factory):
     with FileLock(str(shared / "explorer-demo.lock")):
         if not (out / "done").exists():
             rc = main(["demo", "--preset", "tiny", "--out", str(out), "--methods", DEMO_METHODS, "--no-serve",
-                       "--workers", "0"])
+                       "--no-robustness", "--workers", "0"])
             assert rc == 0
             (out / "done").write_text("ok")
     return out / "runs", out / "bench"
