@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_write_json, atomic_write_npz
+from ..atomic import atomic_write_npz
 from .dataset import ImageFiles, ImageSource, ordered_threads
 from .extract import ExtractConfig, batches_of, embedded_batches
 from .store import check_meta, has_features, load_features, merge_shards, shard_path, write_shard
@@ -272,7 +272,9 @@ def extract_views(model, data, ids: Sequence[str], views: ViewConfig | Callable,
     folder = Path(folder)
     ids = np.asarray([str(i) for i in ids], dtype=str)
     if has_views(folder, name):
-        return load_views(folder, name)
+        done = load_views(folder, name)
+        if done.x.shape[1] == model.dim:
+            return done
     if sizes is None:
         sizes, failed = parent_sizes(data, ids)
     else:
