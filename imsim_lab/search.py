@@ -353,7 +353,7 @@ def global_topn(xq: np.ndarray, xb: np.ndarray, n: int, metric: str = "l2", back
                 k0: int | None = None):
     """The n closest (query, database) pairs over ALL queries: one global budget of pairs.
 
-    This is the organisers' candidate generation (PROTOCOL.md section 4): a query can get no
+    This is the organisers' candidate generation (``docs/PROTOCOLS.md`` section 5): a query can get no
     pair and another more than 10. Exact: a k-NN with k0 neighbours per query is taken first;
     any query whose k0-th neighbour still lies inside the cut is searched again with a larger k
     until no query can hide more pairs inside the cut. Ties at the cut are broken by (query,

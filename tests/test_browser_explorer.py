@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from test_explorer_support import demo_results  # noqa: F401
-
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)

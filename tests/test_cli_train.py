@@ -17,7 +17,7 @@ from imsim_lab.cli import main
 from imsim_lab.cli import train_cmd
 from imsim_lab.train import recipes
 from imsim_lab.train.recipes.lyakaap import EVAL_METHOD
-from test_runs import make_bench
+from support import make_bench
 
 TINY = ["--backbone", "test_resnet", "--size", "32", "--batch-size", "4", "--memory-size", "64", "--workers", "0"]
 

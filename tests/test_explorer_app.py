@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from test_explorer_support import demo_results, make_mini_bench, scored_predictions, write_run  # noqa: F401
+from support import make_mini_bench, scored_predictions, write_run
 
 APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
 PAGES = ["views/leaderboard.py", "views/families.py", "views/failures.py", "views/compare.py", "views/browser.py",
@@ -142,11 +142,11 @@ def test_submit_page_and_empty_results(monkeypatch, demo_results, tmp_path):
     assert any("not found" in x.value for x in missing.error)
 
 
-def test_synthetic_runs_and_broken_run(monkeypatch, tmp_path):
+def test_synthetic_runs_and_broken_run(monkeypatch, tmp_path, mini_bench):
     """Pages on hand-made runs, one of them broken: the others are shown, the broken one named."""
     from imsim_lab.data.benchmark import load_benchmark
 
-    bench = load_benchmark(make_mini_bench(tmp_path / "bench"))
+    bench = load_benchmark(mini_bench)
     res = tmp_path / "results"
     write_run(res / "a", bench, scored_predictions(bench, 3.0, 1), "sscd")
     write_run(res / "b", bench, scored_predictions(bench, 0.5, 2), "pdq")
@@ -189,6 +189,8 @@ def test_upload_bad_and_good_files(monkeypatch, tmp_path):
     from imsim_lab.data.benchmark import load_benchmark
     from imsim_lab.eval.formats import write_predictions
 
+    # its own benchmark inside tmp_path (not the shared ``mini_bench``): the test checks that the upload
+    # writes nothing outside the results folder, the benchmark folder included
     bench = load_benchmark(make_mini_bench(tmp_path / "bench"))
     res = tmp_path / "results"
     write_run(res / "a", bench, scored_predictions(bench, 3.0, 1), "sscd")

@@ -21,6 +21,7 @@ from imsim_lab.features.dataset import ordered_threads
 from imsim_lab.features.store import shard_path
 from imsim_lab.eval.formats import read_split_vectors
 from imsim_lab.features.models import create_model
+from support import Streamed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,27 +132,6 @@ def test_a_finished_split_is_reused(images, model, tmp_path, monkeypatch):
     extract_split(model, paths[:3], ids[:3], tmp_path, "q", ExtractConfig(num_workers=0))
     monkeypatch.setattr(model, "embed", lambda b: pytest.fail("recomputed a finished split"))
     assert len(extract_split(model, paths[:3], ids[:3], tmp_path, "q", ExtractConfig(num_workers=0))) == 3
-
-
-class Streamed:
-    """A model that asks for 3 CPU streams (the SSCD ONNX way), recording the threads it ran on."""
-
-    def __init__(self, inner):
-        self.inner, self.threads, self.calls = inner, set(), 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def cpu_streams(self):
-        return 3
-
-    def embed(self, batch):
-        pytest.fail("the streams path must call embed_stream")
-
-    def embed_stream(self, batch):
-        self.threads.add(threading.current_thread().name)
-        self.calls += len(batch)
-        return self.inner.embed(batch)
 
 
 def test_streams_path_equals_direct_embedding_and_reports_failures(images, model, tmp_path):

@@ -23,7 +23,7 @@ from imsim_lab.methods.matching import candidate_pairs
 from imsim_lab.methods.spec import CandidateSource
 from imsim_lab.runfolder import CANDIDATES, PER_QUERY_COLUMNS, read_candidates, read_per_query, read_predictions
 from imsim_lab.runner import RunOptions, run_method
-from test_runs import make_bench
+from support import make_bench
 
 FAST = RunOptions(device="cpu", extract=ExtractConfig(batch_size=4, num_workers=0, shard_size=8))
 

@@ -143,17 +143,9 @@ def test_report_tables():
     assert gap["gap"].iloc[0] == g.gap and gap["queries"].iloc[0] == 1
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from imsim_lab.data.synth import BuildConfig, build_benchmark
-
-    root = tmp_path_factory.mktemp("rl") / "tiny"
-    build_benchmark(BuildConfig("tiny", seed=1, workers=1), root)
-    return root
-
-
 @pytest.mark.slow
-def test_cli_realism_on_tiny(tiny, tmp_path, capsys):
+def test_cli_realism_on_tiny(tiny_bench_copy, tmp_path, capsys):
+    tiny = tiny_bench_copy  # a copy: the command writes realism.json into the benchmark folder
     from PIL import Image
 
     from imsim_lab.cli import main

@@ -12,7 +12,7 @@ from imsim_lab.analysis.report import discover_runs, family_table, leaderboard, 
 from imsim_lab.runfolder import per_query_from_predictions
 from imsim_lab.analysis.report.submission import (UPLOADS, detect_kind, evaluate_submission,
                                          safe_name, save_as_run, store_upload, submission_run_data)
-from test_explorer_support import make_mini_bench, scored_predictions
+from support import make_mini_bench, scored_predictions
 
 
 @pytest.fixture(scope="module")

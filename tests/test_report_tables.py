@@ -22,13 +22,13 @@ from imsim_lab.analysis.report.failures import (confident_false_positives, filte
 from imsim_lab.analysis.report.guide import first_look
 from imsim_lab.analysis.report.runs import find_benchmarks
 from imsim_lab.analysis.report.tables import cell_queries
-from test_explorer_support import make_mini_bench, scored_predictions, write_run
+from support import scored_predictions, write_run
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, mini_bench):
     root = tmp_path_factory.mktemp("world")
-    bench = load_benchmark(make_mini_bench(root / "bench"))
+    bench = load_benchmark(mini_bench)
     res = root / "results"
     write_run(res / "good", bench, scored_predictions(bench, 3.0, seed=1), "sscd")
     write_run(res / "deep" / "nested" / "better", bench, scored_predictions(bench, 6.0, seed=2), "sscd+sn")

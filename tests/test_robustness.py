@@ -2,7 +2,6 @@
 at strength 0, refusals) and the adversarial suite (white-box + transfer, epsilon 0 = clean run)."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,58 +9,12 @@ import pytest
 from PIL import Image
 
 from imsim_lab.analysis.attacks import AttackConfig, AttackError, SuiteConfig, run_attack_suite
-from imsim_lab.data.benchmark import sha256_file
 from imsim_lab.cli import main
-from imsim_lab.features import ExtractConfig
-from imsim_lab.eval.formats import GroundTruth, write_ground_truth
 from imsim_lab.analysis.robustness import (GradedConfig, bench_assets, edit_seed, extract_cell, read_graded, run_graded,
                                   sample_references)
 from imsim_lab.analysis.runcontext import RobustnessError, open_run
-from imsim_lab.runner import RunOptions, run_method
-from test_extract import Streamed
-
-FAST = RunOptions(device="cpu", extract=ExtractConfig(batch_size=8, num_workers=0, shard_size=16))
-SMALL_MODEL = {"model.input_size": 32, "model.dim": 32}
-
-
-def texture(rng, h=48, w=64):
-    return Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
-
-
-def make_bench(root: Path, n_ref=8, n_pos=4, n_neg=3, seed=0) -> Path:
-    rng = np.random.default_rng(seed)
-    for d in ("queries", "references", "training", "held_out"):
-        (root / d).mkdir(parents=True)
-    refs = [texture(rng) for _ in range(n_ref)]
-    for i, im in enumerate(refs):
-        im.save(root / "references" / f"R{i:06d}.jpg", quality=95)
-    for i in range(3):
-        texture(rng).save(root / "training" / f"T{i:06d}.jpg", quality=95)
-        texture(rng).save(root / "held_out" / f"H{i:06d}.jpg", quality=95)
-    rows, pairs = [], []
-    for q in range(n_pos + n_neg):
-        qid = f"Q{q:05d}"
-        rid = f"R{q:06d}" if q < n_pos else ""
-        (refs[q].crop((4, 3, 60, 45)) if rid else texture(rng)).save(root / "queries" / f"{qid}.jpg", quality=90)
-        pairs.append((qid, rid))
-        rows.append(dict(query_id=qid, has_match=bool(rid), reference_id=rid, source_id=rid or f"H{q:06d}",
-                         family="crop" if rid else "none", ops="[]", strength=0.3))
-    write_ground_truth(root / "ground_truth.csv", GroundTruth.from_pairs(pairs))
-    pd.DataFrame(rows).to_parquet(root / "queries.parquet", index=False)
-    (root / "manifest.json").write_text(json.dumps({
-        "generator": "test", "version": "0", "name": "robust", "seed": seed, "preset": "unit",
-        "counts": {"queries": n_pos + n_neg, "references": n_ref, "training": 3},
-        "sha256": {"ground_truth.csv": sha256_file(root / "ground_truth.csv"),
-                   "queries.parquet": sha256_file(root / "queries.parquet")}}))
-    return root
-
-
-def make_runs(root: Path):
-    """A minimal benchmark and two timm_random runs of it (other seeds): (bench, run a, run b)."""
-    bench = make_bench(root / "bench")
-    a = run_method("timm_random", bench, root / "runs" / "a", SMALL_MODEL, FAST).out
-    b = run_method("timm_random", bench, root / "runs" / "b", {**SMALL_MODEL, "model.seed": 1}, FAST).out
-    return bench, a, b
+from imsim_lab.runner import run_method
+from support import FAST, Streamed, make_runs
 
 
 @pytest.fixture(scope="module")

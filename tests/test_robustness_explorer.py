@@ -10,7 +10,7 @@ from imsim_lab.analysis.report import discover_runs
 from imsim_lab.analysis.report.robustness import (attack_curves, attack_examples, attack_figure, find_attacks, graded_example,
                                          graded_figure, graded_table)
 from imsim_lab.analysis.robustness import GradedConfig, run_graded
-from test_robustness import FAST, make_runs
+from support import FAST, make_runs
 
 APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
 

@@ -6,60 +6,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image
 
-from imsim_lab.data.benchmark import BenchmarkError, sha256_file
+from imsim_lab.data.benchmark import BenchmarkError
 from imsim_lab.cli import main
 from imsim_lab.errors import ImsimError
 from imsim_lab.features import ExtractConfig
-from imsim_lab.eval.formats import GroundTruth, read_descriptors, read_predictions, write_ground_truth
+from imsim_lab.eval.formats import read_descriptors, read_predictions
 from imsim_lab.methods import METHODS, MethodSpec, get_method, prepare
 from imsim_lab.runfolder import PER_QUERY_COLUMNS, is_run_folder
 from imsim_lab.runner import RunOptions, run_method
-
-
-def texture(rng, h=72, w=96):
-    """A smooth random colour image (distinct per seed, so descriptors differ)."""
-    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((w, h), Image.BICUBIC)
-
-
-def make_bench(root: Path, n_ref=12, n_train=8, n_pos=5, n_neg=3, seed=0) -> Path:
-    """A minimal benchmark folder in the format of docs/CONTRACTS.md."""
-    rng = np.random.default_rng(seed)
-    for d in ("queries", "references", "training"):
-        (root / d).mkdir(parents=True)
-    refs = []
-    for i in range(n_ref):
-        im = texture(rng)
-        im.save(root / "references" / f"R{i:06d}.jpg", quality=95)
-        refs.append(im)
-    for i in range(n_train):
-        texture(rng).save(root / "training" / f"T{i:06d}.jpg", quality=95)
-    rows, pairs = [], []
-    edits = [lambda im: im.crop((8, 6, 90, 66)), ImageOps.mirror, lambda im: im.rotate(8),
-             lambda im: ImageOps.grayscale(im).convert("RGB"), lambda im: im.resize((60, 45))]
-    for q in range(n_pos + n_neg):
-        qid = f"Q{q:05d}"
-        if q < n_pos:
-            rid = f"R{q:06d}"
-            edits[q % len(edits)](refs[q]).save(root / "queries" / f"{qid}.jpg", quality=90)
-            fam = ["crop", "flip", "rotate", "color", "resize"][q % 5]
-        else:
-            rid = ""
-            texture(rng).save(root / "queries" / f"{qid}.jpg", quality=90)
-            fam = "none"
-        pairs.append((qid, rid))
-        rows.append(dict(query_id=qid, has_match=bool(rid), reference_id=rid, source_id=rid or f"H{q:06d}",
-                         family=fam, ops="[]", strength=0.5))
-    write_ground_truth(root / "ground_truth.csv", GroundTruth.from_pairs(pairs))
-    pd.DataFrame(rows).to_parquet(root / "queries.parquet", index=False)
-    manifest = {"generator": "test", "version": "0", "name": "unit", "seed": seed, "preset": "unit",
-                "counts": {"queries": n_pos + n_neg, "references": n_ref, "training": n_train},
-                "sha256": {"ground_truth.csv": sha256_file(root / "ground_truth.csv"),
-                           "queries.parquet": sha256_file(root / "queries.parquet")}}
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return root
+from support import make_bench
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from imsim_lab.data.synth import PRESETS, BuildConfig, build_benchmark
 from imsim_lab.data.synth.builder import save_jpeg
 from imsim_lab.data.synth.photos import load_source_image, packaged_photos
 from imsim_lab.data.synth.scenes import SCENES, render_scene
+from support import TINY_SEED, TINY_WORKERS
 
 TINY = PRESETS.get("tiny")
 
@@ -29,13 +30,6 @@ def _digest(root: Path) -> dict[str, str]:
         if p.is_file() and p.name != "build_report.json":
             out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny") / "bench"
-    rep = build_benchmark(BuildConfig("tiny", seed=5, workers=2), root)
-    return root, rep
 
 
 def test_every_scene_renders_and_siblings_differ_a_little():
@@ -50,11 +44,12 @@ def test_every_scene_renders_and_siblings_differ_a_little():
             assert 0 < np.abs(a - s).mean() < np.abs(a - b).mean(), name
 
 
-def test_tiny_build_is_a_valid_benchmark(tiny):
-    root, rep = tiny
+def test_tiny_build_is_a_valid_benchmark(tiny_bench):
+    """The shared ``tiny_bench`` fixture (tests/conftest.py) is the build under test."""
+    root = tiny_bench
     b = load_benchmark(root)
     m = b.manifest
-    assert m["generator"] == "disc-synth" and m["seed"] == 5 and m["preset"] == "tiny"
+    assert m["generator"] == "disc-synth" and m["seed"] == TINY_SEED and m["preset"] == "tiny"
     assert len(b.reference_ids) == TINY.n_references and len(b.training_ids) == TINY.n_training
     assert len(b.query_ids) == TINY.n_queries and b.gt.n_positives == TINY.n_positives
     # official ground-truth format: header, every query listed once, empty reference when no match
@@ -74,8 +69,9 @@ def test_tiny_build_is_a_valid_benchmark(tiny):
     assert set(refs["source"]).isdisjoint(set(pd_col(root, "training", "source")))
     assert set(b.queries["family"]) <= set(FAMILIES.names())
     assert b.queries["strength"].between(0, 1).all()
-    assert rep.images_written == 40 + 24 + 36 + 48 and rep.images_per_second > 0
-    assert json.loads((root / "build_report.json").read_text())["timings"]["total"] > 0
+    rep = json.loads((root / "build_report.json").read_text())
+    assert rep["images_written"] == 40 + 24 + 36 + 48 and rep["images_per_second"] > 0
+    assert rep["timings"]["total"] > 0
 
 
 def pd_col(root, split, col):
@@ -85,8 +81,8 @@ def pd_col(root, split, col):
     return t.loc[t["split"] == split, col].tolist()
 
 
-def test_hard_cases(tiny):
-    root, _ = tiny
+def test_hard_cases(tiny_bench):
+    root = tiny_bench
     b = load_benchmark(root)
     refs = b.references
     groups = refs.loc[refs["sibling_group"] != "", "sibling_group"].value_counts()
@@ -102,10 +98,10 @@ def test_hard_cases(tiny):
         assert g and g in set(refs["sibling_group"])
 
 
-def test_queries_replay_from_recorded_ops(tiny):
+def test_queries_replay_from_recorded_ops(tiny_bench):
     from imsim_lab.data.augment import Assets
 
-    root, _ = tiny
+    root = tiny_bench
     b = load_benchmark(root)
     assets = Assets.from_augly(images=lambda i: b.load_image(i), image_ids=tuple(b.held_out_ids))
     for _, row in b.queries.head(12).iterrows():
@@ -117,26 +113,22 @@ def test_queries_replay_from_recorded_ops(tiny):
 
 
 @pytest.mark.slow
-def test_same_seed_same_bytes_any_worker_count(tiny, tmp_path):
-    root, _ = tiny
-    build_benchmark(BuildConfig("tiny", seed=5, workers=1), tmp_path / "again")
+def test_same_seed_same_bytes_any_worker_count(tiny_bench, tmp_path):
+    root = tiny_bench  # built with TINY_WORKERS processes; rebuilt here with another count
+    build_benchmark(BuildConfig("tiny", seed=TINY_SEED, workers=2 if TINY_WORKERS == 1 else 1), tmp_path / "again")
     assert _digest(tmp_path / "again") == _digest(root)
-    other = build_benchmark(BuildConfig("tiny", seed=6, workers=1), tmp_path / "other").manifest
+    other = build_benchmark(BuildConfig("tiny", seed=TINY_SEED + 1, workers=1), tmp_path / "other").manifest
     assert other["sha256"] != load_benchmark(root).manifest["sha256"]
 
 
-def test_resume_and_refuse_foreign_folder(tiny, tmp_path):
-    root, _ = tiny
-    import shutil
-
-    copy = tmp_path / "copy"
-    shutil.copytree(root, copy)
+def test_resume_and_refuse_foreign_folder(tiny_bench, tiny_bench_copy):
+    copy = tiny_bench_copy
     for p in list((copy / "queries").glob("*.jpg"))[:5]:
         p.unlink()  # an interrupted run
-    rep = build_benchmark(BuildConfig("tiny", seed=5, workers=1), copy)
-    assert rep.images_written == 5 and _digest(copy) == _digest(root)
+    rep = build_benchmark(BuildConfig("tiny", seed=TINY_SEED, workers=1), copy)
+    assert rep.images_written == 5 and _digest(copy) == _digest(tiny_bench)
     with pytest.raises(BenchmarkError, match="not empty"):
-        build_benchmark(BuildConfig("tiny", seed=9, workers=1), copy)
+        build_benchmark(BuildConfig("tiny", seed=TINY_SEED + 9, workers=1), copy)
 
 
 def _bad_source(folder: Path) -> None:
@@ -198,8 +190,8 @@ def test_packaged_photos_are_offline_files():
     assert len(pair) == 2 and pair[0].sibling_group == pair[1].sibling_group
 
 
-def test_cli_info_and_errors(tiny, capsys):
-    root, _ = tiny
+def test_cli_info_and_errors(tiny_bench, capsys):
+    root = tiny_bench
     assert main(["bench", "info", str(root)]) == 0
     out = capsys.readouterr().out
     assert "disc-synth" in out and "families" in out

@@ -2,7 +2,7 @@
 
 * :func:`load_manifest` reads ``data_manifests/disc21.json``: the splits with their id ranges and
   counts, the folder names each split may have, and the sha256 of the public list files
-  (``shared/docs/PROTOCOL.md`` section 1).
+  (``docs/PROTOCOLS.md`` section 1).
 * :func:`verify` walks a local copy split by split with ``os.scandir`` (a million files never sit
   in memory: a boolean array per split marks the ids seen) and reports missing, unreadable and
   unexpected files; :attr:`VerifyReport.complete` is True only when nothing required is wrong.

@@ -4,7 +4,7 @@ Every function takes arrays and returns new arrays (inputs are never modified); 
 small frozen dataclass. Vocabulary: ``xq`` (nq, d) queries, ``xb`` (nb, d) references, ``xt``
 (nt, d) training ("background", "negative") descriptors, all L2-normalised unless said otherwise.
 Neighbours in ``xt`` are found by inner product with :func:`imsim_lab.search.knn` (``backend``).
-Formulas: ``shared/docs/METHODS.md`` section 8 (and sections 1, 2, 3, 7 for each method).
+Formulas: ``docs/methods.md``, "Background-set post-processing, side by side" (and each method's section there).
 
 =====================  ======================================================  ====================
 function               formula (t_k = k-th neighbour of q in xt)                defaults (paper)
@@ -20,7 +20,7 @@ fit_pca (whitening)    y = diag(lambda^p) V^T (x - mu), p = eigen_power         
 =====================  ======================================================  ====================
 
 Score normalisation changes the scores but never the ranking inside one query (b depends on q
-only). Taught in ``notebooks/05_background_set_tricks``.
+only). Taught in ``notebooks/02_background_set``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 
 from ..search import knn
 
-#: the variants of score normalisation (METHODS.md section 8)
+#: the variants of score normalisation (``docs/methods.md``, "Background-set post-processing")
 SCORE_NORM_PRESETS = {
     "isc2021": dict(factor=2.0, n=10, mode="min"),   # isc2021 baseline (MultiGrain, HOW)
     "d2lv": dict(factor=2.0, n=10, mode="avg"),      # D2LV, matching track 1st
@@ -116,7 +116,7 @@ def fit_pca(xt: np.ndarray, d_out: int, eigen_power: float = 0.0, epsilon: float
 
 def score_norm_bias(xq: np.ndarray, xt: np.ndarray, factor: float = 2.0, n: int = 10, mode: str = "min",
                     backend: str = "auto") -> np.ndarray:
-    """Per-query bias of score normalisation (PROTOCOL.md section 5, METHODS.md section 8).
+    """Per-query bias of score normalisation (``docs/PROTOCOLS.md`` section 6; ``docs/methods.md``).
 
     b(q) = factor * q.t_n (``mode="min"``: the n-th largest similarity, isc2021 baseline) or
     factor * mean_{k<=n} q.t_k (``mode="avg"``: D2LV; SSCD with factor 1, n 3).
@@ -150,7 +150,7 @@ def normalize_scores(scores: np.ndarray, query_index: np.ndarray, bias: np.ndarr
 
 
 def dba(xt: np.ndarray, k: int = 10, alpha: float = 3.0, backend: str = "auto") -> np.ndarray:
-    """Database-side augmentation of the negative set (METHODS.md section 1, step 1).
+    """Database-side augmentation of the negative set (lyakaap, Yokoo, arXiv 2112.04323; ``docs/methods.md``, "lyakaap").
 
     t'_i = normalise( sum_{j in kNN(t_i)} (t_i.t_j)^alpha t_j ), neighbours by inner product,
     t_i itself among them. Shapes: (nt, d) -> (nt, d).
@@ -164,7 +164,7 @@ def dba(xt: np.ndarray, k: int = 10, alpha: float = 3.0, backend: str = "auto") 
 
 def nes(x: np.ndarray, xt_neg: np.ndarray, beta: float = 0.35, k: int = 10, n_iter: int = 1,
         backend: str = "auto") -> np.ndarray:
-    """Negative embedding subtraction (METHODS.md section 1, step 3), for queries or references.
+    """Negative embedding subtraction (Yokoo, arXiv 2112.04323; ``docs/methods.md``, "lyakaap"), for queries or references.
 
     Repeat ``n_iter`` times: x <- x - beta * mean_{j in kNN_{T'}(x)} t'_j ; x <- x / |x|.
     ``xt_neg`` is T' (usually :func:`dba` of the training descriptors). Shapes: (n, d) -> (n, d).
@@ -182,7 +182,7 @@ def nes(x: np.ndarray, xt_neg: np.ndarray, beta: float = 0.35, k: int = 10, n_it
 
 
 def stretch(xq: np.ndarray, xt: np.ndarray, c: float = 2.5, n: int = 5, backend: str = "auto") -> np.ndarray:
-    """Descriptor stretching of Bag of Tricks (METHODS.md section 3): q' = c * mean_{k<=n}(q.t_k) * q.
+    """Descriptor stretching of Bag of Tricks (Wang et al., arXiv 2111.08004): q' = c * mean_{k<=n}(q.t_k) * q.
 
     Queries alike many distractors get longer vectors, hence larger L2 distances to every
     reference. References are left unchanged. Shapes: (nq, d) -> (nq, d).
@@ -194,7 +194,7 @@ def stretch(xq: np.ndarray, xt: np.ndarray, c: float = 2.5, n: int = 5, backend:
 
 def ssquare_shift(xq: np.ndarray, xt: np.ndarray, a: float = 1.8, K: int = 100, top: int = 3,
                   backend: str = "auto") -> np.ndarray:
-    """S-square's train-set query shift (METHODS.md section 2, step 3).
+    """S-square's train-set query shift (Papadakis & Addicam, arXiv 2112.03415).
 
     With t_1..t_K the K nearest training vectors of q (unit vectors), c_k = 1 - |q - t_k|^2 / 2,
     u_k = (q - t_k) / |q - t_k|, d = normalise(mean_k u_k):

@@ -1,7 +1,7 @@
 """Contrastive loss with a cross-batch memory of negatives (lyakaap, descriptor track 1st).
 
-Yokoo, "Contrastive Learning with Large Memory Bank and NES", arXiv 2112.04323 (METHODS.md
-section 1): pytorch-metric-learning's ``ContrastiveLoss(pos_margin=0, neg_margin=1)`` wrapped in
+Yokoo, "Contrastive Learning with Large Memory Bank and NES", arXiv 2112.04323 (``docs/methods.md``,
+"lyakaap"): pytorch-metric-learning's ``ContrastiveLoss(pos_margin=0, neg_margin=1)`` wrapped in
 ``CrossBatchMemory`` (Wang et al., "Cross-Batch Memory for Embedding Learning", CVPR 2020) with
 20,000 embeddings. This module is the same computation written out, so that it can be read,
 checkpointed and distributed; ``tests/test_train_losses.py`` checks it against the library.

@@ -1,4 +1,4 @@
-"""Two-view augmentation and its progressive schedule (lyakaap, METHODS.md section 1).
+"""Two-view augmentation and its progressive schedule (lyakaap, Yokoo, arXiv 2112.04323).
 
 Each training image gives two views with the same label:
 
@@ -94,7 +94,7 @@ class ScheduleStep:
     note: str = ""
 
 
-#: lyakaap's published self-supervised schedule (``reproduce_experiments.md``; METHODS.md section 1);
+#: lyakaap's published self-supervised schedule (lyakaap/ISC21-Descriptor-Track-1st ``reproduce_experiments.md``; ``docs/methods.md``, "lyakaap");
 #: the fine-tune on ground-truth pairs (v107, margin 1.1, memory 1k) follows it.
 LYAKAAP_SCHEDULE: tuple[ScheduleStep, ...] = (
     ScheduleStep("v83", 10, 0.1, 128, note="ImageNet init, 1M training images, 4 GPUs"),

@@ -10,7 +10,7 @@
   surrogate (white-box) and other runs (transfer, SSCD through onnxruntime included) at each
   epsilon: µAP / R@P90 curves, per-query retrieval before and after, example images.
 
-Taught in ``notebooks/07_robustness``.
+Shown by the explorer's adversarial page (``explorer/views/adversarial.py``); no lesson yet.
 """
 
 from .core import (AttackConfig, AttackError, DifferentiableDescriptor, attack, jpeg_roundtrip, perturbation_image,

@@ -11,7 +11,7 @@ two steps so that every query can be explained and rebuilt:
 ``apply_family`` is exactly ``sample_ops`` followed by ``apply_ops``, so the image it returns can
 be rebuilt byte for byte from the JSON of its ops (``ops_to_json`` / ``ops_from_json``). Images go
 in any PIL mode and always come out RGB, at most :data:`MAX_SIDE` pixels on the long side unless
-the op is a scale op. Taught in ``notebooks/02_transformations``.
+the op is a scale op. Taught in ``notebooks/01_benchmark_and_metric``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Every entry is a factory of 3-5 lines that builds a frozen
     x = model.preprocess(pil_image)            # derived from model.config only
     xq = model.embed([x])                      # (1, 256) float32, unit rows
 
-Taught in ``notebooks/03_descriptors``.
+Taught in ``notebooks/03_descriptor_1st_lyakaap`` (the ISCNet model); every model and its
+paper: ``docs/methods.md``.
 """
 
 from __future__ import annotations

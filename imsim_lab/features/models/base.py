@@ -17,7 +17,7 @@ from .config import ModelConfig, Preprocess
 
 
 def resolve_device(device: str | None = None) -> str:
-    """``None`` or ``"auto"``: CUDA when present, else CPU (STYLE.md rule 5)."""
+    """``None`` or ``"auto"``: CUDA when present, else CPU: the device is a parameter, never a global."""
     if device not in (None, "auto"):
         return str(device)
     try:

@@ -2,7 +2,7 @@
 
 GeM (Radenović et al., "Fine-tuning CNN image retrieval with no human annotation", TPAMI 2018,
 eq. 3):  f_c = ( mean_{h,w} max(x_chw, eps)^p )^(1/p).  p = 1 is average pooling, p -> inf max
-pooling; SSCD uses p = 3, lyakaap p = 1, BoT p = 3 (METHODS.md sections 1, 3, 7).
+pooling; SSCD uses p = 3, lyakaap p = 1, BoT p = 3 (``docs/methods.md``, "GeM pooling").
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 MultiGrain (Berman et al., arXiv 1902.05509) is the ISC2021 baseline of the DISC21 paper
 (1500-d after PCA whitening; µAP 0.154 -> 0.365 with score normalisation on the 25k dev queries,
-METHODS.md). The trunk here is timm's ``resnet50``, whose parameter names are torchvision's, so
-a MultiGrain or torchvision checkpoint loads with ``checkpoint_scope="backbone"``. Images are
+as the facebookresearch/isc2021 docs report; ``docs/methods.md``, "Baselines of the DISC21
+paper"). The trunk here is timm's ``resnet50``, whose parameter names are torchvision's, so a
+MultiGrain or torchvision checkpoint loads with ``checkpoint_scope="backbone"``. Images are
 resized so that the long side is 512 (aspect kept). Weights are optional: without them the
 model has random weights, which is only useful to test the pipeline (the run's config.json says so).
 """

@@ -1,4 +1,5 @@
-"""SSCD (Pizzi et al., CVPR 2022, arXiv 2202.10261; METHODS.md section 7).
+"""SSCD (Pizzi et al., "A Self-Supervised Descriptor for Image Copy Detection", CVPR 2022,
+arXiv 2202.10261; recipe in ``docs/methods.md``, "SSCD").
 
 Two ways to run it:
 

@@ -2,12 +2,13 @@
 
 The staged API follows timm: :meth:`TimmDescriptorNet.forward_features` (feature maps),
 :meth:`~TimmDescriptorNet.pool` (GeM), :meth:`~TimmDescriptorNet.forward_head` (projection),
-then L2 normalisation. lyakaap's ISCNet (METHODS.md section 1) is this shape with GeM p = 1 and
-a Linear(no bias) + BatchNorm1d head; SSCD (section 7) with p = 3 and a Linear head.
+then L2 normalisation. lyakaap's ISCNet (Yokoo, arXiv 2112.04323; ``docs/methods.md``,
+"lyakaap") is this shape with GeM p = 1 and a Linear(no bias) + BatchNorm1d head; SSCD (Pizzi
+et al., arXiv 2202.10261) with p = 3 and a Linear head.
 
 Weights: ``weights="random"`` (tests, demos), ``"timm"`` (timm's hub; needs internet, backbone
 only), or a local checkpoint ``weights_path`` (loaded safely, for the whole net or, with
-``checkpoint_scope="backbone"``, the trunk only). Taught in ``notebooks/03_descriptors``.
+``checkpoint_scope="backbone"``, the trunk only). Taught in ``notebooks/03_descriptor_1st_lyakaap``.
 """
 
 from __future__ import annotations
