@@ -26,10 +26,12 @@ PAGES = {
         st.Page("views/failures.py", title="Failure cases", icon=":material/report:"),
         st.Page("views/compare.py", title="Compare two methods", icon=":material/compare:"),
         st.Page("views/costs.py", title="Accuracy against cost", icon=":material/speed:"),
+        st.Page("views/pairs.py", title="Pair view (matching)", icon=":material/join_inner:"),
         st.Page("views/adversarial.py", title="Adversarial robustness", icon=":material/security:"),
     ],
     "Data": [
         st.Page("views/browser.py", title="Benchmark browser", icon=":material/photo_library:"),
+        st.Page("views/audit.py", title="Ground-truth audit", icon=":material/fact_check:"),
         st.Page("views/submit.py", title="Evaluate a submission", icon=":material/upload_file:"),
     ],
 }

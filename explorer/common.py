@@ -167,6 +167,16 @@ def show_image(bench, image_id: str, caption: str, where=st) -> None:
         where.warning(f"{image_id}: {e}")
 
 
+def pair_link(run, query_id: str, reference_id: str = "", bench: str = "") -> str | None:
+    """A relative link to the pair view with one pair selected, for a matching run (None otherwise)."""
+    from urllib.parse import urlencode
+
+    if (run.config.get("track") if hasattr(run, "config") else None) != "matching":
+        return None
+    q = {"bench": bench, "prun": run.label, "pq": query_id, "pr": reference_id}
+    return "pairs?" + urlencode({k: v for k, v in q.items() if v})
+
+
 def pager(n_rows: int, key: str, per_page_default: int = 8) -> tuple[int, int]:
     """(page, per page) controls under a table (URL keys ``<key>_page``, ``<key>_n``)."""
     c1, c2 = st.columns([1, 4])

@@ -165,7 +165,7 @@ def test_demo_rerun_reuses_and_prints_phases(demo_results, capsys):
     runs, bench = demo_results
     out = runs.parent
     assert main(["demo", "--preset", "tiny", "--out", str(out), "--methods", "pdq,sscd", "--no-serve",
-                 "--workers", "0"]) == 0
+                 "--no-robustness", "--workers", "0"]) == 0
     text = capsys.readouterr().out
     assert "already built" in text and text.count("(reused)") == 3  # the benchmark and both runs
     for phase in ("1/3 benchmark", "2/3 runs", "3/3 findings", "demo ready in"):

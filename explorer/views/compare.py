@@ -61,4 +61,8 @@ for _, r in part.iterrows():
     c.show_image(bench, r["reference_id"], f"true {r['reference_id']}", t)
     c.show_image(bench, r["top_a"], f"{la} top: {r['top_a']} (true rank {r['rank_a']})", x)
     c.show_image(bench, r["top_b"], f"{lb} top: {r['top_b']} (true rank {r['rank_b']})", y)
+    links = [f"[{rd.label}: pair view]({pl})" for rd in (a, b)
+             if (pl := c.pair_link(rd.info, r["query_id"], r["reference_id"], name))]
+    if links:
+        st.caption("Why the true pair scored as it did: " + " · ".join(links))
     st.divider()

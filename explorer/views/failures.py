@@ -81,5 +81,6 @@ for _, r in part.iterrows():
         else:
             note = "made from a sibling of the matched reference" if r["retrieved_sibling"] else "no match exists"
             d.info(f"{r['kind']}: {note}")
-    st.caption(f"recipe: {recipe}")
+    pl = c.pair_link(info, r["query_id"], r["top_reference_id"], name)
+    st.caption(f"recipe: {recipe}" + (f" · [why this pair matched (pair view)]({pl})" if pl else ""))
     st.divider()

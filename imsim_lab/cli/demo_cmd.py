@@ -149,7 +149,7 @@ def run(args) -> int:
         from .demo_robustness import robustness_phase
 
         t = _phase(f"3/{n} robustness: a short surrogate, PGD with transfer to sscd, sscd's graded suite")
-        robustness_phase(bench, runs, out, "sscd", workers=min(args.workers, 1) if args.workers else 0)
+        robustness_phase(bench, runs, out, "sscd", workers=args.workers)
         timings["robustness"] = _done(t)
     t = _phase(f"{n}/{n} findings")
     findings = first_look(runs)

@@ -24,6 +24,8 @@ from ..errors import ImsimError
 
 SURROGATE_STEPS = 40
 SURROGATE_NAME = "surrogate_r18"
+#: fixed, not the demo's --workers: the trainer refuses to resume a folder under other settings
+SURROGATE_WORKERS = 1
 ATTACK_EPS = (0.0, 4 / 255, 16 / 255)
 ATTACK_SAMPLE = 40
 GRADED_FAMILIES = ("rotate", "crop", "blur", "text")
@@ -35,9 +37,11 @@ def _say(text: str) -> None:
     print(f"    {text}", flush=True)
 
 
-def train_surrogate(bench: Path, train_dir: Path, steps: int = SURROGATE_STEPS, workers: int = 1) -> list[str]:
+def train_surrogate(bench: Path, train_dir: Path, steps: int = SURROGATE_STEPS,
+                    workers: int = SURROGATE_WORKERS) -> tuple[list[str], bool]:
     """Train (or reuse) the toy lyakaap surrogate; returns the ``imsim-lab run`` command that
-    evaluates its weights (as printed by ``imsim-lab train lyakaap``)."""
+    evaluates its weights (as printed by ``imsim-lab train lyakaap``) and whether every step was
+    already done."""
     from ..train.recipes import TrainSession, get_recipe
 
     recipe = get_recipe("lyakaap")
@@ -49,7 +53,7 @@ def train_surrogate(bench: Path, train_dir: Path, steps: int = SURROGATE_STEPS, 
     summary = recipe.run(args, TrainSession())
     if not summary.get("evaluate"):
         raise ImsimError(f"{train_dir}: training wrote no weights")
-    return shlex.split(summary["evaluate"])
+    return shlex.split(summary["evaluate"]), summary["resumed_from"] >= summary["steps"]
 
 
 def evaluate_surrogate(argv: list[str], bench: Path, out: Path, workers: int):
@@ -78,9 +82,10 @@ def robustness_phase(bench: Path, runs: Path, work: Path, target: str = "sscd", 
         raise ImsimError(f"{target_run}: the robustness phase needs the demo's {target} run (add it to --methods)")
     times = {}
     t = time.perf_counter()
-    argv = train_surrogate(bench, work / "surrogate", workers=workers)
+    argv, reused = train_surrogate(bench, work / "surrogate")
     times["train_surrogate"] = time.perf_counter() - t
-    _say(f"surrogate trained ({SURROGATE_STEPS} steps, resnet18 at 112 px) in {times['train_surrogate']:.1f} s")
+    _say(f"surrogate ({SURROGATE_STEPS} steps, resnet18 at 112 px) {'reused' if reused else 'trained'} in "
+         f"{times['train_surrogate']:.1f} s")
     t = time.perf_counter()
     res = evaluate_surrogate(argv, bench, runs / SURROGATE_NAME, workers)
     times["evaluate_surrogate"] = time.perf_counter() - t

@@ -2,7 +2,7 @@
 
 The input is a folder with ``queries/`` and ``references/`` (images), optionally ``training/``, and
 a ground-truth CSV in the official format (``query_id,reference_id``, every query listed, an empty
-reference for a query without a match; ``shared/docs/PROTOCOL.md`` section 2): ``DIR/ground_truth.csv``,
+reference for a query without a match; ``docs/PROTOCOLS.md``): ``DIR/ground_truth.csv``,
 or the only ``*.csv`` of ``DIR``, or the file given. Ids in the CSV are the image file names
 without their extension.
 
