@@ -221,3 +221,39 @@ def make_bench(root: Path, n_ref=12, n_train=8, n_pos=5, n_neg=3, seed=0) -> Pat
                            "queries.parquet": sha256_file(root / "queries.parquet")}}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
+
+
+def make_matching_run(sscd: Path, out: Path) -> Path:
+    """A matching-track run folder re-scoring sscd's predictions: the truth gets a high score, every
+    pair records a match count, a box and per-view scores (the columns the pair view reads)."""
+    from imsim_lab.data.benchmark import load_benchmark
+    from imsim_lab.eval.formats import Predictions
+    from imsim_lab.eval.metrics import evaluate
+    from imsim_lab.runfolder import per_query_from_predictions, read_config, read_predictions, write_outputs
+
+    cfg = read_config(sscd)
+    bench = load_benchmark(cfg["benchmark"]["root"], check_hashes=False)
+    p = read_predictions(sscd)
+    qids, rids, s = np.asarray(p.query_ids, object), np.asarray(p.reference_ids, object), np.asarray(p.scores)
+    truth = dict(zip(bench.gt.query_ids, bench.gt.reference_ids))
+    df = pd.DataFrame({"query_id": qids, "reference_id": rids, "candidate_score": s})
+    df["candidate_rank"] = df.groupby("query_id")["candidate_score"].rank(method="first", ascending=False) - 1
+    df["candidate_rank"] = df["candidate_rank"].astype(int)
+    df = df[df["candidate_rank"] < 5].reset_index(drop=True)
+    t = np.array([truth.get(q) == r for q, r in zip(df["query_id"], df["reference_id"])])
+    df["n_matches"] = np.where(t, 80, 3)
+    df["score"] = df["n_matches"] + 0.5 * (df["candidate_score"] - df["candidate_score"].min()) / \
+        (np.ptp(df["candidate_score"]) or 1)
+    df["box_q"] = "0.1,0.1,0.9,0.9"
+    df["view_score_whole"], df["view_score_left"] = np.where(t, 0.9, 0.2), np.where(t, 0.7, 0.1)
+    preds = Predictions(df["query_id"].to_numpy(object), df["reference_id"].to_numpy(object), df["score"].to_numpy())
+    o = np.argsort(-preds.scores, kind="stable")
+    preds = Predictions(preds.query_ids[o], preds.reference_ids[o], preds.scores[o])
+    metrics = {"isc2021": evaluate(bench.gt, preds, "isc2021").to_dict(),
+               "drivendata": evaluate(bench.gt, preds, "drivendata").to_dict()}
+    config = {**{k: cfg[k] for k in ("benchmark",)}, "method": "sift_verify", "track": "matching", "matcher": "sift",
+              "params": {"ratio": 0.8}, "candidates": {"method": "sscd", "k": 5, "run": str(sscd), "pairs": len(df)},
+              "matcher_report": {"ratio": 0.8, "images_per_query": 1}, "notes": {}}
+    write_outputs(out, config, preds, metrics, per_query_from_predictions(bench.queries, preds),
+                  {"candidates": 0.1, "rescore": 5.0}, candidates=df)
+    return out

@@ -2,8 +2,10 @@
 
 Every page is loaded from a live ``streamlit run`` (started by ``imsim-lab explore``'s own
 function), checked for the absence of an exception element, and saved as a full-page screenshot
-under ``test-output/browser/``. Also: a click on a heatmap cell opens its examples, a shared link
-restores the filters, and a bad upload shows its error. Skipped (with the reason) without chromium;
+under ``test-output/browser/``. The results are the demo's tiny runs plus a matching-track run made
+from them (``support.make_matching_run``), so the cost page, the pair view and the audit have
+something to show. Also: a click on a heatmap cell opens its examples, a shared link restores the
+filters, a bad upload shows its error, the heatmap greys out wide intervals. Skipped (with the reason) without chromium;
 CI installs it with apt (``.ci/run``).
 """
 
@@ -20,15 +22,21 @@ OUT = Path(__file__).resolve().parents[1] / "test-output" / "browser"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
         "--disable-component-update", "--no-first-run", "--disable-sync"]
 PAGES = {"leaderboard": "", "families": "families", "failures": "failures", "compare": "compare",
-         "browser": "browser", "submit": "submit", "adversarial": "adversarial"}
+         "browser": "browser", "submit": "submit", "adversarial": "adversarial", "costs": "costs",
+         "pairs": "pairs", "audit": "audit"}
 READY = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 
 
 @pytest.fixture(scope="module")
-def server(demo_results):
+def server(demo_results, tmp_path_factory):
     from imsim_lab.cli.explore_cmd import free_port, start_server
+    from support import make_matching_run
 
-    runs, _ = demo_results
+    demo, _ = demo_results
+    runs = tmp_path_factory.mktemp("browser") / "runs"
+    for m in ("pdq", "sscd", "sscd+sn"):
+        shutil.copytree(demo / m, runs / m, symlinks=True)
+    make_matching_run(runs / "sscd", runs / "sift_verify")
     proc, url = start_server(runs, free_port(8650), timeout=90, quiet=True)
     yield url
     proc.terminate()
@@ -69,7 +77,8 @@ def test_every_page_loads(page, server, name):
                 "families": '[data-testid="stPlotlyChart"] .main-svg',
                 "failures": '[data-testid="stImage"] img', "compare": '[data-testid="stPlotlyChart"] .main-svg',
                 "browser": '[data-testid="stImage"] img', "submit": '[data-testid="stFileUploader"]',
-                "adversarial": '[data-testid="stMain"] h1'}[name]
+                "adversarial": '[data-testid="stMain"] h1', "costs": '[data-testid="stPlotlyChart"] .main-svg',
+                "pairs": '[data-testid="stImage"] img', "audit": '[data-testid="stImage"] img'}[name]
     page.goto(f"{server}/{PAGES[name]}")
     settle(page, wait_for)
     no_exception(page, name)
@@ -91,6 +100,23 @@ def test_heatmap_click_opens_the_cell(page, server):
     url = page.url
     assert "cell_family=" in url or "cell_run=" in url, url
     page.screenshot(path=str(OUT / "families-clicked.png"), full_page=True)
+
+
+def test_pair_view_draws_the_matches(page, server):
+    page.goto(f"{server}/pairs?ptrue=true")
+    settle(page, '[data-testid="stImage"] img')
+    no_exception(page, "pair view")
+    body = page.inner_text("body")
+    assert "candidate rank" in body and "SIFT matches" in body and "Classifier score per query view" in body
+    page.screenshot(path=str(OUT / "pairs.png"), full_page=True)
+
+
+def test_heatmap_greys_wide_intervals(page, server):
+    page.goto(f"{server}/families?fwidth=0.1")
+    settle(page, '[data-testid="stPlotlyChart"] .main-svg')
+    no_exception(page, "families, narrow width limit")
+    assert "(" in page.locator('[data-testid="stPlotlyChart"]').first.inner_text()  # greyed values in parentheses
+    page.screenshot(path=str(OUT / "families-greyed.png"), full_page=True)
 
 
 def test_shared_link_restores_filters(page, server):
