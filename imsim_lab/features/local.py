@@ -245,13 +245,16 @@ class SiftModel(LocalModel):
         return det
 
     def detect(self, image: np.ndarray) -> LocalFeatures:
-        """SIFT keypoints and descriptors of one (h, w) uint8 image, in :func:`canonical_order`."""
+        """SIFT keypoints and descriptors of one (h, w) uint8 image, in :func:`canonical_order`,
+        at most ``max_keypoints`` of them (the strongest)."""
         kps, d = self._detector().detectAndCompute(image, None)
         shape = (int(image.shape[0]), int(image.shape[1]))
         if not kps:
             return LocalFeatures(np.zeros((0, 4), np.float32), np.zeros((0, self.dim), self.config.dtype), shape)
         geometry = np.array([(k.pt[0], k.pt[1], k.size, k.angle) for k in kps], np.float32)
         order = canonical_order(geometry, np.array([k.response for k in kps], np.float32))
+        if self.config.max_keypoints:  # OpenCV keeps the keypoints tied at its cut: make the cap exact
+            order = order[:self.config.max_keypoints]
         d = d[order]
         if self.config.root:
             d = root_sift(d)

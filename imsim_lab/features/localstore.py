@@ -216,23 +216,23 @@ def _run_shards(model, data, ids, paths, shard_dir, todo, config, progress) -> N
         threads = cv2.getNumThreads()
         cv2.setNumThreads(1)
     try:
-        queue = list(todo)
+        left = {s: min(ss, n - s * ss) for s in todo}  # images still to come per shard
         rows: list[int] = []
         feats: list[LocalFeatures] = []
         fails: list[dict] = []
         for idx, out, failures in embedded_batches(model, data, batches, config):
-            s = int((idx[0] if len(idx) else failures[0][0]) // ss)
-            while s != queue[0]:  # the previous shard is complete
-                _write_shard(shard_dir, queue.pop(0), ids[rows], feats, fails, model)
-                rows, feats, fails = [], [], []
+            s = int((idx[0] if len(idx) else failures[0][0]) // ss)  # batches come in order, within a shard
             rows += [int(i) for i in idx]
             feats += list(out or [])
             fails += [{"id": str(ids[i]), "path": paths[i] if paths else None, "error": msg} for i, msg in failures]
+            left[s] -= len(idx) + len(failures)
+            if left[s] == 0:  # written as soon as complete: a kill later does not lose it
+                _write_shard(shard_dir, s, ids[rows], feats, fails, model)
+                rows, feats, fails = [], [], []
             if progress:
                 progress(len(idx) + len(failures))
-        while queue:
-            _write_shard(shard_dir, queue.pop(0), ids[rows], feats, fails, model)
-            rows, feats, fails = [], [], []
+        for s in [s for s, k in left.items() if k == 0 and not _shard(shard_dir, s).is_file()]:
+            _write_shard(shard_dir, s, ids[[]], [], [], model)  # an empty split
     finally:
         if cv2 is not None:
             cv2.setNumThreads(threads)
