@@ -53,18 +53,23 @@ def _top2(dq: np.ndarray, qn: np.ndarray, db: np.ndarray, bn: np.ndarray, counts
     Shapes: dq (kq, d), db (m, d) float32; returns d1, d2, j1 each (kq, len(counts)); ``j1`` the
     row of the nearest inside its segment.
     """
-    dist = qn[:, None] + bn[None, :] - 2.0 * (dq @ db.T)
-    np.maximum(dist, 0.0, out=dist)
+    part = dq @ db.T  # |q - b|^2 = |q|^2 + (|b|^2 - 2 q.b): the row constant |q|^2 is added at the end
+    part *= -2.0
+    part += bn[None, :]
     s = len(counts)
     d1, d2 = np.empty((len(dq), s), np.float32), np.empty((len(dq), s), np.float32)
     j1 = np.empty((len(dq), s), np.int64)
+    rows = np.arange(len(dq))
     a = 0
     for c, n in enumerate(counts):
-        seg = dist[:, a:a + n]
-        j1[:, c] = seg.argmin(axis=1)
-        two = np.partition(seg, 1, axis=1)
-        d1[:, c], d2[:, c] = two[:, 0], two[:, 1]
+        seg = part[:, a:a + n]
+        j = seg.argmin(axis=1)
+        j1[:, c], d1[:, c] = j, seg[rows, j]
+        seg[rows, j] = np.inf  # the nearest out of the way (a tied twin stays: d2 = d1, no match)
+        d2[:, c] = seg.min(axis=1)
         a += n
+    np.maximum(d1 + qn[:, None], 0.0, out=d1)
+    np.maximum(d2 + qn[:, None], 0.0, out=d2)
     return d1, d2, j1
 
 

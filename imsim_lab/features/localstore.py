@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -156,7 +156,8 @@ def extract_local(model, data, ids: Sequence[str] | None, folder: str | Path, na
         folder, name: output folder and split name.
         config: batches, shards and streams (its ``dtype`` is the descriptor store's: local
             descriptors take the model's ``config.dtype``). CPU streams (the default: one per
-            core) run OpenCV single-threaded; ``streams=1`` takes the DataLoader path.
+            core) run OpenCV single-threaded; ``streams=1`` takes the DataLoader path, reading in
+            the main process (``num_workers`` is not used).
         progress: called with the number of images finished after each batch (and once with
             the number already on disk).
         key: what the images are (default: the source's key, or a digest of the paths); a split
@@ -209,6 +210,10 @@ def _run_shards(model, data, ids, paths, shard_dir, todo, config, progress) -> N
     ss, n = config.shard_size, len(ids)
     batches = [b for s in todo for b in batches_of(min(n, (s + 1) * ss), config.batch_size, start=s * ss)]
     streams = config.streams_for(model)
+    if streams == 1 and config.num_workers:
+        # read in the main process: a DataLoader worker forked after OpenCV's thread pool has run
+        # can hang (seen once in benchmarks/bench_local.py), and reading is a few % of SIFT's time
+        config = replace(config, num_workers=0)
     cv2, threads = None, None
     if streams > 1:  # one OpenCV thread per call: the streams own the cores
         import cv2
