@@ -39,8 +39,8 @@ def make_images(folder: Path, n: int) -> list[Path]:
     out = []
     for i in range(n):
         w, h = SIZES[i % len(SIZES)]
-        coarse = Image.fromarray(rng.integers(0, 256, (h // 32, w // 32, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
-        fine = Image.fromarray(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+        coarse, fine = (Image.fromarray(rng.integers(0, 256, (h // f, w // f, 3), dtype=np.uint8))
+                        .resize((w, h), Image.BICUBIC) for f in (32, 8))
         a = (0.6 * np.asarray(coarse, np.float32) + 0.4 * np.asarray(fine, np.float32)).astype(np.uint8)
         for _ in range(6):
             x, y = int(rng.integers(0, w - 60)), int(rng.integers(0, h - 60))

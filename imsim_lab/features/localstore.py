@@ -187,7 +187,8 @@ def extract_local(model, data, ids: Sequence[str] | None, folder: str | Path, na
     n_shards = max(1, -(-len(ids) // config.shard_size))
     todo = [s for s in range(n_shards) if not _shard(shard_dir, s).is_file()]
     if progress and len(todo) < n_shards:
-        progress(sum(min(config.shard_size, len(ids) - s * config.shard_size) for s in range(n_shards) if s not in todo))
+        progress(sum(min(config.shard_size, len(ids) - s * config.shard_size)
+                     for s in range(n_shards) if s not in todo))
     if todo:
         _run_shards(model, data, ids, paths, shard_dir, todo, config, progress)
     fs = _merge(model, shard_dir, n_shards, folder, name, settings)
