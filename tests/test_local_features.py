@@ -262,7 +262,7 @@ def test_matcher_prefers_the_true_reference(tiny, tmp_path):
     rep = res.report
     assert rep["pairs"] == len(q) and rep["pairs_per_second"] > 0 and set(rep["seconds"]) == {
         "extract_query", "extract_reference", "verify"}
-    assert (tmp_path / "local" / "query_local.json").exists()
+    assert (tmp_path / "query" / "query_local.json").exists() and (tmp_path / "reference" / "reference_local.json").exists()
     # the cache belongs to these images: another set of queries is refused, not mixed
     with pytest.raises(ImsimError, match="local"):
         m.score(CandidatePairs(np.array(q[:2]), np.array(r[:2]), np.ones(2), np.zeros(2)),

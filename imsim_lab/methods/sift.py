@@ -64,12 +64,14 @@ class SiftVerifier(Matcher):
         (with RANSAC), ``query_keypoints`` and ``reference_keypoints`` (-1: unreadable image)."""
         config = ctx.extract if ctx.extract is not None else ExtractConfig()
         seconds, feats = {}, {}
-        for split, source, pair_ids in (("query", ctx.queries, pairs.query_ids),
-                                        ("reference", ctx.references, pairs.reference_ids)):
-            ids = np.unique(np.asarray(pair_ids).astype(str))
+        # the queries' features: only those in the pairs; the references': all of them, so that one
+        # store serves every run and robustness cell over the same reference set (ctx.folder)
+        for split, source, ids in (("query", ctx.queries, np.unique(np.asarray(pairs.query_ids).astype(str))),
+                                   ("reference", ctx.references, None)):
             t = time.perf_counter()
-            feats[split] = extract_local(self.model, source, ids, ctx.work / "local", split, config,
-                                         progress=ctx.bar(f"local features ({split})", len(ids)))
+            n = len(source) if ids is None else len(ids)
+            feats[split] = extract_local(self.model, source, ids, ctx.folder(split), split, config,
+                                         progress=ctx.bar(f"local features ({split})", n))
             seconds[f"extract_{split}"] = round(time.perf_counter() - t, 3)
         fq, fb = feats["query"], feats["reference"]
         qpos, bpos = fq.positions(pairs.query_ids), fb.positions(pairs.reference_ids)
