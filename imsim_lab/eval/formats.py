@@ -16,9 +16,7 @@ the problem. Nothing is silently dropped. Taught in ``notebooks/01_benchmark_and
 
 from __future__ import annotations
 
-import csv
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -27,18 +25,12 @@ import numpy as np
 
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import FormatError
+from .csvread import EXAMPLE_ID, ID_PATTERNS, read_table
 
 GT_HEADER = ("query_id", "reference_id")
 PREDICTIONS_HEADER = ("query_id", "reference_id", "score")
 MAX_PREDICTIONS = 500_000
 MAX_DESCRIPTOR_DIM = 256
-
-#: Accepted id formats, DISC21 style (benchmarks larger than DISC21 may use more digits).
-ID_PATTERNS = {
-    "query": re.compile(r"Q\d{5,}"),
-    "reference": re.compile(r"R\d{6,}"),
-    "training": re.compile(r"T\d{6,}"),
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,144 +139,22 @@ class DescriptorSubmission:
 # helpers
 
 
-def _open_text(path: Path):
-    if not path.exists():
-        raise FormatError(path, "file not found")
-    if path.is_dir():
-        raise FormatError(path, "is a folder, expected a CSV file")
-    return open(path, newline="", encoding="utf-8-sig", errors="replace")
-
-
-def _read_header(path: Path, expected: tuple[str, ...]) -> None:
-    with _open_text(path) as f:
-        first = f.readline()
-    if not first.strip():
-        raise FormatError(path, f"empty file; expected the header {','.join(expected)}", "row 1")
-    header = tuple(h.strip() for h in next(csv.reader([first])))
-    if header != expected:
-        raise FormatError(path, f"wrong header {','.join(header)!r}; expected {','.join(expected)!r}", "row 1")
-
-
-def _data_row(path: Path, index: int) -> int:
-    """The 1-based file row of the index-th data row (blank lines are skipped by the reader)."""
-    with _open_text(path) as f:
-        next(f, None)
-        seen = -1
-        for row, line in enumerate(f, start=2):
-            if line.strip():
-                seen += 1
-                if seen == index:
-                    return row
-    return index + 2
-
-
-def _read_columns(path: Path, ncols: int) -> list:
-    """Read the CSV body as ``ncols`` pyarrow string arrays (fast, multi-threaded parser).
-
-    The header is checked by :func:`_read_header`; empty fields stay empty strings.
-    """
-    import pyarrow as pa
-    from pyarrow import csv as pa_csv
-
-    invalid = []
-
-    def on_invalid(row):
-        invalid.append(row)
-        return "skip"
-
-    names = [f"c{i}" for i in range(ncols)]
-    try:
-        table = pa_csv.read_csv(
-            path,
-            read_options=pa_csv.ReadOptions(skip_rows=1, autogenerate_column_names=True),
-            parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid),
-            convert_options=pa_csv.ConvertOptions(
-                column_types={f"f{i}": pa.string() for i in range(ncols + 8)},
-                strings_can_be_null=False, quoted_strings_can_be_null=False),
-        )
-    except pa.ArrowInvalid as e:
-        msg = str(e).splitlines()[0]
-        if "Empty CSV file" in msg:
-            return [pa.array([], pa.string()) for _ in names]
-        if "UTF8" in msg or "utf8" in msg.lower():
-            raise FormatError(path, "not UTF-8 text") from None
-        raise FormatError(path, f"malformed CSV ({msg})") from None
-    if table.num_columns != ncols:
-        raise FormatError(path, f"expected {ncols} fields per row, found {table.num_columns}", f"row {_data_row(path, 0)}")
-    if invalid:
-        bad = invalid[0]
-        with _open_text(path) as f:
-            row = next((i for i, line in enumerate(f, start=1) if i > 1 and line.rstrip("\r\n") == bad.text), None)
-        raise FormatError(path, f"expected {ncols} fields per row, found {bad.actual_columns}",
-                          f"row {row}" if row else None)
-    return [table.column(i).combine_chunks() for i in range(ncols)]
-
-
-_EXAMPLE_ID = {"query": "Q00000", "reference": "R000000", "training": "T000000"}
-
-
-def _id_column(arr, path: Path, kind: str, column: str, allow_empty: bool = False):
-    """Strip, validate and encode a column of ids.
-
-    Returns (values, codes, vocabulary): values (n,) object array of str; codes (n,) int64
-    with ``vocabulary[codes] == values``. Raises FormatError at the first row holding an empty or malformed id.
-    """
-    import pandas as pd
-    import pyarrow.compute as pc
-
-    enc = pc.dictionary_encode(arr)
-    idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    stripped = np.array([u.strip() for u in enc.dictionary.to_pylist()], dtype=object)
-    ucode, uniq = pd.factorize(stripped)  # ids equal once stripped share one code
-    codes = ucode.astype(np.int64)[idx] if len(idx) else idx
-    uniq = np.asarray(uniq, dtype=object)
-    pat = ID_PATTERNS[kind]
-    bad = [j for j, u in enumerate(uniq) if not ((allow_empty and u == "") or pat.fullmatch(u))]
-    if bad:
-        i = int(np.flatnonzero(np.isin(codes, bad))[0])
-        u = uniq[codes[i]]
-        problem = f"empty {column}" if u == "" else f"unknown {kind} id format {u!r} (expected like {_EXAMPLE_ID[kind]})"
-        raise FormatError(path, problem, f"row {_data_row(path, i)}")
-    return uniq[codes] if len(codes) else np.array([], dtype=object), codes, uniq
-
-
 def first_repeat(*codes: np.ndarray) -> int | None:
-    """Index of the first row whose tuple of codes repeats an earlier row, or None."""
-    import pandas as pd
+    """Index of the first row whose tuple of codes repeats an earlier row, or None.
 
-    if len(codes[0]) < 2:
+    Args:
+        codes: one or more (n,) arrays of non-negative integer codes.
+    """
+    n = len(codes[0])
+    if n < 2:
         return None
-    key = np.zeros(len(codes[0]), np.int64)
+    key = np.zeros(n, np.int64)
     for c in codes:
         key = key * (int(c.max()) + 1) + c
-    hits = np.flatnonzero(pd.Series(key).duplicated(keep="first").to_numpy())
-    return int(hits[0]) if len(hits) else None
-
-
-def _scores(arr, path: Path) -> np.ndarray:
-    """Parse a column of scores; FormatError at the first non-numeric, NaN or infinite one."""
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    try:
-        s = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. surrounding spaces: slow path
-        s = pd.to_numeric(pd.Series(arr.to_pylist(), dtype=object).str.strip(), errors="coerce").to_numpy(np.float64)
-    bad = np.flatnonzero(~np.isfinite(s))
-    if len(bad):
-        i = int(bad[0])
-        txt = arr[i].as_py().strip()
-        if txt == "":
-            what = "empty"
-        elif txt.lower().lstrip("+-") == "nan":
-            what = "NaN"
-        elif np.isinf(s[i]):
-            what = "infinite"
-        else:
-            what = "non-numeric"
-        raise FormatError(path, f"{what} score {txt!r}", f"row {_data_row(path, i)}")
-    return s
+    order = np.argsort(key, kind="stable")  # equal keys stay in row order
+    sk = key[order]
+    again = np.flatnonzero(sk[1:] == sk[:-1]) + 1
+    return int(order[again].min()) if len(again) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,22 +168,20 @@ def read_ground_truth(path: str | Path) -> GroundTruth:
     with and without a match.
     """
     path = Path(path)
-    _read_header(path, GT_HEADER)
-    qcol, rcol = _read_columns(path, 2)
-    if len(qcol) == 0:
+    t = read_table(path, GT_HEADER, ("query", "reference"), (False, True), score_column=False)
+    if t.n == 0:
         raise FormatError(path, "no rows after the header")
-    q, qc, _ = _id_column(qcol, path, "query", "query_id")
-    r, rc, _ = _id_column(rcol, path, "reference", "reference_id", allow_empty=True)
+    (q, qc, _), (r, rc, _) = [(c.values, c.codes, c.vocab) for c in t.ids]
     dup = first_repeat(qc, rc)
     if dup is not None:
-        raise FormatError(path, f"duplicate row {q[dup]},{r[dup]}", f"row {_data_row(path, dup)}")
+        raise FormatError(path, f"duplicate row {q[dup]},{r[dup]}", f"row {t.row(dup)}")
     has = r != ""
     neg = np.zeros(int(qc.max()) + 1, bool)
     neg[qc[~has]] = True
     both = np.flatnonzero(has & neg[qc])
     if len(both):
         i = int(both[0])
-        raise FormatError(path, f"query {q[i]} is listed both without a match and with one", f"row {_data_row(path, i)}")
+        raise FormatError(path, f"query {q[i]} is listed both without a match and with one", f"row {t.row(i)}")
     return GroundTruth(q, r, str(path))
 
 
@@ -342,19 +210,14 @@ def read_predictions(path: str | Path, max_rows: int | None = MAX_PREDICTIONS,
     non-numeric, NaN or infinite score, a duplicate pair, or too many rows.
     """
     path = Path(path)
-    _read_header(path, PREDICTIONS_HEADER)
-    qcol, rcol, scol = _read_columns(path, 3)
-    n = len(qcol)
-    if max_rows is not None and n > max_rows:
-        raise FormatError(path, f"{n} predictions, more than the limit of {max_rows}", f"row {_data_row(path, max_rows)}")
-    q, qc, qvocab = _id_column(qcol, path, "query", "query_id")
-    r, rc, _ = _id_column(rcol, path, "reference", "reference_id")
-    s = _scores(scol, path)
+    t = read_table(path, PREDICTIONS_HEADER, ("query", "reference"), (False, False), score_column=True,
+                   max_rows=max_rows)
+    (q, qc, qvocab), (r, rc, _) = [(c.values, c.codes, c.vocab) for c in t.ids]
     if not allow_duplicates:
         dup = first_repeat(qc, rc)
         if dup is not None:
-            raise FormatError(path, f"duplicate prediction ({q[dup]}, {r[dup]})", f"row {_data_row(path, dup)}")
-    return Predictions(q, r, s, str(path), reference_codes=rc, query_codes=qc, query_vocab=qvocab,
+            raise FormatError(path, f"duplicate prediction ({q[dup]}, {r[dup]})", f"row {t.row(dup)}")
+    return Predictions(q, r, t.scores, str(path), reference_codes=rc, query_codes=qc, query_vocab=qvocab,
                        pairs_checked_unique=not allow_duplicates)
 
 
@@ -404,7 +267,7 @@ def _check_id_array(ids: np.ndarray, kind: str, path, dataset: str) -> None:
     pat = ID_PATTERNS[kind]
     for i, u in enumerate(ids):
         if not pat.fullmatch(u):
-            raise FormatError(path, f"unknown {kind} id format {u!r} at position {i} (expected like {_EXAMPLE_ID[kind]})",
+            raise FormatError(path, f"unknown {kind} id format {u!r} at position {i} (expected like {EXAMPLE_ID[kind]})",
                               f"dataset '{dataset}'")
 
 
