@@ -75,6 +75,7 @@ def make_run(out: Path, bench, skill: float, seed: int, k: int = 10) -> None:
     from imsim_lab.data.benchmark import sha256_file
     from imsim_lab.eval.formats import GroundTruth, Predictions, write_predictions
     from imsim_lab.eval.metrics import evaluate
+    from imsim_lab.eval.protocols import protocol_names
     from imsim_lab.analysis.report.submission import per_query_from_predictions
     from imsim_lab.runner import write_per_query
 
@@ -103,7 +104,7 @@ def make_run(out: Path, bench, skill: float, seed: int, k: int = 10) -> None:
     write_predictions(out / "predictions.csv", preds)
     write_per_query(out / "per_query.parquet", per_query_from_predictions(bench.queries, preds))
     (out / "timings.json").write_text("{}")
-    m = {p: evaluate(gt, preds, p).to_dict() for p in ("isc2021", "drivendata")}
+    m = {p: evaluate(gt, preds, p).to_dict() for p in protocol_names()}
     (out / "metrics.json").write_text(json.dumps(m))
 
 

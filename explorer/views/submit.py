@@ -6,6 +6,7 @@ import streamlit as st
 
 import common as c
 from imsim_lab.errors import ImsimError
+from imsim_lab.eval.protocols import protocol_names
 from imsim_lab.analysis.report import family_table
 from imsim_lab.analysis.report.runs import find_benchmarks
 from imsim_lab.analysis.report.submission import (MAX_UPLOAD_BYTES, evaluate_submission, save_as_run, store_upload,
@@ -44,7 +45,7 @@ except OSError as e:
     st.stop()
 
 st.success(f"{res.kind.upper()} submission evaluated against {bench.name}.")
-for proto in ("isc2021", "drivendata"):
+for proto in protocol_names():
     if proto in res.errors:
         st.error(f"{proto}: {res.errors[proto]}")
         continue
@@ -57,7 +58,7 @@ for proto in ("isc2021", "drivendata"):
 
 label = Path(up.name).stem
 rd = submission_run_data(res, bench, label)
-proto = "isc2021" if "isc2021" in rd.scored else "drivendata"
+proto = next(p for p in protocol_names() if p in rd.scored)
 ft = family_table([rd], proto)
 st.subheader(f"Per family ({proto})")
 st.dataframe(ft, hide_index=True, key="sub_families")
