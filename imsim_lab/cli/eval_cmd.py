@@ -35,10 +35,13 @@ def run(args) -> int:
     from ..eval.metrics import evaluate
 
     t0 = time.perf_counter()
+    for flag, value in (("--knn", args.knn), ("--max-results", args.max_results)):
+        if value is not None and args.predictions:
+            raise ImsimError("--knn and --max-results apply to --descriptors only")
+        if value is not None and value < 1:
+            raise ImsimError(f"{flag} must be at least 1, not {value}")
     gt = read_ground_truth(args.gt)
     if args.predictions:
-        if args.knn or args.max_results:
-            raise ImsimError("--knn and --max-results apply to --descriptors only")
         proto = get_protocol(args.protocol)
         preds = read_predictions(args.predictions, max_rows=proto.max_rows, allow_duplicates=proto.duplicates == "count")
     else:

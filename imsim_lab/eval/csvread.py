@@ -91,10 +91,16 @@ def _check_header(path: Path, first: bytes, expected: tuple[str, ...]) -> None:
         if first.startswith(magic):
             raise FormatError(path, f"{kind}-compressed file; decompress it first (expected a CSV with the header "
                                     f"{','.join(expected)})", "row 1")
+    if b"\0" in first:
+        raise FormatError(path, f"binary data, not CSV text (starts {quote(first[:16].decode('latin-1'))}); expected "
+                                f"the header {','.join(expected)}", "row 1")
     text = first.decode("utf-8", errors="replace").rstrip("\r\n")
     if not text.strip():
         raise FormatError(path, f"empty file; expected the header {','.join(expected)}", "row 1")
-    header = tuple(h.strip() for h in next(csv.reader([text])))
+    try:
+        header = tuple(h.strip() for h in next(csv.reader([text])))
+    except csv.Error:
+        header = (text,)
     if header != expected:
         raise FormatError(path, f"wrong header {quote(','.join(header))}; expected {','.join(expected)!r}", "row 1")
 

@@ -31,6 +31,8 @@ GT_HEADER = ("query_id", "reference_id")
 PREDICTIONS_HEADER = ("query_id", "reference_id", "score")
 MAX_PREDICTIONS = 500_000
 MAX_DESCRIPTOR_DIM = 256
+#: the most that reading one HDF5 file may allocate (DISC21 at d = 256 in float32 is about 1 GiB)
+MAX_READ_BYTES = 8 * 2**30
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +253,62 @@ def _open_h5(path: Path, required: tuple[str, ...]):
             found = sorted(f.keys())
             f.close()
             raise FormatError(path, f"missing dataset (found: {found})", f"dataset '{name}'")
+        if not isinstance(f[name], _h5().Dataset):
+            kind = "a group" if isinstance(f[name], _h5().Group) else f"a {type(f[name]).__name__}"
+            f.close()
+            raise FormatError(path, f"is {kind}, expected a dataset", f"dataset '{name}'")
     return f
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+class _ReadBudget:
+    """What reading the datasets of one file may allocate, checked from their metadata."""
+
+    def __init__(self, path, max_bytes: int | None):
+        self.path, self.left, self.max_bytes = path, max_bytes, max_bytes
+
+    def take(self, name: str, shape: tuple, itemsize: int) -> None:
+        if self.max_bytes is None:
+            return
+        need = int(np.prod(shape, dtype=np.float64)) * itemsize
+        if need > self.left:
+            dims = " x ".join(f"{d:,}" for d in shape)
+            raise FormatError(self.path, f"declares {dims} values: reading them needs {_gib(need)}, more than the "
+                                         f"limit of {_gib(self.max_bytes)} per file", f"dataset '{name}'")
+        self.left -= need
+
+
+def _ids_meta(ds, path, name, budget: _ReadBudget) -> int:
+    """Check an id dataset from its metadata (1-D, strings); returns its length."""
+    if len(ds.shape) != 1:
+        raise FormatError(path, f"expected a 1-D array of ids, found shape {ds.shape}", f"dataset '{name}'")
+    if ds.dtype.kind not in "SOU":
+        raise FormatError(path, f"dtype {ds.dtype}, expected ASCII strings", f"dataset '{name}'")
+    # bytes of the array plus one Python string per id
+    budget.take(name, ds.shape, (ds.dtype.itemsize if ds.dtype.kind == "S" else 16) + 64)
+    return ds.shape[0]
+
+
+def _matrix_meta(ds, path, name: str, n_ids: int, max_dim: int | None, budget: _ReadBudget) -> None:
+    """The checks of :func:`_check_matrix` done on a dataset's metadata, before any read."""
+    _check_shape(ds.shape, ds.dtype, path, name, n_ids, max_dim)
+    budget.take(name, ds.shape, ds.dtype.itemsize + 4)  # as stored, then as float32
+
+
+def _check_shape(shape, dtype, path, name: str, n_ids: int, max_dim: int | None) -> None:
+    if len(shape) != 2:
+        raise FormatError(path, f"expected a 2-D array, found shape {tuple(shape)}", f"dataset '{name}'")
+    if shape[0] != n_ids:
+        raise FormatError(path, f"{shape[0]} vectors for {n_ids} ids", f"dataset '{name}'")
+    if shape[1] < 1:
+        raise FormatError(path, "0-dimensional descriptors (shape (n, 0))", f"dataset '{name}'")
+    if max_dim is not None and shape[1] > max_dim:
+        raise FormatError(path, f"{shape[1]} dimensions, more than {max_dim}", f"dataset '{name}'")
+    if not np.issubdtype(dtype, np.floating):
+        raise FormatError(path, f"dtype {dtype}, expected float32", f"dataset '{name}'")
 
 
 def _decode_ids(ds, path, name) -> np.ndarray:
@@ -282,14 +339,7 @@ def _check_sorted_unique(ids: np.ndarray, path, name: str) -> None:
 
 
 def _check_matrix(x, path, name: str, n_ids: int, max_dim: int | None) -> np.ndarray:
-    if x.ndim != 2:
-        raise FormatError(path, f"expected a 2-D array, found shape {x.shape}", f"dataset '{name}'")
-    if x.shape[0] != n_ids:
-        raise FormatError(path, f"{x.shape[0]} vectors for {n_ids} ids", f"dataset '{name}'")
-    if max_dim is not None and x.shape[1] > max_dim:
-        raise FormatError(path, f"{x.shape[1]} dimensions, more than {max_dim}", f"dataset '{name}'")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise FormatError(path, f"dtype {x.dtype}, expected float32", f"dataset '{name}'")
+    _check_shape(x.shape, x.dtype, path, name, n_ids, max_dim)
     x = np.asarray(x, dtype=np.float32)
     bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
     if len(bad):
@@ -297,10 +347,24 @@ def _check_matrix(x, path, name: str, n_ids: int, max_dim: int | None) -> np.nda
     return x
 
 
-def read_descriptors(path: str | Path, max_dim: int | None = MAX_DESCRIPTOR_DIM) -> DescriptorSubmission:
-    """Read a descriptor-track HDF5 submission and validate it (see module docstring)."""
+def read_descriptors(path: str | Path, max_dim: int | None = MAX_DESCRIPTOR_DIM,
+                     max_bytes: int | None = MAX_READ_BYTES) -> DescriptorSubmission:
+    """Read a descriptor-track HDF5 submission and validate it (see module docstring).
+
+    Shapes, dtypes and counts are checked from the datasets' metadata before anything is read,
+    and the file is refused when reading it would allocate more than ``max_bytes`` (None: no
+    limit): a small file can declare huge datasets.
+    """
     path = Path(path)
     with _open_h5(path, ("query", "reference", "query_ids", "reference_ids")) as f:
+        budget = _ReadBudget(path, max_bytes)
+        nq = _ids_meta(f["query_ids"], path, "query_ids", budget)
+        nr = _ids_meta(f["reference_ids"], path, "reference_ids", budget)
+        _matrix_meta(f["query"], path, "query", nq, max_dim, budget)
+        _matrix_meta(f["reference"], path, "reference", nr, max_dim, budget)
+        if f["query"].shape[1] != f["reference"].shape[1]:
+            raise FormatError(path, f"query dimension {f['query'].shape[1]} differs from reference dimension "
+                                    f"{f['reference'].shape[1]}")
         qids = _decode_ids(f["query_ids"], path, "query_ids")
         rids = _decode_ids(f["reference_ids"], path, "reference_ids")
         _check_id_array(qids, "query", path, "query_ids")
@@ -337,13 +401,16 @@ def write_descriptors(path: str | Path, sub: DescriptorSubmission, max_dim: int 
         f.create_dataset("reference_ids", data=_ascii(rids))
 
 
-def read_split_vectors(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read isc2021's per-split HDF5 (``vectors``, ``image_names``).
+def read_split_vectors(path: str | Path, max_bytes: int | None = MAX_READ_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """Read isc2021's per-split HDF5 (``vectors``, ``image_names``), checked like :func:`read_descriptors`.
 
     Returns (ids, x): ids (n,) with folders and extensions stripped, x (n, d) float32.
     """
     path = Path(path)
     with _open_h5(path, ("vectors", "image_names")) as f:
+        budget = _ReadBudget(path, max_bytes)
+        n = _ids_meta(f["image_names"], path, "image_names", budget)
+        _matrix_meta(f["vectors"], path, "vectors", n, None, budget)
         names = _decode_ids(f["image_names"], path, "image_names")
         ids = np.array([os.path.splitext(os.path.basename(n))[0] for n in names], dtype=object)
         x = _check_matrix(f["vectors"][()], path, "vectors", len(ids), None)
