@@ -33,15 +33,15 @@ knn = st.number_input("Descriptors: neighbours per query (0 = the official globa
                       key="knn")
 if up is None:
     st.stop()
+path = None
 try:
-    path = store_upload(up.getvalue(), up.name, root)
+    path = store_upload(up, up.name, root)  # the size is checked before the content is read
     with st.spinner("Evaluating…"):
         res = evaluate_submission(path, bench, knn=int(knn) or None)
-except ImsimError as e:
-    st.error(f"This file cannot be evaluated: {e}")
-    st.stop()
-except OSError as e:
-    st.error(f"This file could not be read: {e}")
+except (ImsimError, OSError) as e:
+    if path is not None:  # a rejected upload is not kept
+        path.unlink(missing_ok=True)
+    st.error(f"This file {'cannot be evaluated' if isinstance(e, ImsimError) else 'could not be read'}: {e}")
     st.stop()
 
 st.success(f"{res.kind.upper()} submission evaluated against {bench.name}.")
