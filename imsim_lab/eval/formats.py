@@ -1,6 +1,6 @@
 """The official ISC2021 / DISC21 file formats, read and written with validation.
 
-Formats (``shared/docs/PROTOCOL.md`` section 2):
+Formats (``docs/PROTOCOLS.md``):
 
 * ground truth CSV: header ``query_id,reference_id``; every query has a row, an empty reference
   when it has no match;
@@ -127,7 +127,7 @@ class DescriptorSubmission:
     """A descriptor-track submission.
 
     Shapes: ``xq`` (nq, d) float32 with ``query_ids`` (nq,); ``xb`` (nr, d) float32 with
-    ``reference_ids`` (nr,). Distances are Euclidean (PROTOCOL.md section 4).
+    ``reference_ids`` (nr,). Distances are Euclidean (``docs/PROTOCOLS.md``, descriptor track).
     """
 
     query_ids: np.ndarray
