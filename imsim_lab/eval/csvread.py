@@ -1,12 +1,13 @@
 """The validating CSV reader behind :func:`~imsim_lab.eval.formats.read_predictions` and
 :func:`~imsim_lab.eval.formats.read_ground_truth`: numpy only, no CSV engine.
 
-A table is read as bytes. The common case (plain ASCII letters, digits, ``+-.``, commas and ``\\n``,
-no blank line) is parsed with vectorised numpy on the byte buffer: field bounds from the comma and
-newline positions, ids turned into integer keys digit by digit, scores cast from fixed-width byte
-strings, Python strings built only once per distinct id. Anything else (quotes, spaces, ``\\r\\n``,
-blank lines, non-ASCII text, ids longer than 17 digits) goes through the :mod:`csv` module with the
-same checks and the same messages, so both paths accept the same files and produce the same values.
+A table is read as bytes. The common case (ids like ``Q00012``, plain numbers, commas and ``\\n``,
+no blank line, no quote or space) is parsed with vectorised numpy on the byte buffer: field bounds
+from the comma and newline positions, ids turned into integer keys from their digits, scores from
+fixed-width byte strings, Python strings built only once per distinct id. Anything else (quotes,
+spaces, ``\\r\\n``, blank lines, non-ASCII text, ids longer than 17 digits, NaN, any malformed
+field) goes through the :mod:`csv` module, which applies every check and names the first problem,
+so both paths accept the same files and produce the same values.
 
 Every problem is a :class:`~imsim_lab.errors.FormatError` naming the file and the 1-based file row;
 quoted input is cut to :data:`QUOTE_LIMIT` characters.
@@ -33,9 +34,9 @@ COMPRESSED_MAGIC = ((b"\x1f\x8b", "gzip"), (b"PK\x03\x04", "zip"), (b"BZh", "bzi
 #: longest quoted input in an error message
 QUOTE_LIMIT = 60
 
-_FAST_BYTES = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+-.,\n"
 _MAX_KEY_DIGITS = 17  # value * 32 + digits stays below 2**63
 _MAX_SCORE_BYTES = 64
+_SCORE_BYTES = b"0123456789+-.eE"  # what the fast path parses in a score
 _PAD = 80  # zeros after the body: a field of up to this many bytes can be read as one row
 
 
@@ -54,11 +55,7 @@ class IdColumn:
 
     values: np.ndarray
     codes: np.ndarray
-    vocab: np.ndarray | None
-
-    def expand(self) -> "IdColumn":
-        """Built from (vocabulary, codes): the values are ``vocab[codes]``."""
-        return IdColumn(self.values[self.codes], self.codes, self.values)
+    vocab: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,7 +128,7 @@ def read_table(path: str | Path, header: tuple[str, ...], id_kinds: tuple, allow
     first, body = (data, b"") if end < 0 else (data[:end], data[end + 1:])
     _check_header(path, first, header)
     ncols = len(header)
-    if body and not body.translate(None, _FAST_BYTES) and b"\n\n" not in body and not body.startswith(b"\n"):
+    if body:  # the fast path checks every field and hands anything unusual to the csv path
         try:
             return _fast(path, body, ncols, id_kinds, allow_empty, score_column, max_rows)
         except _Fallback:
@@ -144,43 +141,29 @@ def read_table(path: str | Path, header: tuple[str, ...], id_kinds: tuple, allow
 
 
 def _fast(path, body, ncols, id_kinds, allow_empty, score_column, max_rows) -> Table:
+    """The vectorised path. It never reports a problem itself: anything unexpected (a blank line,
+    a field count, an id or a score it cannot take) sends the file to :func:`_general`, which
+    names the first problem exactly."""
     if not body.endswith(b"\n"):
         body += b"\n"
     buf = np.frombuffer(body + bytes(_PAD), np.uint8)
     nl = np.flatnonzero(buf == 10)
-    n = len(nl)
+    cm = np.flatnonzero(buf == 44)
+    n, k = len(nl), ncols - 1
+    line_start = np.concatenate([[0], nl[:-1] + 1])
+    if len(cm) != n * k or not k:
+        raise _Fallback
+    cuts = cm.reshape(n, k)
+    if not ((cuts[:, 0] > line_start).all() and (cuts[:, -1] < nl).all()):  # k commas in every line
+        raise _Fallback
     if max_rows is not None and n > max_rows:
         raise FormatError(path, f"{n} predictions, more than the limit of {max_rows}", f"row {max_rows + 2}")
-    cm = np.flatnonzero(buf == 44)
-    line_start = np.concatenate([[0], nl[:-1] + 1])
-    k = ncols - 1
-    if len(cm) != n * k or (k and not _commas_in_lines(cm, line_start, nl, k)):
-        per_line = np.bincount(np.searchsorted(nl, cm), minlength=n)
-        i = int(np.flatnonzero(per_line != k)[0])
-        raise FormatError(path, f"expected {ncols} fields per row, found {per_line[i] + 1}", f"row {i + 2}")
-    cuts = cm.reshape(n, k) if k else np.zeros((n, 0), np.int64)
     starts = np.column_stack([line_start, cuts + 1])
     ends = np.column_stack([cuts, nl])
-    ids = [_fast_ids(path, buf, starts[:, j], ends[:, j], kind, header_empty)
-           for j, (kind, header_empty) in enumerate(zip(id_kinds, allow_empty))]
-    scores = _fast_scores(path, buf, starts[:, -1], ends[:, -1]) if score_column else None
+    ids = [_fast_ids(buf, starts[:, j], ends[:, j], kind, empty_ok)
+           for j, (kind, empty_ok) in enumerate(zip(id_kinds, allow_empty))]
+    scores = _fast_scores(buf, starts[:, -1], ends[:, -1]) if score_column else None
     return Table(ids, scores, n)
-
-
-def _commas_in_lines(cm, line_start, nl, k) -> bool:
-    c = cm.reshape(-1, k)
-    return bool((c[:, 0] >= line_start).all() and (c[:, -1] < nl).all())
-
-
-def _gather(buf, starts, width, lengths=None):
-    """(n, width) uint8: the bytes from each start (rows copied from a window view of the
-    buffer, which ends with :data:`_PAD` zeros); with ``lengths``, zero from each row's length on."""
-    w = max(width, 1)
-    records = np.ndarray((len(buf) - w + 1,), dtype=f"S{w}", buffer=buf, strides=(1,))  # overlapping
-    out = records[starts].view(np.uint8).reshape(len(starts), w)[:, :width]
-    if lengths is not None:
-        out *= np.arange(width, dtype=np.int64) < lengths[:, None]
-    return out
 
 
 def factorize_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -202,69 +185,103 @@ def factorize_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, order[new]
 
 
-def _field(buf, start, end) -> str:
-    return bytes(buf[start:end]).decode("ascii")
+def _records(buf: np.ndarray, width: int) -> np.ndarray:
+    """Every ``width``-byte window of ``buf`` as one fixed-width bytes array (a view, no copy):
+    ``_records(buf, w)[starts]`` copies the fields at ``starts`` in one fancy index."""
+    return np.ndarray((len(buf) - width + 1,), dtype=f"S{width}", buffer=buf, strides=(1,))
 
 
-def _fast_ids(path, buf, starts, ends, kind, allow_empty) -> IdColumn:
+def _by_length(lengths: np.ndarray):
+    """(length, rows) for each distinct length; one group without an index when all are equal."""
+    lo, hi = int(lengths.min()), int(lengths.max())
+    if lo == hi:
+        yield lo, slice(None)
+        return
+    for w in np.unique(lengths).tolist():
+        yield w, np.flatnonzero(lengths == w)
+
+
+def _fast_ids(buf, starts, ends, kind, allow_empty) -> IdColumn:
     prefix, min_digits = ID_KINDS[kind]
-    length = ends - starts
-    nd = np.maximum(length - 1, 0)
-    width = int(nd.max(initial=0))
-    if width > _MAX_KEY_DIGITS:
-        raise _Fallback
-    empty = length == 0
-    ok = (buf[starts] == ord(prefix)) & (nd >= min_digits)
-    digits = _gather(buf, starts + 1, width)
-    digits -= 48  # uint8: anything but a digit becomes > 9
-    fixed = bool((nd == width).all())
-    if not fixed:
-        digits *= np.arange(width) < nd[:, None]  # zero past each id's digits
-    ok &= (digits <= 9).all(axis=1)
-    if allow_empty:
-        ok |= empty
-    if not ok.all():
-        i = int(np.flatnonzero(~ok)[0])
-        raise _id_error(path, _field(buf, starts[i], ends[i]), kind, i + 2)
-    if width <= 15:  # exact in float64: a matrix-vector product does the digit sum
-        value = (digits @ 10.0 ** np.arange(width - 1, -1, -1)).astype(np.int64)
-    else:
-        value = np.zeros(len(starts), np.int64)
-        for j in range(width):
-            value = value * 10 + digits[:, j]
-    if not fixed:  # the digits were read left-aligned in ``width`` places
-        value //= 10 ** (width - nd)
-    key = np.where(empty, -1, value * 32 + nd)
+    lengths = ends - starts
+    key = np.empty(len(starts), np.int64)
+    for w, rows in _by_length(lengths):
+        if w == 0 and allow_empty:
+            key[rows] = -1
+            continue
+        if not min_digits < w <= _MAX_KEY_DIGITS + 1:
+            raise _Fallback
+        raw = _records(buf, w)[starts[rows]].view(np.uint8).reshape(-1, w)
+        digits = raw[:, 1:] - np.uint8(48)  # uint8: anything but a digit becomes > 9
+        if (raw[:, 0] != ord(prefix)).any() or (digits > 9).any():
+            raise _Fallback
+        if w <= 16:  # at most 15 digits: the digit sum is exact in float64, one matrix-vector product
+            value = (digits @ 10.0 ** np.arange(w - 2, -1, -1)).astype(np.int64)
+        else:
+            value = np.zeros(len(raw), np.int64)
+            for j in range(w - 1):
+                value = value * 10 + digits[:, j]
+        key[rows] = value * 32 + (w - 1)  # ids of other widths (Q00001, Q000001) stay apart
     codes, first = factorize_keys(key)
-    return IdColumn(_strings(buf, starts[first], length[first]), codes, None).expand()
+    # one Python string per distinct id: the field and the separator after it, split apart
+    sep = chr(buf[ends[0]])
+    vocab = np.empty(len(first), dtype=object)
+    for w, rows in _by_length(lengths[first]):
+        text = _records(buf, w + 1)[starts[first[rows]]].tobytes().decode("ascii")
+        vocab[rows] = text.split(sep)[:-1]
+    return IdColumn(vocab[codes], codes, vocab)
 
 
-def _strings(buf, starts, lengths) -> np.ndarray:
-    """(u,) object array of the ASCII fields at ``starts`` with ``lengths``."""
-    w = int(lengths.max(initial=0)) + 1
-    raw = _gather(buf, starts, w, lengths)
-    raw[np.arange(len(starts)), lengths] = 10  # a newline ends each field; NUL pads
-    text = raw.tobytes().decode("ascii")
-    if not (lengths == w - 1).all():
-        text = text.replace("\0", "")
-    parts = text.split("\n")
-    return np.fromiter(parts, dtype=object, count=len(starts))
-
-
-def _fast_scores(path, buf, starts, ends) -> np.ndarray:
-    length = ends - starts
-    width = int(length.max(initial=0))
-    if width > _MAX_SCORE_BYTES:
+def _fast_scores(buf, starts, ends) -> np.ndarray:
+    lengths = ends - starts
+    out = np.empty(len(starts), np.float64)
+    for w, rows in _by_length(lengths):
+        if not 0 < w <= _MAX_SCORE_BYTES:
+            raise _Fallback
+        raw = _records(buf, w)[starts[rows]]
+        if raw.tobytes().translate(None, _SCORE_BYTES):  # a space, a quote, nan, inf...: the csv path
+            raise _Fallback
+        out[rows] = _decimals(raw.view(np.uint8).reshape(-1, w), raw)
+    if not np.isfinite(out).all():
         raise _Fallback
-    raw = _gather(buf, starts, max(width, 1), length)
-    txt = raw.view(f"S{max(width, 1)}").ravel()
-    try:
-        s = txt.astype(np.float64)
-    except ValueError:
-        s = None
-    if s is None or not np.isfinite(s).all():
-        return _str_scores(path, [t.decode("ascii") for t in txt.tolist()], None)
-    return s
+    return out
+
+
+def _decimals(raw: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """Floats of fixed-width numbers: (m, w) uint8 bytes and the same rows as (m,) ``S{w}``.
+
+    Plain decimals (``[+-]digits[.digits]``, at most 15 digits) are computed as an exact integer
+    divided by an exact power of ten, which IEEE division rounds correctly: the value ``float()``
+    gives, bit for bit (Clinger's fast path). The other rows (exponents, longer numbers) are
+    cast by numpy, and a ValueError there sends the file to the csv path.
+    """
+    m, w = raw.shape
+    out = np.empty(m, np.float64)
+    done = np.zeros(m, bool)
+    neg = raw[:, 0] == ord("-")
+    signed = (neg | (raw[:, 0] == ord("+"))).astype(np.int64)
+    is_dot = raw == ord(".")
+    dot = np.where(is_dot.any(axis=1), is_dot.argmax(axis=1), w)
+    layout = signed * (w + 1) + dot
+    for lay in np.unique(layout).tolist():
+        sign, d = divmod(lay, w + 1)
+        cols = [j for j in range(sign, w) if j != d]
+        if not 0 < len(cols) <= 15:
+            continue
+        rows = np.flatnonzero(layout == lay)
+        digits = raw[rows][:, cols] - np.uint8(48)
+        good = (digits <= 9).all(axis=1)
+        mantissa = digits.astype(np.float64) @ 10.0 ** np.arange(len(cols) - 1, -1, -1)
+        value = mantissa / 10.0 ** (w - 1 - d if d < w else 0)
+        value = np.where(neg[rows], -value, value)
+        out[rows[good]] = value[good]
+        done[rows[good]] = True
+    if not done.all():
+        try:
+            out[~done] = text[~done].astype(np.float64)
+        except ValueError:
+            raise _Fallback from None
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -153,10 +153,13 @@ def first_repeat(*codes: np.ndarray) -> int | None:
     key = np.zeros(n, np.int64)
     for c in codes:
         key = key * (int(c.max()) + 1) + c
-    order = np.argsort(key, kind="stable")  # equal keys stay in row order
-    sk = key[order]
-    again = np.flatnonzero(sk[1:] == sk[:-1]) + 1
-    return int(order[again].min()) if len(again) else None
+    sk = np.sort(key)
+    if not (sk[1:] == sk[:-1]).any():
+        return None
+    _, first = np.unique(key, return_index=True)  # the first row of each key
+    repeated = np.ones(n, bool)
+    repeated[first] = False
+    return int(np.flatnonzero(repeated)[0])
 
 
 # --------------------------------------------------------------------------------------------
