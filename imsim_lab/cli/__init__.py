@@ -21,23 +21,31 @@ COMMAND_MODULES = ["eval_cmd", "run_cmd", "data_cmd", "bench_cmd", "explore_cmd"
                    "train_cmd"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: commands whose parser is built alone when they come first on the command line, so that their
+#: process imports nothing of the other commands (``imsim-lab eval`` is timed as a whole process)
+LEAN_COMMANDS = {"eval": "eval_cmd"}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``imsim-lab`` parser; with ``only`` (a module of :data:`COMMAND_MODULES`), that module's
+    commands alone."""
     parser = argparse.ArgumentParser(
         prog="imsim-lab",
         description="Teach, reproduce and compare image copy detection (ISC2021 / DISC21).",
     )
     parser.add_argument("--version", action="version", version=f"imsim-lab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in [only] if only else COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     """Parse ``argv`` with ``parser`` (default: the ``imsim-lab`` parser) and run the chosen command."""
-    parser = parser or build_parser()
+    args_list = sys.argv[1:] if argv is None else argv
+    parser = parser or build_parser(LEAN_COMMANDS.get(args_list[0]) if args_list else None)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(args_list)
         if not getattr(args, "func", None):
             parser.print_help()
             return 1

@@ -37,6 +37,7 @@ QUOTE_LIMIT = 60
 _MAX_KEY_DIGITS = 17  # value * 32 + digits stays below 2**63
 _MAX_SCORE_BYTES = 64
 _SCORE_BYTES = b"0123456789+-.eE"  # what the fast path parses in a score
+_MAX_PLAIN_CODE = 2**40  # below this an id's integer key serves as its code (products stay in int64)
 _PAD = 80  # zeros after the body: a field of up to this many bytes can be read as one row
 
 
@@ -51,11 +52,13 @@ def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
 
 @dataclass(frozen=True, eq=False)
 class IdColumn:
-    """A validated id column: ``vocab[codes] == values``; shapes (n,), (n,), (u,)."""
+    """A validated id column: ``values`` (n,) str; ``codes`` (n,) non-negative int64, equal for
+    equal ids and only for them; ``vocab`` (u,) with ``vocab[codes] == values`` and codes in
+    [0, u), or None (then the codes need not be dense). A table's first column has a vocab."""
 
     values: np.ndarray
     codes: np.ndarray
-    vocab: np.ndarray
+    vocab: np.ndarray | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,7 +163,7 @@ def _fast(path, body, ncols, id_kinds, allow_empty, score_column, max_rows) -> T
         raise FormatError(path, f"{n} predictions, more than the limit of {max_rows}", f"row {max_rows + 2}")
     starts = np.column_stack([line_start, cuts + 1])
     ends = np.column_stack([cuts, nl])
-    ids = [_fast_ids(buf, starts[:, j], ends[:, j], kind, empty_ok)
+    ids = [_fast_ids(buf, starts[:, j], ends[:, j], kind, empty_ok, j == 0)
            for j, (kind, empty_ok) in enumerate(zip(id_kinds, allow_empty))]
     scores = _fast_scores(buf, starts[:, -1], ends[:, -1]) if score_column else None
     return Table(ids, scores, n)
@@ -191,17 +194,21 @@ def _records(buf: np.ndarray, width: int) -> np.ndarray:
     return np.ndarray((len(buf) - width + 1,), dtype=f"S{width}", buffer=buf, strides=(1,))
 
 
-def _by_length(lengths: np.ndarray):
-    """(length, rows) for each distinct length; one group without an index when all are equal."""
-    lo, hi = int(lengths.min()), int(lengths.max())
+def _by_length(labels: np.ndarray):
+    """(label, rows) for each distinct small non-negative label (a field width, a number layout),
+    in increasing label order; one group without an index when all labels are equal."""
+    lo, hi = int(labels.min()), int(labels.max())
     if lo == hi:
         yield lo, slice(None)
         return
-    for w in np.unique(lengths).tolist():
-        yield w, np.flatnonzero(lengths == w)
+    counts = np.bincount(labels)
+    order = np.argsort(labels.astype(np.int16 if hi < 2**15 else np.int64), kind="stable")  # radix sort
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    for label in np.flatnonzero(counts).tolist():
+        yield label, order[bounds[label]:bounds[label + 1]]
 
 
-def _fast_ids(buf, starts, ends, kind, allow_empty) -> IdColumn:
+def _fast_ids(buf, starts, ends, kind, allow_empty, with_vocab) -> IdColumn:
     prefix, min_digits = ID_KINDS[kind]
     lengths = ends - starts
     key = np.empty(len(starts), np.int64)
@@ -222,14 +229,23 @@ def _fast_ids(buf, starts, ends, kind, allow_empty) -> IdColumn:
             for j in range(w - 1):
                 value = value * 10 + digits[:, j]
         key[rows] = value * 32 + (w - 1)  # ids of other widths (Q00001, Q000001) stay apart
-    codes, first = factorize_keys(key)
-    # one Python string per distinct id: the field and the separator after it, split apart
     sep = chr(buf[ends[0]])
-    vocab = np.empty(len(first), dtype=object)
-    for w, rows in _by_length(lengths[first]):
-        text = _records(buf, w + 1)[starts[first[rows]]].tobytes().decode("ascii")
-        vocab[rows] = text.split(sep)[:-1]
+    if not with_vocab and int(key.max()) < _MAX_PLAIN_CODE:
+        # the key itself (shifted so that the empty id is 0) is a code: no sort, one string per row
+        return IdColumn(_strings(buf, starts, lengths, sep), key + 1, None)
+    codes, first = factorize_keys(key)
+    vocab = _strings(buf, starts[first], lengths[first], sep)  # one Python string per distinct id
     return IdColumn(vocab[codes], codes, vocab)
+
+
+def _strings(buf, starts, lengths, sep: str) -> np.ndarray:
+    """(m,) object array of the ASCII fields at ``starts``: each field is copied with the
+    separator that follows it, and the text is split on that separator."""
+    out = np.empty(len(starts), dtype=object)
+    for w, rows in _by_length(lengths):
+        text = _records(buf, w + 1)[starts[rows]].tobytes().decode("ascii")
+        out[rows] = text.split(sep)[:-1]
+    return out
 
 
 def _fast_scores(buf, starts, ends) -> np.ndarray:
@@ -263,12 +279,12 @@ def _decimals(raw: np.ndarray, text: np.ndarray) -> np.ndarray:
     is_dot = raw == ord(".")
     dot = np.where(is_dot.any(axis=1), is_dot.argmax(axis=1), w)
     layout = signed * (w + 1) + dot
-    for lay in np.unique(layout).tolist():
+    for lay, rows in _by_length(layout):
         sign, d = divmod(lay, w + 1)
         cols = [j for j in range(sign, w) if j != d]
         if not 0 < len(cols) <= 15:
             continue
-        rows = np.flatnonzero(layout == lay)
+        rows = np.arange(m) if isinstance(rows, slice) else rows
         digits = raw[rows][:, cols] - np.uint8(48)
         good = (digits <= 9).all(axis=1)
         mantissa = digits.astype(np.float64) @ 10.0 ** np.arange(len(cols) - 1, -1, -1)

@@ -145,11 +145,13 @@ def first_repeat(*codes: np.ndarray) -> int | None:
     """Index of the first row whose tuple of codes repeats an earlier row, or None.
 
     Args:
-        codes: one or more (n,) arrays of non-negative integer codes.
+        codes: one or more (n,) arrays of non-negative integer codes (equal codes for equal ids).
     """
     n = len(codes[0])
     if n < 2:
         return None
+    if np.prod([float(c.max()) + 1 for c in codes]) >= 2**62:  # the combined key would overflow
+        codes = tuple(np.unique(c, return_inverse=True)[1].ravel() for c in codes)
     key = np.zeros(n, np.int64)
     for c in codes:
         key = key * (int(c.max()) + 1) + c

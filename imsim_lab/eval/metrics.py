@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Iterable
 
 import numpy as np
@@ -113,8 +114,8 @@ def _codes(*arrays: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
 
 def _lookup(vocab: np.ndarray, values) -> np.ndarray:
     """Position of each of ``values`` in ``vocab`` (-1 when absent); (len(values),) int64."""
-    index = {v: i for i, v in enumerate(vocab.tolist())}
-    return np.fromiter((index.get(v, -1) for v in values), np.int64, len(values))
+    index = dict(zip(vocab.tolist(), range(len(vocab))))
+    return np.fromiter(map(index.get, values, repeat(-1)), np.int64, len(values))
 
 
 def first_duplicate(query_codes: np.ndarray, reference_ids: np.ndarray,
