@@ -255,48 +255,14 @@ def _fast_scores(buf, starts, ends) -> np.ndarray:
         if not 0 < w <= _MAX_SCORE_BYTES:
             raise _Fallback
         raw = _records(buf, w)[starts[rows]]
-        if raw.tobytes().translate(None, _SCORE_BYTES):  # a space, a quote, nan, inf...: the csv path
+        if raw.tobytes().translate(None, _SCORE_BYTES):  # a space, a quote, "_", nan, inf...: the csv path
             raise _Fallback
-        out[rows] = _decimals(raw.view(np.uint8).reshape(-1, w), raw)
-    if not np.isfinite(out).all():
-        raise _Fallback
-    return out
-
-
-def _decimals(raw: np.ndarray, text: np.ndarray) -> np.ndarray:
-    """Floats of fixed-width numbers: (m, w) uint8 bytes and the same rows as (m,) ``S{w}``.
-
-    Plain decimals (``[+-]digits[.digits]``, at most 15 digits) are computed as an exact integer
-    divided by an exact power of ten, which IEEE division rounds correctly: the value ``float()``
-    gives, bit for bit (Clinger's fast path). The other rows (exponents, longer numbers) are
-    cast by numpy, and a ValueError there sends the file to the csv path.
-    """
-    m, w = raw.shape
-    out = np.empty(m, np.float64)
-    done = np.zeros(m, bool)
-    neg = raw[:, 0] == ord("-")
-    signed = (neg | (raw[:, 0] == ord("+"))).astype(np.int64)
-    is_dot = raw == ord(".")
-    dot = np.where(is_dot.any(axis=1), is_dot.argmax(axis=1), w)
-    layout = signed * (w + 1) + dot
-    for lay, rows in _by_length(layout):
-        sign, d = divmod(lay, w + 1)
-        cols = [j for j in range(sign, w) if j != d]
-        if not 0 < len(cols) <= 15:
-            continue
-        rows = np.arange(m) if isinstance(rows, slice) else rows
-        digits = raw[rows][:, cols] - np.uint8(48)
-        good = (digits <= 9).all(axis=1)
-        mantissa = digits.astype(np.float64) @ 10.0 ** np.arange(len(cols) - 1, -1, -1)
-        value = mantissa / 10.0 ** (w - 1 - d if d < w else 0)
-        value = np.where(neg[rows], -value, value)
-        out[rows[good]] = value[good]
-        done[rows[good]] = True
-    if not done.all():
-        try:
-            out[~done] = text[~done].astype(np.float64)
+        try:  # exact-width byte strings: numpy parses them like float() (correctly rounded)
+            out[rows] = raw.astype(np.float64)
         except ValueError:
             raise _Fallback from None
+    if not np.isfinite(out).all():
+        raise _Fallback
     return out
 
 
