@@ -286,3 +286,14 @@ def test_fast_path_errors_name_the_row(tmp_path, body, match, row):
         with pytest.raises(FormatError, match=match) as e:
             read_predictions(p)
         assert f"row {row}" in str(e.value)
+
+
+@pytest.mark.parametrize("sort", [False, True])
+def test_factorize_keys_matches_numpy_unique(sort):
+    from imsim_lab.eval.csvread import factorize_keys
+
+    key = np.random.default_rng(3).integers(-1, 50, 400)
+    key = np.sort(key) if sort else key
+    codes, where = factorize_keys(key)
+    uniq, inverse = np.unique(key, return_inverse=True)
+    assert np.array_equal(codes, inverse.ravel()) and np.array_equal(key[where], uniq)

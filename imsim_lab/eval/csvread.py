@@ -161,11 +161,12 @@ def _fast(path, body, ncols, id_kinds, allow_empty, score_column, max_rows) -> T
         raise _Fallback
     if max_rows is not None and n > max_rows:
         raise FormatError(path, f"{n} predictions, more than the limit of {max_rows}", f"row {max_rows + 2}")
-    starts = np.column_stack([line_start, cuts + 1])
-    ends = np.column_stack([cuts, nl])
-    ids = [_fast_ids(buf, starts[:, j], ends[:, j], kind, empty_ok, j == 0)
+    # field j of every line spans [starts[j], ends[j]) (contiguous arrays, one per column)
+    ends = [np.ascontiguousarray(cuts[:, j]) for j in range(k)] + [nl]
+    starts = [line_start] + [e + 1 for e in ends[:-1]]
+    ids = [_fast_ids(buf, starts[j], ends[j], kind, empty_ok, j == 0)
            for j, (kind, empty_ok) in enumerate(zip(id_kinds, allow_empty))]
-    scores = _fast_scores(buf, starts[:, -1], ends[:, -1]) if score_column else None
+    scores = _fast_scores(buf, starts[-1], ends[-1]) if score_column else None
     return Table(ids, scores, n)
 
 
@@ -179,9 +180,12 @@ def factorize_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         (codes, where): codes (n,) int64 in [0, u), equal for equal keys and ordered like the keys;
         where (u,) the position of one occurrence of each distinct key.
     """
+    new = np.ones(len(key), bool)
+    if (key[1:] >= key[:-1]).all():  # already grouped in order (a file sorted by query): no sort
+        new[1:] = key[1:] != key[:-1]
+        return np.cumsum(new) - 1, np.flatnonzero(new)
     order = np.argsort(key)
     sk = key[order]
-    new = np.ones(len(key), bool)
     new[1:] = sk[1:] != sk[:-1]
     codes = np.empty(len(key), np.int64)
     codes[order] = np.cumsum(new) - 1
