@@ -16,6 +16,7 @@ quoted input is cut to :data:`QUOTE_LIMIT` characters.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,13 +78,19 @@ class Table:
         return i + 2 if self.file_rows is None else int(self.file_rows[i])
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_padded(path: Path) -> tuple[bytearray, int]:
+    """The file's bytes followed by :data:`_PAD` spare bytes (one buffer, no copy); and its size."""
     if not path.exists():
         raise FormatError(path, "file not found")
     if path.is_dir():
         raise FormatError(path, "is a folder, expected a CSV file")
     with open(path, "rb") as f:
-        return f.read()
+        size = os.fstat(f.fileno()).st_size
+        data = bytearray(size + _PAD)
+        got = f.readinto(memoryview(data)[:size])
+    if got != size:  # the file changed while being read
+        raise FormatError(path, f"read {got} bytes of {size}")
+    return data, size
 
 
 def _check_header(path: Path, first: bytes, expected: tuple[str, ...]) -> None:
@@ -124,18 +131,23 @@ def read_table(path: str | Path, header: tuple[str, ...], id_kinds: tuple, allow
         FormatError: the first problem, with the file row.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    end = data.find(b"\n")
-    first, body = (data, b"") if end < 0 else (data[:end], data[end + 1:])
-    _check_header(path, first, header)
+    data, size = _read_padded(path)
+    begin = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    end = data.find(b"\n", begin, size)
+    end = size if end < 0 else end
+    _check_header(path, bytes(data[begin:end]), header)
     ncols = len(header)
-    if body:  # the fast path checks every field and hands anything unusual to the csv path
+    if end + 1 < size:  # the fast path checks every field and hands anything unusual to the csv path
+        body_end = size
+        if data[size - 1] != 10:  # no final newline: add one in the spare bytes
+            data[size] = 10
+            body_end += 1
         try:
-            return _fast(path, body, ncols, id_kinds, allow_empty, score_column, max_rows)
+            buf = np.frombuffer(data, np.uint8)[end + 1:]  # the body and the spare bytes, a view
+            return _fast(path, buf, body_end - end - 1, ncols, id_kinds, allow_empty, score_column, max_rows)
         except _Fallback:
             pass
+    body = bytes(data[end + 1:size])
     return _general(path, body, ncols, id_kinds, allow_empty, score_column, max_rows)
 
 
@@ -143,15 +155,14 @@ def read_table(path: str | Path, header: tuple[str, ...], id_kinds: tuple, allow
 # fast path: numpy on the byte buffer
 
 
-def _fast(path, body, ncols, id_kinds, allow_empty, score_column, max_rows) -> Table:
-    """The vectorised path. It never reports a problem itself: anything unexpected (a blank line,
-    a field count, an id or a score it cannot take) sends the file to :func:`_general`, which
-    names the first problem exactly."""
-    if not body.endswith(b"\n"):
-        body += b"\n"
-    buf = np.frombuffer(body + bytes(_PAD), np.uint8)
-    nl = np.flatnonzero(buf == 10)
-    cm = np.flatnonzero(buf == 44)
+def _fast(path, buf, n_bytes, ncols, id_kinds, allow_empty, score_column, max_rows) -> Table:
+    """The vectorised path over ``buf`` (uint8: the body, ending with a newline, in its first
+    ``n_bytes``, then at least :data:`_PAD` spare bytes). It never reports a problem itself:
+    anything unexpected (a blank line, a field count, an id or a score it cannot take) sends the
+    file to :func:`_general`, which names the first problem exactly."""
+    seps = np.flatnonzero(buf[:n_bytes] <= 44)  # newlines and commas (and any odd byte below them)
+    kind = buf[seps]
+    nl, cm = seps[kind == 10], seps[kind == 44]
     n, k = len(nl), ncols - 1
     line_start = np.concatenate([[0], nl[:-1] + 1])
     if len(cm) != n * k or not k:
