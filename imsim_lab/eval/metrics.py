@@ -313,7 +313,8 @@ def evaluate(gt: GroundTruth, preds: Predictions, protocol: str = "isc2021",
         (rp, rg), _ = _codes(pr_s, pos_r)
         span = int(max(rp.max(initial=0), rg.max(initial=0))) + 1
         correct = np.isin(pq * span + rp, pos_q * span + rg)
-    pq, ps, correct = pq[keep], ps[keep], correct[keep]
+    if not keep.all():
+        pq, ps, correct = pq[keep], ps[keep], correct[keep]
     precisions, recalls, thresholds, y = precision_recall(correct, ps, n_pos)
     if n_pos == 0:
         ap = math.nan
