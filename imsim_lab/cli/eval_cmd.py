@@ -43,7 +43,8 @@ def run(args) -> int:
     gt = read_ground_truth(args.gt)
     if args.predictions:
         proto = get_protocol(args.protocol)
-        preds = read_predictions(args.predictions, max_rows=proto.max_rows, allow_duplicates=proto.duplicates == "count")
+        preds = read_predictions(args.predictions, max_rows=proto.max_rows,
+                                 allow_duplicates=proto.duplicates == "count")
     else:
         sub = read_descriptors(args.descriptors)
         preds = descriptor_predictions(sub, gt, args.protocol, knn=args.knn, max_results=args.max_results,

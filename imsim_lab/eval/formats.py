@@ -25,7 +25,7 @@ import numpy as np
 
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import FormatError
-from .csvread import EXAMPLE_ID, ID_PATTERNS, read_table
+from .csvread import EXAMPLE_ID, ID_PATTERNS, quote, read_table
 
 GT_HEADER = ("query_id", "reference_id")
 PREDICTIONS_HEADER = ("query_id", "reference_id", "score")
@@ -329,7 +329,8 @@ def _check_id_array(ids: np.ndarray, kind: str, path, dataset: str) -> None:
     pat = ID_PATTERNS[kind]
     for i, u in enumerate(ids):
         if not pat.fullmatch(u):
-            raise FormatError(path, f"unknown {kind} id format {u!r} at position {i} (expected like {EXAMPLE_ID[kind]})",
+            raise FormatError(path, f"unknown {kind} id format {quote(u)} at position {i} "
+                                    f"(expected like {EXAMPLE_ID[kind]})",
                               f"dataset '{dataset}'")
 
 

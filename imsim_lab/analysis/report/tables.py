@@ -94,7 +94,8 @@ def load_run_data(info: RunInfo, gt: GroundTruth | None = None) -> RunData:
     rec = info.metric("drivendata", "micro_ap")
     got = weighted_metrics(scored["drivendata"], np.ones((1, len(gt))))["micro_ap"][0]
     if rec is not None and not np.isnan(got) and abs(got - rec) > 1e-6:
-        notes.append(f"DrivenData intervals use the top {get_protocol('drivendata').budget(len(gt))} isc2021 predictions "
+        budget = get_protocol("drivendata").budget(len(gt))
+        notes.append(f"DrivenData intervals use the top {budget} isc2021 predictions "
                      f"(µAP {got:.4f}; metrics.json {rec:.4f})")
     return RunData(info, gt, pq, scored, notes)
 
