@@ -12,7 +12,7 @@ images into one :class:`LocalFeatures` per image. The interface mirrors
     f = model.embed([model.preprocess(img)])[0]
     f.geometry, f.descriptors          # (k, 4) float32 x, y, size, angle; (k, 128) uint8
 
-The registered models follow imgFp's local branch (METHODS.md section 6; sun-xl/ISC2021
+The registered models follow imgFp's local branch (Sun et al., arXiv 2112.02373; docs/methods.md; sun-xl/ISC2021
 ``local_fea/source_code/src/siftfp_extract.cpp``): the short side is brought down to 300 pixels
 (never up) and RootSIFT descriptors are stored quantised to bytes, ``round(255 * sqrt(|d| / sum|d|))``.
 Descriptor values are on the 0..255 scale in both storage dtypes (``uint8`` rounds them).

@@ -1,6 +1,6 @@
 """The ``sift`` matcher: candidate pairs rescored by counting SIFT matches that pass Lowe's ratio test.
 
-It is the local-verification step of imgFp (METHODS.md section 6; sun-xl/ISC2021
+It is the local-verification step of imgFp (Sun et al., arXiv 2112.02373; docs/methods.md; sun-xl/ISC2021
 ``local_fea/source_code/src/match_score.cpp``) without the horizontal-flip retry and the
 de-duplication of matches sharing a keypoint: local features of the images that appear in the
 pairs are extracted (short side 300, :mod:`imsim_lab.features.local`) into resumable stores under the
