@@ -229,13 +229,10 @@ def test_rank_tie_break():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_bench):
     from imsim_lab.data.benchmark import load_benchmark
-    from imsim_lab.data.synth import BuildConfig, build_benchmark
 
-    root = tmp_path_factory.mktemp("tiny")
-    build_benchmark(BuildConfig(preset="tiny", seed=0), root)
-    b = load_benchmark(root)
+    b = load_benchmark(tiny_bench)
     qs = ImageSource.files(b.query_ids, [b.image_path(i) for i in b.query_ids], "tiny/query")
     rs = ImageSource.files(b.reference_ids, [b.image_path(i) for i in b.reference_ids], "tiny/reference")
     return b, qs, rs
