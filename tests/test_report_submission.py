@@ -187,3 +187,9 @@ def test_saved_submission_joins_the_leaderboard(tmp_path, bench):
                                 bench)
     with pytest.raises(ImsimError, match="another run"):
         save_as_run(other, bench, res, "team one")
+    # a name that is already an uploaded file (FileExistsError before): one line, nothing written
+    taken = r.path.name
+    with pytest.raises(ImsimError, match="exists and is not a folder"):
+        save_as_run(other, bench, res, taken)
+    with pytest.raises(ImsimError, match="give the run a name"):
+        save_as_run(other, bench, res, "  ")
