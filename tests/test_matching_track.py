@@ -258,3 +258,18 @@ def test_a_matching_run_is_an_attack_transfer_target_not_a_surrogate(bench, pdq_
     assert list((sur / "robustness" / "attacks" / "fgsm-linf" / "matcher").rglob("count.txt"))
     with pytest.raises(AttackError, match="cannot be a surrogate"):
         run_attack_suite(m, cfg, opts=FAST)
+
+
+def test_changed_images_redo_the_matchers_work(tmp_path):
+    import shutil
+
+    b = Path(shutil.copytree(make_bench(tmp_path / "src", seed=2), tmp_path / "b"))
+    out = tmp_path / "m"
+    first = run_method("test_pixel_verify", b, out, opts=FAST)
+    marker = out / "matcher" / "query" / "stale.txt"
+    marker.write_text("work of the old images")
+    assert run_method("test_pixel_verify", b, out, opts=FAST).reused and marker.exists()
+    Image.new("RGB", (96, 72), (200, 10, 10)).save(b / "queries" / "Q00000.jpg")
+    again = run_method("test_pixel_verify", b, out, opts=FAST)
+    assert not again.reused and not marker.exists()
+    assert again.config["images"]["query"] != first.config["images"]["query"]
