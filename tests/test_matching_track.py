@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from imsim_lab.cli import main
-from imsim_lab.errors import ImsimError
 from imsim_lab.eval.metrics import evaluate
 from imsim_lab.features import ExtractConfig
 from imsim_lab.features.dataset import ImageSource
@@ -21,7 +20,7 @@ from imsim_lab.methods import (MATCHERS, METHODS, CandidatePairs, Matcher, Match
                                list_methods, prepare)
 from imsim_lab.methods.matching import candidate_pairs
 from imsim_lab.methods.spec import CandidateSource
-from imsim_lab.runfolder import CANDIDATES, PER_QUERY_COLUMNS, read_candidates, read_per_query, read_predictions
+from imsim_lab.runfolder import PER_QUERY_COLUMNS, read_candidates, read_per_query, read_predictions
 from imsim_lab.runner import RunOptions, run_method
 from support import make_bench
 

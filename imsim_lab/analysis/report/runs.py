@@ -17,13 +17,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from ...errors import FormatError, ImsimError
+from ...errors import ImsimError
 from ...eval.protocols import protocol_names
-
-from ...runfolder import INTERNAL_DIRS, PER_QUERY_COLUMNS  # noqa: F401  (PER_QUERY_COLUMNS: the readers' columns)
+from ...runfolder import INTERNAL_DIRS
 
 _SKIP_DIRS = {*INTERNAL_DIRS, "__pycache__", "queries", "references", "training", "held_out"}
 
