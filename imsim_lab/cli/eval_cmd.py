@@ -43,8 +43,9 @@ def run(args) -> int:
     gt = read_ground_truth(args.gt)
     if args.predictions:
         proto = get_protocol(args.protocol)
+        # the ids are only evaluated here, never shown: the reference column may stay bytes
         preds = read_predictions(args.predictions, max_rows=proto.max_rows,
-                                 allow_duplicates=proto.duplicates == "count")
+                                 allow_duplicates=proto.duplicates == "count", text_ids=False)
     else:
         sub = read_descriptors(args.descriptors)
         preds = descriptor_predictions(sub, gt, args.protocol, knn=args.knn, max_results=args.max_results,

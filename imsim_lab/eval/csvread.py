@@ -53,7 +53,8 @@ def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
 
 @dataclass(frozen=True, eq=False)
 class IdColumn:
-    """A validated id column: ``values`` (n,) str; ``codes`` (n,) non-negative int64, equal for
+    """A validated id column: ``values`` (n,) str (or ASCII bytes, ``S`` dtype, when the reader was
+    asked for ``text_ids=False``: no Python string per row); ``codes`` (n,) non-negative int64, equal for
     equal ids and only for them; ``vocab`` (u,) with ``vocab[codes] == values`` and codes in
     [0, u), or None (then the codes need not be dense). A table's first column has a vocab."""
 
@@ -113,7 +114,7 @@ def _check_header(path: Path, first: bytes, expected: tuple[str, ...]) -> None:
 
 
 def read_table(path: str | Path, header: tuple[str, ...], id_kinds: tuple, allow_empty: tuple,
-               score_column: bool, max_rows: int | None = None) -> Table:
+               score_column: bool, max_rows: int | None = None, text_ids: bool = True) -> Table:
     """Read and validate a CSV whose columns are ids (``id_kinds``) then, optionally, a score.
 
     Args:
@@ -123,6 +124,9 @@ def read_table(path: str | Path, header: tuple[str, ...], id_kinds: tuple, allow
         allow_empty: per id column, whether an empty field is accepted (it becomes ``""``).
         score_column: whether a last column of finite floats follows.
         max_rows: refuse more data rows than this.
+        text_ids: False: the id columns after the first may be returned as ASCII bytes (``S``
+            dtype) by the fast path, which saves a Python string per row (the whole-process
+            ``imsim-lab eval``); the codes are the same.
 
     Returns:
         :class:`Table`.
@@ -144,7 +148,8 @@ def read_table(path: str | Path, header: tuple[str, ...], id_kinds: tuple, allow
             body_end += 1
         try:
             buf = np.frombuffer(data, np.uint8)[end + 1:]  # the body and the spare bytes, a view
-            return _fast(path, buf, body_end - end - 1, ncols, id_kinds, allow_empty, score_column, max_rows)
+            return _fast(path, buf, body_end - end - 1, ncols, id_kinds, allow_empty, score_column, max_rows,
+                         text_ids)
         except _Fallback:
             pass
     body = bytes(data[end + 1:size])
@@ -155,7 +160,7 @@ def read_table(path: str | Path, header: tuple[str, ...], id_kinds: tuple, allow
 # fast path: numpy on the byte buffer
 
 
-def _fast(path, buf, n_bytes, ncols, id_kinds, allow_empty, score_column, max_rows) -> Table:
+def _fast(path, buf, n_bytes, ncols, id_kinds, allow_empty, score_column, max_rows, text_ids=True) -> Table:
     """The vectorised path over ``buf`` (uint8: the body, ending with a newline, in its first
     ``n_bytes``, then at least :data:`_PAD` spare bytes). It never reports a problem itself:
     anything unexpected (a blank line, a field count, an id or a score it cannot take) sends the
@@ -175,7 +180,7 @@ def _fast(path, buf, n_bytes, ncols, id_kinds, allow_empty, score_column, max_ro
     # field j of every line spans [starts[j], ends[j]) (contiguous arrays, one per column)
     ends = [np.ascontiguousarray(cuts[:, j]) for j in range(k)] + [nl]
     starts = [line_start] + [e + 1 for e in ends[:-1]]
-    ids = [_fast_ids(buf, starts[j], ends[j], kind, empty_ok, j == 0)
+    ids = [_fast_ids(buf, starts[j], ends[j], kind, empty_ok, j == 0, text_ids or j == 0)
            for j, (kind, empty_ok) in enumerate(zip(id_kinds, allow_empty))]
     scores = _fast_scores(buf, starts[-1], ends[-1]) if score_column else None
     return Table(ids, scores, n)
@@ -223,7 +228,7 @@ def _by_length(labels: np.ndarray):
         yield label, order[bounds[label]:bounds[label + 1]]
 
 
-def _fast_ids(buf, starts, ends, kind, allow_empty, with_vocab) -> IdColumn:
+def _fast_ids(buf, starts, ends, kind, allow_empty, with_vocab, text=True) -> IdColumn:
     prefix, min_digits = ID_KINDS[kind]
     lengths = ends - starts
     key = np.empty(len(starts), np.int64)
@@ -247,10 +252,19 @@ def _fast_ids(buf, starts, ends, kind, allow_empty, with_vocab) -> IdColumn:
     sep = chr(buf[ends[0]])
     if not with_vocab and int(key.max()) < _MAX_PLAIN_CODE:
         # the key itself (shifted so that the empty id is 0) is a code: no sort, one string per row
-        return IdColumn(_strings(buf, starts, lengths, sep), key + 1, None)
+        return IdColumn(_strings(buf, starts, lengths, sep) if text else _bytes(buf, starts, lengths), key + 1, None)
     codes, first = factorize_keys(key)
     vocab = _strings(buf, starts[first], lengths[first], sep)  # one Python string per distinct id
     return IdColumn(vocab[codes], codes, vocab)
+
+
+def _bytes(buf, starts, lengths) -> np.ndarray:
+    """(m,) ``S`` array (the longest field's width) of the fields at ``starts``: copies of bytes only."""
+    out = np.zeros(len(starts), dtype=f"S{max(int(lengths.max()), 1) if len(lengths) else 1}")
+    for w, rows in _by_length(lengths):
+        if w:
+            out[rows] = _records(buf, w)[starts[rows]]
+    return out
 
 
 def _strings(buf, starts, lengths, sep: str) -> np.ndarray:

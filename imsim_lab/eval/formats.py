@@ -204,7 +204,7 @@ def write_ground_truth(path: str | Path, gt: GroundTruth) -> None:
 
 
 def read_predictions(path: str | Path, max_rows: int | None = MAX_PREDICTIONS,
-                     allow_duplicates: bool = False) -> Predictions:
+                     allow_duplicates: bool = False, text_ids: bool = True) -> Predictions:
     """Read a matching-track CSV (``query_id,reference_id,score``).
 
     Args:
@@ -212,20 +212,28 @@ def read_predictions(path: str | Path, max_rows: int | None = MAX_PREDICTIONS,
         max_rows: the row cap (isc2021: 500,000); None for no cap.
         allow_duplicates: keep repeated (query, reference) pairs (DrivenData counts them again);
             by default a repeated pair is an error, as in isc2021.
+        text_ids: False: ``reference_ids`` may be ASCII bytes (``S`` dtype) rather than str, which
+            :func:`~imsim_lab.eval.metrics.evaluate` accepts; for a caller that only evaluates
+            (``imsim-lab eval``) it saves a Python string per row.
 
     Raises FormatError naming the row on a wrong header, an empty or malformed id, a
     non-numeric, NaN or infinite score, a duplicate pair, or too many rows.
     """
     path = Path(path)
     t = read_table(path, PREDICTIONS_HEADER, ("query", "reference"), (False, False), score_column=True,
-                   max_rows=max_rows)
+                   max_rows=max_rows, text_ids=text_ids)
     (q, qc, qvocab), (r, rc, _) = [(c.values, c.codes, c.vocab) for c in t.ids]
     if not allow_duplicates:
         dup = first_repeat(qc, rc)
         if dup is not None:
-            raise FormatError(path, f"duplicate prediction ({q[dup]}, {r[dup]})", f"row {t.row(dup)}")
+            raise FormatError(path, f"duplicate prediction ({q[dup]}, {as_text(r[dup])})", f"row {t.row(dup)}")
     return Predictions(q, r, t.scores, str(path), reference_codes=rc, query_codes=qc, query_vocab=qvocab,
                        pairs_checked_unique=not allow_duplicates)
+
+
+def as_text(x) -> str:
+    """An id as text (ids may be held as ASCII bytes, see ``read_predictions(text_ids=False)``)."""
+    return x.decode("ascii") if isinstance(x, bytes) else str(x)
 
 
 def write_predictions(path: str | Path, preds: Predictions) -> None:

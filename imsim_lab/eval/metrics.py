@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import FormatError
 from .csvread import factorize_keys
-from .formats import GroundTruth, Predictions, first_repeat
+from .formats import GroundTruth, Predictions, as_text, first_repeat
 from .protocols import get_protocol
 
 REQUIRED_PRECISION = 0.9
@@ -276,7 +276,7 @@ def evaluate(gt: GroundTruth, preds: Predictions, protocol: str = "isc2021",
     if proto.duplicates == "error" and not preds.pairs_checked_unique:
         dup = first_duplicate(pq, pr_s, preds.reference_codes)
         if dup is not None:
-            raise FormatError(preds.path, f"duplicate prediction ({pq_s[dup]}, {pr_s[dup]}); {protocol} refuses "
+            raise FormatError(preds.path, f"duplicate prediction ({pq_s[dup]}, {as_text(pr_s[dup])}); {protocol} refuses "
                                           "duplicates (the drivendata protocol counts them again)",
                               f"row {dup + 2}" if preds.path else f"prediction {dup}")
     has = gr_s != ""
@@ -296,6 +296,9 @@ def evaluate(gt: GroundTruth, preds: Predictions, protocol: str = "isc2021",
         excluded[gq[has & ~in_sub[gq]]] = True
         keep &= ~excluded[pq]
     pos_q, pos_r = gq[counted], gr_s[counted]
+    if getattr(pr_s, "dtype", None) is not None and pr_s.dtype.kind == "S":
+        # reference ids held as ASCII bytes (read_predictions(text_ids=False)): compare as bytes
+        pos_r = np.array([str(r).encode("ascii") for r in pos_r], dtype=object)
     n_pos = len(pos_q)
     if n_pos == 0 or np.bincount(pos_q).max() <= 1:
         # at most one match per query (DISC21): compare with the expected reference directly
