@@ -220,7 +220,9 @@ def run_method(method: str | MethodSpec, bench_root: str | Path, out: str | Path
             preds, descriptors, extra = _descriptor_track(spec, bench, config, out, opts, progress, timings, images)
             candidates = None
         else:
-            preds, candidates, extra = _matching_track(spec, params, bench, config, out, opts, progress, timings)
+            stale = old is not None and old.get("images") not in (None, images)
+            preds, candidates, extra = _matching_track(spec, params, bench, config, out, opts, progress, timings,
+                                                       stale)
             descriptors = None
         config.update(extra)
         metrics = finish_run(bench.gt, bench.queries, preds, out, config, timings, t0, descriptors, candidates)
@@ -414,9 +416,20 @@ def open_candidates(spec: MethodSpec, params: dict, bench, out: Path, opts: RunO
     return open_run(sub, bench)
 
 
-def _matching_track(spec, params, bench, config, out, opts, progress, timings):
-    from .eval.protocols import get_protocol, protocol_names
+def bench_images(bench, config: dict, split: str):
+    """The images of a benchmark split as an :class:`~imsim_lab.features.dataset.ImageSource` whose
+    key names the benchmark and the listing the run recorded (``config["images"]``), so what a
+    matcher caches from them is never reused for other images."""
     from .features.dataset import ImageSource
+
+    ids = {"query": bench.query_ids, "reference": bench.reference_ids}[split]
+    sha = (config.get("benchmark") or {}).get("manifest_sha256") or str(bench.root)
+    listing = (config.get("images") or {}).get(split, "")
+    return ImageSource.files(ids, [bench.image_path(i) for i in ids], f"{sha}/{split}/{listing}")
+
+
+def _matching_track(spec, params, bench, config, out, opts, progress, timings, stale: bool = False):
+    from .eval.protocols import get_protocol, protocol_names
     from .methods import MatchContext, prepare
     from .methods.matching import candidate_pairs, rescore
 
@@ -425,16 +438,17 @@ def _matching_track(spec, params, bench, config, out, opts, progress, timings):
     prep = prepare(cctx.spec, cctx.xq, cctx.xb, cctx.xt, cctx.params, opts.backend)
     pairs = candidate_pairs(prep, cctx.qids, cctx.rids, spec.candidate_source(params), opts.backend)
     timings["candidates"] = time.perf_counter() - t
-    sha = config["benchmark"]["manifest_sha256"] or config["benchmark"]["root"]
-    mctx = MatchContext(
-        queries=ImageSource.files(bench.query_ids, [bench.image_path(i) for i in bench.query_ids], f"{sha}/query"),
-        references=ImageSource.files(bench.reference_ids, [bench.image_path(i) for i in bench.reference_ids],
-                                     f"{sha}/reference"),
-        work=out / "matcher", device=opts.device, extract=opts.extract, backend=opts.backend, progress=progress)
+    if stale:  # the images changed since the matcher's work was done: it is redone
+        import shutil
+
+        shutil.rmtree(out / "matcher", ignore_errors=True)
+    mctx = MatchContext(queries=bench_images(bench, config, "query"), references=bench_images(bench, config, "reference"),
+                        work=out / "matcher", device=opts.device, extract=opts.extract, backend=opts.backend,
+                        progress=progress)
     t = time.perf_counter()
     final, table, report = rescore(spec.matcher, params, pairs, mctx, get_protocol("isc2021").max_rows)
     timings["rescore"] = time.perf_counter() - t
     source = spec.candidate_source(params)
-    cand = {**asdict(source), "run": str(cctx.path), "pairs": int(len(pairs)),
+    cand = {**asdict(source), "run": str(Path(cctx.path).resolve()), "pairs": int(len(pairs)),
             "queries_with_candidates": int(len(np.unique(pairs.query_ids)))}
     return {p: final for p in protocol_names()}, table, {"candidates": cand, "matcher_report": report}

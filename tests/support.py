@@ -27,7 +27,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from imsim_lab.data.benchmark import sha256_file, write_tables
-from imsim_lab.eval.formats import GroundTruth, Predictions, write_ground_truth, write_predictions
+from imsim_lab.eval.formats import GroundTruth, Predictions, write_ground_truth
 from imsim_lab.eval.metrics import evaluate
 from imsim_lab.features import ExtractConfig
 from imsim_lab.runfolder import per_query_from_predictions, write_outputs

@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from imsim_lab.cli import main
-from imsim_lab.errors import ImsimError
 from imsim_lab.eval.metrics import evaluate
 from imsim_lab.features import ExtractConfig
 from imsim_lab.features.dataset import ImageSource
@@ -21,7 +20,7 @@ from imsim_lab.methods import (MATCHERS, METHODS, CandidatePairs, Matcher, Match
                                list_methods, prepare)
 from imsim_lab.methods.matching import candidate_pairs
 from imsim_lab.methods.spec import CandidateSource
-from imsim_lab.runfolder import CANDIDATES, PER_QUERY_COLUMNS, read_candidates, read_per_query, read_predictions
+from imsim_lab.runfolder import PER_QUERY_COLUMNS, read_candidates, read_per_query, read_predictions
 from imsim_lab.runner import RunOptions, run_method
 from support import make_bench
 
@@ -120,7 +119,7 @@ def test_matching_run_folder(bench, pdq_run, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["track"] == "matching" and cfg["matcher"] == "test_pixels"
     assert cfg["candidates"]["method"] == "pdq" and cfg["candidates"]["k"] == 4
-    assert cfg["candidates"]["run"] == str(pdq_run) and cfg["candidates"]["pairs"] == 8 * 4
+    assert cfg["candidates"]["run"] == str(pdq_run.resolve()) and cfg["candidates"]["pairs"] == 8 * 4
     assert cfg["matcher_report"]["thumbnails"] > 0 and cfg["matcher_report"]["pairs"] == 32
     assert not (out / "descriptors.h5").exists() and not (out / "features").exists()
     table = read_candidates(out)
@@ -164,7 +163,7 @@ def test_rescoring_changes_the_ranking(bench, pdq_run, tmp_path):
 def test_candidates_run_into_the_run_folder_when_not_given(bench, tmp_path):
     res = run_method("test_pixel_verify", bench, tmp_path / "m", opts=FAST)
     assert (tmp_path / "m" / "candidates" / "metrics.json").is_file()
-    assert res.config["candidates"]["run"] == str(tmp_path / "m" / "candidates")
+    assert res.config["candidates"]["run"] == str((tmp_path / "m" / "candidates").resolve())
 
 
 def test_bad_candidate_sources_are_one_line_exit_2(bench, pdq_run, tmp_path, capsys):
@@ -258,3 +257,18 @@ def test_a_matching_run_is_an_attack_transfer_target_not_a_surrogate(bench, pdq_
     assert list((sur / "robustness" / "attacks" / "fgsm-linf" / "matcher").rglob("count.txt"))
     with pytest.raises(AttackError, match="cannot be a surrogate"):
         run_attack_suite(m, cfg, opts=FAST)
+
+
+def test_changed_images_redo_the_matchers_work(tmp_path):
+    import shutil
+
+    b = Path(shutil.copytree(make_bench(tmp_path / "src", seed=2), tmp_path / "b"))
+    out = tmp_path / "m"
+    first = run_method("test_pixel_verify", b, out, opts=FAST)
+    marker = out / "matcher" / "query" / "stale.txt"
+    marker.write_text("work of the old images")
+    assert run_method("test_pixel_verify", b, out, opts=FAST).reused and marker.exists()
+    Image.new("RGB", (96, 72), (200, 10, 10)).save(b / "queries" / "Q00000.jpg")
+    again = run_method("test_pixel_verify", b, out, opts=FAST)
+    assert not again.reused and not marker.exists()
+    assert again.config["images"]["query"] != first.config["images"]["query"]

@@ -263,3 +263,35 @@ def test_reader_codes_give_the_same_metrics(tmp_path):
             a = evaluate(gt, read, protocol, queries=subset).to_dict()
             b = evaluate(gt, Predictions.from_triples(triples), protocol, queries=subset).to_dict()
             assert a == b
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_reference_ids_as_bytes_evaluate_identically(tmp_path, multi):
+    """``read_predictions(text_ids=False)`` (what ``imsim-lab eval`` uses) keeps the reference ids
+    as ASCII bytes; every protocol, a subset and a GT with several matches per query give the
+    same metrics as the str ids."""
+    from imsim_lab.eval.formats import GroundTruth, read_predictions, write_ground_truth
+
+    rng = np.random.default_rng(3)
+    pairs = [(f"Q{i:05d}", f"R{i:06d}" if i % 3 else "") for i in range(30)]
+    if multi:
+        pairs += [("Q00001", "R000500"), ("Q00002", "R000501")]
+    write_ground_truth(tmp_path / "gt.csv", GroundTruth.from_pairs(pairs))
+    rows = ["query_id,reference_id,score"]
+    for i in range(30):
+        for r in {i, 500, 501, int(rng.integers(0, 40))}:
+            rows.append(f"Q{i:05d},R{r:06d},{rng.normal():.3f}")
+    rows.append(rows[1])  # a duplicate: drivendata counts it again, isc2021 refuses it
+    (tmp_path / "p.csv").write_text("\n".join(rows) + "\n")
+    from imsim_lab.eval.formats import read_ground_truth
+
+    gt = read_ground_truth(tmp_path / "gt.csv")
+    a = read_predictions(tmp_path / "p.csv", allow_duplicates=True)
+    b = read_predictions(tmp_path / "p.csv", allow_duplicates=True, text_ids=False)
+    assert b.reference_ids.dtype.kind == "S" and a.reference_ids.dtype == object
+    subset = [f"Q{i:05d}" for i in range(0, 30, 2)]
+    for queries in (None, subset):
+        ma, mb = evaluate(gt, a, "drivendata", queries=queries), evaluate(gt, b, "drivendata", queries=queries)
+        assert ma.to_dict() == mb.to_dict()
+    with pytest.raises(FormatError, match=r"duplicate prediction \(Q00000, R0000"):
+        evaluate(gt, b, "isc2021")

@@ -123,7 +123,11 @@ def open_run(run: str | Path, bench=None) -> RunContext:
         if want and mpath.is_file() and sha256_file(mpath) != want:
             raise RobustnessError(f"{path}: was run on another benchmark than {bench.root} (manifest differs)")
     if spec.track == "matching":
+        from ..runfolder import CANDIDATE_RUN
+
         crun = (config.get("candidates") or {}).get("run")
+        if (not crun or not Path(crun).is_dir()) and (path / CANDIDATE_RUN).is_dir():
+            crun = str(path / CANDIDATE_RUN)  # the run folder moved with its own candidate run
         if not crun or not Path(crun).is_dir():
             raise RobustnessError(f"{path}: its candidate run {crun!r} is not there (re-run the method)")
         c = open_run(crun, bench)
@@ -196,10 +200,10 @@ def _matching_predictions(ctx: RunContext, q_new, x_new, distractors: set, image
     """Each protocol's predictions of a matching run on new queries plus the run's distractors."""
     from ..eval.formats import Predictions
     from ..eval.protocols import get_protocol, protocol_names
-    from ..features.dataset import ImageSource
     from ..methods import MatchContext, prepare
     from ..methods.matching import candidate_pairs, rescore
     from ..runfolder import read_candidates
+    from ..runner import bench_images
 
     if images is None or work is None:
         raise RobustnessError(f"{ctx.path}: a matching run re-runs its matcher on the new queries: it needs their "
@@ -207,11 +211,7 @@ def _matching_predictions(ctx: RunContext, q_new, x_new, distractors: set, image
     d = ctx.descriptor
     prep = prepare(d.spec, x_new, d.xb, d.xt, d.params, opts.backend)
     pairs = candidate_pairs(prep, q_new, d.rids.astype(object), ctx.spec.candidate_source(ctx.params), opts.backend)
-    bench = ctx.bench
-    sha = (ctx.config.get("benchmark") or {}).get("manifest_sha256") or str(bench.root)
-    refs = ImageSource.files(bench.reference_ids, [bench.image_path(i) for i in bench.reference_ids],
-                             f"{sha}/reference")
-    mctx = MatchContext(queries=images, references=refs, work=Path(work), device=opts.device, extract=opts.extract,
+    mctx = MatchContext(queries=images, references=bench_images(ctx.bench, ctx.config, "reference"), work=Path(work), device=opts.device, extract=opts.extract,
                         backend=opts.backend, folders={"reference": ctx.path / "matcher" / "reference"})
     new, _, _ = rescore(ctx.spec.matcher, ctx.params, pairs, mctx)
     table = read_candidates(ctx.path)

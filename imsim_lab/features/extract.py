@@ -31,7 +31,7 @@ import numpy as np
 
 from ..distributed import current_group
 from .dataset import ImageFiles, collate, ordered_threads, worker_init
-from .store import (FeatureSet, check_meta, has_features, load_features, merge_shards, shard_path,
+from .store import (FeatureSet, check_meta, has_features, load_features, merge_shards, remove_shards, shard_path,
                     write_shard)
 
 DTYPES = ("float32", "float16")
@@ -131,15 +131,8 @@ def extract_split(model, paths: Sequence[str | Path], ids: Sequence[str], folder
     if dist is not None:
         dist.barrier()
     if rank == 0:
-        fs = merge_shards(shard_dir, n_shards, folder, name, model.dim, np.dtype(config.dtype))
-        for s in range(n_shards):
-            shard_path(shard_dir, s).unlink(missing_ok=True)
-        (shard_dir / "meta.json").unlink(missing_ok=True)
-        try:
-            shard_dir.rmdir()
-            shard_dir.parent.rmdir()
-        except OSError:
-            pass
+        merge_shards(shard_dir, n_shards, folder, name, model.dim, np.dtype(config.dtype))
+        remove_shards(shard_dir, n_shards)
     if dist is not None:
         dist.barrier()
     return load_features(folder, name)

@@ -92,6 +92,19 @@ def merge_shards(shard_dir: Path, n_shards: int, folder: Path, name: str, dim: i
     return load_features(folder, name)
 
 
+def remove_shards(shard_dir: Path, n_shards: int) -> None:
+    """Remove a merged split's shards, its meta.json and the (then empty) shard folders."""
+    shard_dir = Path(shard_dir)
+    for s in range(n_shards):
+        shard_path(shard_dir, s).unlink(missing_ok=True)
+    (shard_dir / "meta.json").unlink(missing_ok=True)
+    try:
+        shard_dir.rmdir()
+        shard_dir.parent.rmdir()
+    except OSError:
+        pass
+
+
 def has_features(folder: str | Path, name: str) -> bool:
     folder = Path(folder)
     return (folder / f"{name}.npy").is_file() and (folder / f"{name}_ids.npy").is_file()

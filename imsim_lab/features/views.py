@@ -5,15 +5,15 @@ rotation (counter-clockwise degrees, the convention of ``PIL.Image.rotate`` and 
 after the crop. :data:`VIEWS` is a registry of generators ``(size) -> list[View]`` (``size`` is the
 parent's ``(w, h)`` in pixels), so a set may depend on the image (detector boxes do).
 
-The sets follow the matching-track winners (``shared/docs/METHODS.md``):
+The sets follow the matching-track winners (``docs/methods.md``):
 
-* D2LV (section 4, ``Test/augmentation/``): ``d2lv_query`` (original, rotations 90/180/270, centre
+* D2LV (Wang et al., arXiv 2111.07090; their ``Test/augmentation/``): ``d2lv_query`` (original, rotations 90/180/270, centre
   crop [0.25, 0.75]², four overlapping half-size crops) and ``d2lv_reference`` (19: original, 2x2
-  grid, centre crop, 3x3 grid, the four overlapping halves). METHODS.md places the halves "at
+  grid, centre crop, 3x3 grid, the four overlapping halves). The recipe places the halves "at
   [1/6, 3/6] and [3/6, 5/6]"; a half-size crop cannot span a third, so here each half is centred
   on the middle of those intervals (1/3 and 2/3): [1/12, 7/12] and [5/12, 11/12], overlapping by
   1/6 (:data:`D2LV_HALF_CENTRES`).
-* SeungKee Jeon (section 5): ``half_strips`` (three full-height halves at x = 0, 1/4, 1/2 and three
+* SeungKee Jeon (arXiv 2111.09113): ``half_strips`` (three full-height halves at x = 0, 1/4, 1/2 and three
   full-width halves at y = 0, 1/4, 1/2; the original code's third y offset is 3/4, which runs off
   the image, so the symmetric offsets are used), ``half_grid`` (3x3 of 1/2 x 1/2, stride 1/4),
   ``third_grid`` (5x5 of 1/3 x 1/3, stride 1/6) and ``pairvit_query`` (the 8 re-scoring views:
@@ -137,7 +137,7 @@ def half_strips() -> list[View]:
 
 
 def pairvit_query() -> list[View]:
-    """SeungKee Jeon's 8 re-scoring views (``eval_half.py``, METHODS.md section 5)."""
+    """SeungKee Jeon's 8 re-scoring views (their ``eval_half.py``; arXiv 2111.09113)."""
     return [WHOLE, View("rot90", rotation=90),
             View("left", (0.0, 0.0, 0.5, 1.0)), View("right", (0.5, 0.0, 1.0, 1.0)),
             View("vcenter", (0.25, 0.0, 0.75, 1.0)),

@@ -1,6 +1,6 @@
 """From scores of view pairs to scores of image pairs: pure functions on arrays.
 
-D2LV (``shared/docs/METHODS.md`` section 4, ``Test/final/combine.py``, ``top2.py``) scores every
+D2LV (Wang et al., arXiv 2111.07090; ``docs/methods.md``; their ``Test/final/combine.py``, ``top2.py``) scores every
 (query view, reference view) pair, keeps the pairs that at least 2 of its 3 backbones predict
 (:func:`vote`), drops the predictions of query views smaller than 100-200 px, lowers the score of
 every query view that is not the original by 0.05, and takes the **max** per image pair (then

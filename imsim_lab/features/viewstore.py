@@ -34,7 +34,7 @@ import numpy as np
 from ..atomic import atomic_write_npz
 from .dataset import ImageFiles, ImageSource, ordered_threads
 from .extract import ExtractConfig, batches_of, embedded_batches
-from .store import check_meta, has_features, load_features, merge_shards, shard_path, write_shard
+from .store import check_meta, has_features, load_features, merge_shards, remove_shards, shard_path, write_shard
 from .views import View, ViewError, apply_view, make_views, too_small, view_size
 
 
@@ -295,14 +295,7 @@ def extract_views(model, data, ids: Sequence[str], views: ViewConfig | Callable,
         _run(model, dataset, plan, shard_dir, todo, config)
     save_plan(folder, name, plan, failed)
     merge_shards(shard_dir, n_shards, folder, name, model.dim, np.dtype(config.dtype))
-    for s in range(n_shards):
-        shard_path(shard_dir, s).unlink(missing_ok=True)
-    (shard_dir / "meta.json").unlink(missing_ok=True)
-    try:
-        shard_dir.rmdir()
-        shard_dir.parent.rmdir()
-    except OSError:
-        pass
+    remove_shards(shard_dir, n_shards)
     return load_views(folder, name)
 
 
