@@ -107,7 +107,7 @@ def test_pair_view_draws_the_matches(page, server):
     settle(page, '[data-testid="stImage"] img')
     no_exception(page, "pair view")
     body = page.inner_text("body")
-    assert "candidate rank" in body and "SIFT matches" in body and "Classifier score per query view" in body
+    assert "candidate rank" in body and "sift matches" in body and "Classifier score per query view" in body
     page.screenshot(path=str(OUT / "pairs.png"), full_page=True)
 
 

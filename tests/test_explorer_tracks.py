@@ -81,7 +81,7 @@ def test_pair_view(monkeypatch, two_tracks):
     if q["reference_id"] in set(table["reference_id"]):
         assert at.selectbox(key="pr").value == q["reference_id"]  # the true pair is shown first
         assert any("the true pair" in m.value for m in at.markdown)
-    assert len(at.image) == 1 and any("SIFT matches" in c.value for c in at.caption)
+    assert len(at.image) == 1 and any("sift matches passing the ratio test" in c.value for c in at.caption)
     assert list(at.dataframe[1].value["view"]) == ["whole", "left"]
 
 

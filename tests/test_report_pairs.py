@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from imsim_lab.analysis.report.pairs import (local_matches, matcher_columns, pair_image, pair_table, parse_box,
-                                             ratio_test, view_scores)
+                                             view_scores)
 
 
 def textured(seed, size=(320, 240)):
@@ -40,21 +40,6 @@ def test_parse_box_and_view_scores():
     assert list(vs["view"]) == ["whole", "left"] and list(vs["score"]) == [0.7, 0.2]
 
 
-def test_ratio_test_against_brute_force():
-    rng = np.random.default_rng(0)
-    dq, db = rng.normal(size=(30, 8)).astype(np.float32), rng.normal(size=(25, 8)).astype(np.float32)
-    db[:10] = dq[:10] + 0.01 * rng.normal(size=(10, 8))  # ten clear matches
-    iq, ib = ratio_test(dq, db, 0.8)
-    want = []
-    for i in range(len(dq)):
-        d = np.linalg.norm(db - dq[i], axis=1)
-        o = np.argsort(d)
-        if d[o[0]] < 0.8 * d[o[1]]:
-            want.append((i, o[0]))
-    assert list(zip(iq, ib)) == want and {(i, i) for i in range(10)} <= set(want)
-    assert len(ratio_test(dq, db[:1])[0]) == 0
-
-
 def test_local_matches_copy_versus_unrelated():
     a = textured(1)
     crop = a.crop((40, 30, 280, 210))  # a copy: part of the same image
@@ -65,5 +50,12 @@ def test_local_matches_copy_versus_unrelated():
     err = np.abs(xr - (xq + np.array([40, 30]))).max(axis=1)
     assert (err < 3).mean() > 0.8
     assert len(local_matches(crop, other)[0]) < len(xq) / 4
+    # the same count as the matcher's own verification of the pair
+    from imsim_lab.features.local import create_local_model
+    from imsim_lab.features.localmatch import ratio_matches
+
+    m = create_local_model("sift")
+    fa, fb = m.detect(m.preprocess(crop)), m.detect(m.preprocess(a))
+    assert len(ratio_matches(fa.descriptors, fb.descriptors, 0.8)[0]) == len(xq)
     img = pair_image(crop, a, xq, xr, box_q=(0, 0, 0.5, 0.5), height=200)
     assert img.height == 200 and img.width > 300

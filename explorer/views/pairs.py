@@ -16,11 +16,11 @@ def _pairs(path: str, mtime: float, truth: tuple) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner="Matching local features…", max_entries=64)
-def _matches(q_path: str, r_path: str, ratio: float):
+def _matches(q_path: str, r_path: str, ratio: float, features: str, max_keypoints):
     from PIL import Image
 
     with Image.open(q_path) as a, Image.open(r_path) as b:
-        return local_matches(a, b, ratio)
+        return local_matches(a, b, ratio, features, max_keypoints or None)
 
 
 st.title("Pair view")
@@ -70,9 +70,12 @@ box_q, box_r = parse_box(row.get("box_q")), parse_box(row.get("box_r"))
 xy_q = xy_r = None
 if "n_matches" in row.index or info.config.get("matcher") == "sift":
     ratio = float(report.get("ratio", (info.config.get("params") or {}).get("ratio", 0.8)))
-    xy_q, xy_r = _matches(str(bench.image_path(query)), str(bench.image_path(ref)), ratio)
+    feats = str(report.get("features", (info.config.get("params") or {}).get("features", "sift")))
+    cap = (report.get("model") or {}).get("max_keypoints")
+    xy_q, xy_r = _matches(str(bench.image_path(query)), str(bench.image_path(ref)), ratio, feats, cap)
     stored = f", the run recorded {int(row['n_matches'])}" if "n_matches" in row.index else ""
-    st.caption(f"Lines: {len(xy_q)} SIFT matches passing the ratio test ({ratio}) recomputed for this pair{stored}.")
+    st.caption(f"Lines: {len(xy_q)} {feats} matches passing the ratio test ({ratio}), recomputed for this pair with "
+               f"the matcher's features{stored}.")
 if box_q or box_r:
     st.caption(f"Boxes: the sub-images that matched ({row.get('view_q', '')} / {row.get('view_r', '')}).")
 from PIL import Image  # noqa: E402 - only this page draws

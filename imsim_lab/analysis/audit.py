@@ -9,8 +9,9 @@ any benchmark folder, with one descriptor run and local verification:
 1. **near-duplicate pairs** among the references, and between references and training images:
    each reference's ``k`` nearest neighbours by cosine similarity of the run's descriptors
    (``features/``), the ``max_pairs`` most similar pairs of each kind verified with SIFT matches that
-   pass Lowe's ratio test (:mod:`imsim_lab.analysis.report.pairs`, the rules of the ``sift``
-   matcher: short side 300) and agree with one homography (OpenCV's RANSAC); a pair with at least
+   pass Lowe's ratio test (the local features and ratio test of the ``sift`` matcher:
+   :mod:`imsim_lab.features.local`, :mod:`imsim_lab.features.localmatch`, short side 300) and agree
+   with one homography (OpenCV's RANSAC); a pair with at least
    ``min_matches`` such matches is *confirmed*;
 2. **suspect false positives**: the run's confident false positives (a wrong top-1 scored at or
    above its P90 threshold) whose retrieved reference is a confirmed near-duplicate of the true
@@ -113,13 +114,13 @@ class LocalVerifier:
         if image_id not in self._feats:
             from PIL import Image
 
-            from .report.pairs import _gray_small, _sift
+            from .report.pairs import local_features
 
             try:
                 with Image.open(self.path_of(image_id)) as im:
-                    self._feats[image_id] = _sift(_gray_small(im)[0])
+                    self._feats[image_id] = local_features(im)
             except (OSError, ValueError, KeyError):
-                self._feats[image_id] = (np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32))
+                self._feats[image_id] = (np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
         return self._feats[image_id]
 
     def n_matches(self, a: str, b: str) -> int:
@@ -128,10 +129,10 @@ class LocalVerifier:
         tens of times, but those matches agree with no single geometry."""
         import cv2
 
-        from .report.pairs import ratio_test
+        from ..features.localmatch import ratio_matches
 
         (xa, da), (xb, db) = self.features(a), self.features(b)
-        ia, ib = ratio_test(da, db, self.ratio)
+        ia, ib = ratio_matches(da, db, self.ratio)
         if len(ia) < 4:
             return 0
         _, mask = cv2.findHomography(xa[ia], xb[ib], cv2.RANSAC, 4.0)

@@ -7,8 +7,9 @@ recognises these matcher columns:
 
 * ``n_matches`` / ``n_inliers`` (the ``sift`` matcher): counts of local matches; the matches
   themselves are not stored per pair (thousands of pairs x hundreds of keypoints) but recomputed for
-  the one pair shown by :func:`local_matches`, with the matcher's own rules (SIFT on the image
-  downscaled to a short side of 300 pixels, Lowe's ratio test);
+  the one pair shown by :func:`local_matches` with the matcher's own local features and ratio test
+  (:mod:`imsim_lab.features.local`, :mod:`imsim_lab.features.localmatch`), so the lines drawn are
+  the matches it counted;
 * ``box_q`` / ``box_r``: the sub-image that matched, as fractions ``x0,y0,x1,y1`` of the image (a
   views matcher's best view pair, ``imsim_lab.features.viewscore.aggregate``);
 * ``view_q`` / ``view_r``: the names of those views;
@@ -27,7 +28,6 @@ import pandas as pd
 
 from ...runfolder import read_candidates
 
-SHORT_SIDE = 300
 BASE_COLUMNS = ("query_id", "reference_id", "candidate_score", "candidate_rank", "score")
 
 
@@ -69,49 +69,33 @@ def view_scores(row: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(items, columns=["view", "score"]).sort_values("score", ascending=False, kind="stable")
 
 
-def _gray_small(img, short_side: int = SHORT_SIDE) -> tuple[np.ndarray, float]:
-    g = img.convert("L")
-    w, h = g.size
-    s = min(1.0, short_side / max(min(w, h), 1))
-    if s < 1.0:
-        from PIL import Image
+def local_features(img, features: str = "sift", max_keypoints: int | None = None):
+    """(xy, descriptors) of one image with the registered local-feature model the ``sift`` matcher
+    uses (:mod:`imsim_lab.features.local`: gray, short side 300, OpenCV SIFT): ``xy`` (k, 2) float32
+    in the pixels of the given image, ``descriptors`` (k, d)."""
+    from ...features.local import create_local_model
 
-        g = g.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
-    return np.asarray(g, np.uint8), s
-
-
-def _sift(gray: np.ndarray):
-    import cv2
-
-    kp, des = cv2.SIFT_create().detectAndCompute(gray, None)
-    xy = np.array([k.pt for k in kp], np.float32).reshape(-1, 2)
-    return xy, (des if des is not None else np.zeros((0, 128), np.float32)).astype(np.float32)
+    model = create_local_model(features, **({} if max_keypoints is None else {"max_keypoints": int(max_keypoints)}))
+    arr = model.preprocess(img)
+    f = model.detect(arr)
+    scale = img.size[0] / max(arr.shape[1], 1)
+    return np.asarray(f.geometry[:, :2], np.float32) * scale, f.descriptors
 
 
-def ratio_test(dq: np.ndarray, db: np.ndarray, ratio: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
-    """(iq, ib) of the query descriptors whose nearest reference descriptor is closer than ``ratio``
-    times the second nearest (Lowe 2004, section 7.1); empty with fewer than 2 reference rows."""
-    if len(dq) == 0 or len(db) < 2:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    d2 = (dq * dq).sum(1)[:, None] - 2 * dq @ db.T + (db * db).sum(1)[None, :]
-    nn = np.argsort(d2, axis=1)[:, :2]
-    a = np.take_along_axis(d2, nn, 1)
-    ok = np.maximum(a[:, 0], 0) < ratio * ratio * np.maximum(a[:, 1], 0)
-    iq = np.flatnonzero(ok)
-    return iq, nn[iq, 0]
-
-
-def local_matches(img_q, img_r, ratio: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
-    """SIFT matches of one pair, as the ``sift`` matcher counts them (short side 300, ratio test).
+def local_matches(img_q, img_r, ratio: float = 0.8, features: str = "sift",
+                  max_keypoints: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The matches of one pair as the ``sift`` matcher counts them: its local features
+    (:func:`local_features`) and Lowe's ratio test
+    (:func:`imsim_lab.features.localmatch.ratio_matches`).
 
     Returns ``(xy_q, xy_r)``: (t, 2) float32 keypoint positions in the pixels of the given images.
     """
-    gq, sq = _gray_small(img_q)
-    gr, sr = _gray_small(img_r)
-    xq, dq = _sift(gq)
-    xr, dr = _sift(gr)
-    iq, ir = ratio_test(dq, dr, ratio)
-    return xq[iq] / sq, xr[ir] / sr
+    from ...features.localmatch import ratio_matches
+
+    xq, dq = local_features(img_q, features, max_keypoints)
+    xr, dr = local_features(img_r, features, max_keypoints)
+    iq, ir = ratio_matches(dq, dr, ratio)
+    return xq[iq], xr[ir]
 
 
 def pair_image(img_q, img_r, xy_q=None, xy_r=None, box_q=None, box_r=None, height: int = 320,
