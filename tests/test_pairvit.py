@@ -361,3 +361,23 @@ def test_train_pairvit_command(tmp_path, capsys):
     assert "--profile 'gpu': unknown" in capsys.readouterr().err
     assert main(argv + ["--groups", str(tmp_path / "nothing")]) == 2
     assert "no training.npy" in capsys.readouterr().err
+
+
+def test_a_pairvit_run_through_the_runner_keeps_the_per_view_columns(tmp_path):
+    from imsim_lab.features import ExtractConfig
+    from imsim_lab.runfolder import read_candidates
+    from imsim_lab.runner import RunOptions, run_method
+    from support import make_bench
+
+    bench = make_bench(tmp_path / "bench")
+    w = save_weights(tmp_path / "w.pt")
+    opts = RunOptions(device="cpu", extract=ExtractConfig(batch_size=4, num_workers=0, shard_size=8))
+    over = {**TINY, "weights_path": str(w), "candidates.method": "pdq", "candidates.k": 3, "top": 2}
+    res = run_method("pairvit", bench, tmp_path / "run", over, opts=opts)
+    rep = res.config["matcher_report"]
+    assert rep["pairs"] == 8 * 3 and rep["pairs_rescored"] == 8 * 2 and rep["images_decoded"]["query"] == 8
+    table = read_candidates(tmp_path / "run")
+    assert {"first_score", "first_rank", "rescored", "best_view", "view_rot90", "view_hcenter"} <= set(table.columns)
+    kept = table[table.score >= 0]  # best only: one pair per query keeps its classifier score
+    assert len(kept) == 8 and kept.query_id.is_unique
+    assert table[~table.rescored].view_whole.isna().all()

@@ -108,7 +108,7 @@ def pair_tensor(refs: torch.Tensor, queries: torch.Tensor, config: PairViTConfig
     x = torch.cat([refs, queries], dim=2).permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(config.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(config.std, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return ((x - mean) / std).contiguous()  # the permute leaves channels last; the patch conv wants NCHW
 
 
 class PairViT(nn.Module):
