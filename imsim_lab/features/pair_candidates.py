@@ -226,3 +226,47 @@ def view_neighbours(name: str, query_ids: Sequence[str], view_names: Sequence[st
                 seen.append(p)
     return ViewNeighbours(name, np.asarray(query_ids, dtype=str), np.asarray(view_names, dtype=str),
                           out_r.astype(str), out_s)
+
+
+def crop_candidates(model, queries, references, folder, sizes: CandidateSizes = CandidateSizes(),
+                    config=None, min_side: int = 8, metric: str = "ip", backend: str = "auto") -> MergedCandidates:
+    """The five lists of the module table from a descriptor ``model``, merged.
+
+    Args:
+        model: a :class:`~imsim_lab.features.models.base.DescriptorModel` (unit descriptors for ``"ip"``).
+        queries, references: :class:`~imsim_lab.features.dataset.ImageSource` of the images.
+        folder: where the view descriptors are kept (resumable, :func:`~imsim_lab.features.viewstore.extract_views`).
+        sizes: neighbours per view row of each list (a list of size 0 is not searched).
+        config: :class:`~imsim_lab.features.extract.ExtractConfig`. min_side: smallest view made, in pixels.
+
+    Returns:
+        :class:`MergedCandidates` over the ids of ``queries`` and ``references``.
+    """
+    from pathlib import Path
+
+    from .extract import ExtractConfig
+    from .viewstore import ViewConfig, extract_views
+
+    config = config or ExtractConfig()
+    folder = Path(folder)
+
+    def views(source, side, view_set):
+        return extract_views(model, source, source.ids, ViewConfig((view_set,), min_side), folder / side, view_set,
+                             config)
+
+    whole_r = views(references, "reference", "identity")
+    rid, xb = whole_r.parent_ids, np.asarray(whole_r.x)
+    lists = []
+    for name, view_set in LIST_VIEWS.items():
+        k = getattr(sizes, name)
+        if k == 0:
+            continue
+        qv = views(queries, "query", view_set or "identity")
+        if name == "reference_crops":
+            crops = views(references, "reference", "half_grid")
+            lists.append(view_neighbours(name, qv.parent_ids, qv.view_names, np.asarray(qv.x), crops.parent_ids,
+                                         np.asarray(crops.x), k, metric, backend))
+        else:
+            lists.append(view_neighbours(name, qv.parent_ids, qv.view_names, np.asarray(qv.x), rid, xb, k, metric,
+                                         backend))
+    return merge_candidates(lists, sizes, queries.ids, references.ids)
