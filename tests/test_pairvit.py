@@ -40,7 +40,8 @@ def save_weights(path: Path, seed: int = 0, **kw) -> Path:
 def random_lists(rng, nq=4, nr=7):
     qids, rids = [f"Q{i:05d}" for i in range(nq)], [f"R{i:06d}" for i in range(nr)]
     lists = []
-    for name, views, k in (("whole", ["whole"], 5), ("strips", ["vstrip0", "hstrip1"], 3), ("half_grid", ["hg3_0_0"], 2)):
+    for name, views, k in (("whole", ["whole"], 5), ("strips", ["vstrip0", "hstrip1"], 3),
+                           ("half_grid", ["hg3_0_0"], 2)):
         q = np.repeat(qids, len(views))
         v = np.tile(views, nq)
         r = np.array([[rids[j] for j in rng.choice(nr, k, replace=False)] for _ in q])
