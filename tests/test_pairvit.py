@@ -355,6 +355,10 @@ def test_train_pairvit_command(tmp_path, capsys):
     assert "--profile 'gpu': unknown" in capsys.readouterr().err
     assert main(argv + ["--groups", str(tmp_path / "nothing")]) == 2
     assert "no training.npy" in capsys.readouterr().err
+    assert main(argv[:-2] + ["--out", str(tmp_path / "pv2"), "--color", "--init", str(out / "weights.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "weights.pt: trained on 32x16 grayscale halves, the method asks 32x16 colour" in err
+    assert not (tmp_path / "pv2").exists()
 
 
 def test_a_pairvit_run_through_the_runner_keeps_the_per_view_columns(tmp_path):
@@ -404,3 +408,20 @@ def test_crop_candidates_merge_the_five_lists_of_a_descriptor(tmp_path):
     assert len(got) == len(m) and len(m) <= 3 * (3 + 6 + 9 + 2)
     strip = m.lists == "strips"
     assert all(v.startswith(("vstrip", "hstrip")) for v in m.views[strip])
+
+
+def test_groups_from_a_descriptor_run_follow_the_benchmark_order(tmp_path):
+    from imsim_lab.train.recipes.pairvit import _groups
+
+    rng = np.random.default_rng(5)
+    want = np.array([f"T{i:06d}" for i in range(6)])
+    x = rng.normal(size=(6, 4)).astype(np.float32)
+    perm = rng.permutation(6)  # the run stored its rows in another order
+    (tmp_path / "run" / "features").mkdir(parents=True)
+    np.save(tmp_path / "run" / "features" / "training.npy", x[perm])
+    np.save(tmp_path / "run" / "features" / "training_ids.npy", want[perm])
+    groups, source = _groups(str(tmp_path / "run"), SimpleNamespace(training_ids=want), 3)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert source == str(tmp_path / "run") and (groups == hard_negative_groups(xn, 3, backend="numpy")).all()
+    with pytest.raises(ImsimError, match="not this benchmark's"):
+        _groups(str(tmp_path / "run"), SimpleNamespace(training_ids=want[:5]), 3)

@@ -110,8 +110,13 @@ def run(args: argparse.Namespace, session: TrainSession) -> dict:
         raise ImsimError("--group-size must be >= 2 (itself and at least one negative)")
     if args.max_steps is not None and args.max_steps < 1:
         raise ImsimError("--max-steps must be >= 1")
-    if args.init and not Path(args.init).is_file():
-        raise ImsimError(f"{args.init}: --init weights file not found")
+    if args.init:  # weights of another layout or shape are refused before any training
+        import torch
+
+        from ..pairvit import PairViT, _read_state, check_state
+
+        with torch.device("meta"):
+            check_state(_read_state(Path(args.init)), PairViT(mc), Path(args.init))
     try:
         tc = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                          accum_steps=args.accum_steps, lr=args.lr, optimizer="adam", weight_decay=1e-6,
