@@ -1,0 +1,316 @@
+"""SeungKee Jeon's pair classifier (matching track 2nd, arXiv 2111.09113; ``docs/methods.md``, "SeungKee
+Jeon (matching track, 2nd)"): a ViT that looks at ``[reference | query]`` and says "copy" or not.
+
+* :class:`PairViTConfig` (frozen): the backbone, the size of each half (published 224 x 112, height x
+  width), grayscale or colour, the normalisation; tiny overrides (``depth``, ``embed_dim``,
+  ``num_heads``) for the ``cpu`` profile and the tests;
+* :func:`pair_half` / :func:`pair_tensor`: a PIL image -> one (h, w, 3) uint8 half; two batches of
+  halves -> the normalised (b, 3, h, 2w) input, reference on the left;
+* :class:`PairViT`: timm ViT over the (h, 2w) input -> Linear(d -> 1, no bias) -> one logit. Its
+  ``input_layout`` buffer (h, w, grayscale) travels in every ``state_dict``, so weights trained on
+  another layout are refused by :func:`load_pairvit` with one line naming the file;
+* :class:`PairGroups`: training items made on the fly from the training images with the
+  transformation families of :mod:`imsim_lab.data.augment`: for clean image i and its
+  hard-negative group ``groups[i]`` (i first), the pairs ``[clean i | augmented j]`` for every j of
+  the group, label 1 only for j = i; :func:`hard_negative_groups` makes the groups from
+  descriptors of the training images;
+* :class:`PairBCE`: binary cross-entropy on the logits; :func:`train_pairvit` runs it all on the
+  shared trainer (:func:`imsim_lab.train.trainer.train`: AMP, DDP, exact resume).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ImsimError
+from .data import load_rgb
+from .trainer import TrainConfig, TrainResult, train
+from .views import view_rng
+
+PUBLISHED_BACKBONE = "vit_large_patch16_224"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+#: families the training views are drawn from (everything of DISC21 but the chain of several)
+TRAIN_FAMILIES = ("crop", "rotate", "hflip", "vflip", "skew", "perspective", "aspect_ratio", "scale", "pad", "blur",
+                  "jpeg", "noise", "pixelize", "brightness", "contrast", "saturation", "color_jitter", "grayscale",
+                  "text", "emoji", "overlay_image", "paste", "meme", "screenshot", "combine", "opacity", "stripes",
+                  "shuffle_pixels", "sharpen", "channels", "airgap")
+
+
+class PairViTError(ImsimError):
+    """Weights or input of the pair classifier that do not fit; the message names the file."""
+
+
+@dataclass(frozen=True)
+class PairViTConfig:
+    """What the pair classifier is; its preprocessing comes from here only.
+
+    Attributes:
+        backbone: timm ViT name (published: ``vit_large_patch16_224``, ImageNet init).
+        height, width: size of each half (published 224 x 112); the input is height x 2 width.
+        gray: grayscale halves (3 equal channels), as published; False: colour.
+        depth, embed_dim, num_heads: overrides of the backbone (None: its own), for tiny models.
+        mean, std: normalisation.
+        pretrained: timm hub weights for the backbone (needs internet).
+    """
+
+    backbone: str = PUBLISHED_BACKBONE
+    height: int = 224
+    width: int = 112
+    gray: bool = True
+    depth: int | None = None
+    embed_dim: int | None = None
+    num_heads: int | None = None
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    pretrained: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.height < 1 or self.width < 1:
+            raise PairViTError(f"pair classifier: height and width must be >= 1, not {self.height} x {self.width}")
+
+    @property
+    def layout(self) -> tuple[int, int, int]:
+        """(height, width, 1 if grayscale else 0): what :func:`load_pairvit` checks."""
+        return (int(self.height), int(self.width), int(bool(self.gray)))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: the ``cpu`` profile's classifier: a 2-block ViT-Tiny on 64 x 32 halves
+CPU_CONFIG = PairViTConfig("vit_tiny_patch16_224", 64, 32, depth=2)
+
+
+def layout_text(layout) -> str:
+    h, w, g = (int(v) for v in layout)
+    return f"{h}x{w} {'grayscale' if g else 'colour'}"
+
+
+def pair_half(img, config: PairViTConfig) -> np.ndarray:
+    """A PIL image as one half of the input: resized to (height, width), grayscale in 3 channels when
+    ``config.gray``. Returns (height, width, 3) uint8."""
+    from PIL import Image
+
+    img = img.convert("L").convert("RGB") if config.gray else img.convert("RGB")
+    return np.array(img.resize((config.width, config.height), Image.BILINEAR), np.uint8)
+
+
+def pair_tensor(refs: torch.Tensor, queries: torch.Tensor, config: PairViTConfig) -> torch.Tensor:
+    """(b, h, w, 3) uint8 references and queries -> (b, 3, h, 2w) float, normalised, reference left."""
+    x = torch.cat([refs, queries], dim=2).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(config.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(config.std, device=x.device).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()  # the permute leaves channels last; the patch conv wants NCHW
+
+
+class PairViT(nn.Module):
+    """timm ViT on ``[reference | query]`` -> one logit. ``forward``: (b, 3, h, 2w) -> (b, 1)."""
+
+    def __init__(self, config: PairViTConfig):
+        super().__init__()
+        import timm
+
+        over = {k: getattr(config, k) for k in ("depth", "embed_dim", "num_heads") if getattr(config, k) is not None}
+        self.config = config
+        self.backbone = timm.create_model(config.backbone, pretrained=config.pretrained, num_classes=0,
+                                          img_size=(config.height, 2 * config.width), **over)
+        self.head = nn.Linear(self.backbone.num_features, 1, bias=False)
+        self.register_buffer("input_layout", torch.tensor(config.layout, dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def _read_state(path: Path) -> dict:
+    if not path.is_file():
+        raise PairViTError(f"{path}: pair classifier weights not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated or foreign files
+        raise PairViTError(f"{path}: not a readable weights file ({type(e).__name__})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a trainer checkpoint
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PairViTError(f"{path}: holds no state_dict of tensors (expected the weights.pt of `imsim-lab train "
+                           f"pairvit`)")
+    return state
+
+
+def check_state(state: dict, net: PairViT, path: Path) -> None:
+    """Refuse a ``state_dict`` of another input layout or shape than ``net`` (one line naming ``path``)."""
+    got = state.get("input_layout")
+    if got is None:
+        raise PairViTError(f"{path}: no input_layout tensor: not the weights of a pair classifier")
+    want = net.config.layout
+    if tuple(int(v) for v in got.tolist()) != want:
+        raise PairViTError(f"{path}: trained on {layout_text(got.tolist())} halves, the method asks "
+                           f"{layout_text(want)} (set height=, width=, gray= as trained)")
+    mine = net.state_dict()
+    missing = [k for k in mine if k not in state]
+    extra = [k for k in state if k not in mine]
+    shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in mine.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if shapes or missing or extra:
+        what = (f"tensor {shapes[0][0]} is {shapes[0][1]}, the model's {shapes[0][2]}" if shapes else
+                f"{len(missing)} tensors missing, e.g. {missing[0]}" if missing else
+                f"{len(extra)} unexpected tensors, e.g. {extra[0]}")
+        raise PairViTError(f"{path}: does not fit a pair classifier on {net.config.backbone} "
+                           f"(depth={net.config.depth}, embed_dim={net.config.embed_dim}): {what}")
+
+
+def load_pairvit(path: str | Path, config: PairViTConfig, device: str = "cpu") -> PairViT:
+    """A trained classifier in eval mode; refuses weights of another layout or shape (:func:`check_state`)."""
+    path = Path(path)
+    state = _read_state(path)
+    with torch.device("meta"):
+        probe = PairViT(config)
+    check_state(state, probe, path)
+    net = PairViT(config)
+    net.load_state_dict(state)
+    return net.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+
+
+def hard_negative_groups(xt: np.ndarray, size: int, backend: str = "auto") -> np.ndarray:
+    """Each training image's group: itself, then its ``size - 1`` most similar others.
+
+    Args:
+        xt: (n, d) descriptors of the training images (unit length: inner products).
+        size: group size, 1 <= size <= n.
+
+    Returns:
+        (n, size) int64, row i starting with i.
+    """
+    from ..search import knn
+
+    n = len(xt)
+    if not 1 <= size <= n:
+        raise PairViTError(f"hard-negative group size {size} is not in 1..{n} (the training images)")
+    _, I = knn(np.ascontiguousarray(xt, np.float32), np.ascontiguousarray(xt, np.float32), min(n, size + 1), "ip",
+               backend)
+    out = np.empty((n, size), np.int64)
+    for i in range(n):
+        others = [int(j) for j in I[i] if j >= 0 and j != i][: size - 1]
+        out[i] = [i, *others]
+    return out
+
+
+def random_groups(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Groups of random others (no descriptor to find hard negatives with): (n, size), row i first i."""
+    if not 1 <= size <= n:
+        raise PairViTError(f"group size {size} is not in 1..{n} (the training images)")
+    out = np.empty((n, size), np.int64)
+    for i in range(n):
+        g = np.random.default_rng([seed, i])
+        others = g.choice(n - 1, size=size - 1, replace=False)
+        out[i] = [i, *(others + (others >= i))]
+    return out
+
+
+class PairGroups:
+    """Training pairs of the pair classifier (map-style dataset addressed by ``(index, epoch)``).
+
+    Item i: ``x`` (g, 3, h, 2w) float32: ``[clean i | augmented j]`` for j in ``groups[i]`` (one
+    transformation family each, drawn from ``families`` at a strength in ``strength``), ``y`` (g,) int64,
+    1 for j = i and 0 otherwise. The clean side is resized (and flipped half of the time).
+
+    Args:
+        paths: the training images; ``ids``: their ids (for the families that paste other images).
+        groups: (n, g) indices into ``paths``, row i starting with i (:func:`hard_negative_groups`).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], groups: np.ndarray, config: PairViTConfig, seed: int = 0,
+                 families: Sequence[str] = TRAIN_FAMILIES, strength: tuple[float, float] = (0.2, 1.0),
+                 ids: Sequence[str] | None = None, assets=None):
+        from ..data.augment import FAMILIES, Assets
+        from .data import _ImagesById
+
+        self.paths = [str(p) for p in paths]
+        self.groups = np.asarray(groups, np.int64)
+        if self.groups.ndim != 2 or len(self.groups) != len(self.paths) or (self.groups[:, 0] != np.arange(
+                len(self.paths))).any():
+            raise PairViTError(f"groups must be ({len(self.paths)}, g) with row i starting with i, not "
+                               f"{self.groups.shape}")
+        unknown = [f for f in families if f not in FAMILIES]
+        if unknown:
+            raise PairViTError(f"unknown transformation family {unknown[0]!r}; families: {', '.join(FAMILIES.names())}")
+        self.config, self.seed, self.families, self.strength = config, int(seed), tuple(families), tuple(strength)
+        self.ids = tuple(str(i) for i in ids) if ids is not None else tuple(Path(p).stem for p in self.paths)
+        self.assets = assets or Assets.from_augly(images=_ImagesById(dict(zip(self.ids, self.paths))),
+                                                  image_ids=self.ids, seed=self.seed)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def augmented(self, j: int, g: np.random.Generator):
+        from ..data.augment import apply_family
+
+        fam = self.families[int(g.integers(len(self.families)))]
+        out, _ = apply_family(load_rgb(self.paths[j]), fam, float(g.uniform(*self.strength)), g, self.assets)
+        return out
+
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        g = view_rng(self.seed, epoch, index, 0)
+        clean = load_rgb(self.paths[index])
+        if g.random() < 0.5:
+            clean = clean.transpose(0)  # PIL FLIP_LEFT_RIGHT
+        left = torch.from_numpy(pair_half(clean, self.config))[None]
+        rights = [pair_half(self.augmented(int(j), g), self.config) for j in self.groups[index]]
+        right = torch.from_numpy(np.stack(rights))
+        x = pair_tensor(left.expand(len(rights), -1, -1, -1), right, self.config).numpy().astype(np.float32)
+        return x, (self.groups[index] == index).astype(np.int64)
+
+
+class PairBCE(nn.Module):
+    """Binary cross-entropy on the logits: (logits (n, 1), labels (n,) 0/1) -> scalar."""
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(logits.reshape(-1), y.float())
+
+
+@dataclass(frozen=True)
+class PairTrainConfig:
+    """A pair-classifier training run: the classifier, the group size, the views, the trainer's settings
+    (published: Adam, lr 1e-5 constant, weight decay 1e-6)."""
+
+    model: PairViTConfig = field(default_factory=PairViTConfig)
+    group_size: int = 8
+    families: tuple = TRAIN_FAMILIES
+    strength: tuple = (0.2, 1.0)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(optimizer="adam", lr=1e-5, weight_decay=1e-6))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_pairvit(bench, out: str | Path, cfg: PairTrainConfig, groups: np.ndarray | None = None,
+                  init: str | Path | None = None, on_step: Callable[[dict], None] | None = None,
+                  groups_source: str = "random") -> TrainResult:
+    """Train the pair classifier on the training images of ``bench`` (never a query) into ``out``.
+
+    Args:
+        groups: (n, g) hard-negative groups over ``bench.training_ids`` (None: :func:`random_groups`).
+        groups_source: what the groups were made from (kept in ``train_config.json``).
+    """
+    ids = [str(i) for i in bench.training_ids]
+    if not ids:
+        raise PairViTError(f"{Path(bench.root) / 'training'}: no training images")
+    if groups is None:
+        groups = random_groups(len(ids), min(cfg.group_size, len(ids)), cfg.train.seed)
+    ds = PairGroups([bench.image_path(i) for i in ids], groups, cfg.model, cfg.train.seed, cfg.families,
+                    cfg.strength, ids=ids)
+    info = {"recipe": "pairvit", "config": cfg.to_dict(), "benchmark": str(bench.root), "groups": groups_source,
+            "group_size": int(groups.shape[1]), "init": str(init) if init else None}
+    return train(PairViT(cfg.model), PairBCE(), ds, cfg.train, out, init=init, on_step=on_step, run_info=info)
