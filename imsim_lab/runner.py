@@ -39,7 +39,7 @@ from .features import ExtractConfig
 from .methods import MethodSpec, get_method
 
 #: config.json keys that may differ between two runs of the same configuration
-_VOLATILE = ("created", "versions", "notes", "failed_images", "out", "images", "matcher_report")
+_VOLATILE = ("created", "versions", "notes", "failed_images", "out", "images", "matcher_report", "provenance")
 #: extraction settings that change how fast descriptors are made, not what they are
 _EXECUTION_ONLY = ("batch_size", "num_workers", "shard_size", "prefetch_factor", "streams")
 
@@ -60,6 +60,10 @@ class RunOptions:
             the images (names, sizes, modification times), never on the benchmark's name alone.
         candidates: matching track: a finished run folder of the descriptor method named by
             ``candidates.method`` to take the candidates from (default: run it into ``OUT/candidates``).
+        provenance: what wrote the run (``writer``: a command, or a notebook and its profile; left out,
+            the explorer infers it from the folder) and
+            whether anything was tuned or trained on the evaluation queries (``saw_eval_queries``),
+            recorded in config.json for the leaderboard's provenance columns.
     """
 
     device: str | None = None
@@ -69,6 +73,7 @@ class RunOptions:
     force: bool = False
     feature_cache: str | None = None
     candidates: str | None = None
+    provenance: dict = field(default_factory=lambda: {"saw_eval_queries": False})
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,8 +139,34 @@ def resolve_config(spec: MethodSpec, bench, overrides: dict | None, opts: RunOpt
         "search": {"backend": opts.backend, "isc2021_max_results": opts.max_results or get_protocol("isc2021").budget(0),
                    "drivendata_per_query": get_protocol("drivendata").per_query_budget},
         "out": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": _versions(),
+        "provenance": dict(opts.provenance),
     }
     return config
+
+
+def process_cpu() -> float:
+    """CPU seconds of this process and its finished children (user + system)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class _Phase:
+    """``with _Phase(timings, "search"):`` records the phase's wall seconds as ``timings["search"]``
+    and its CPU seconds (this process and its DataLoader workers) as ``timings["cpu_search"]``."""
+
+    def __init__(self, timings: dict, name: str):
+        self.timings, self.name = timings, name
+
+    def __enter__(self):
+        self.t, self.c = time.perf_counter(), process_cpu()
+        return self
+
+    def __exit__(self, *exc):
+        self.timings[self.name] = time.perf_counter() - self.t
+        self.timings[f"cpu_{self.name}"] = process_cpu() - self.c
+        return False
 
 
 class _RunLock:
@@ -246,12 +277,10 @@ def finish_run(gt, queries, preds: dict, out: Path, config: dict, timings: dict,
     every file of the run folder (:func:`imsim_lab.runfolder.write_outputs`). Returns the metrics."""
     from .runfolder import per_query_from_predictions, write_outputs
 
-    t = time.perf_counter()
-    metrics = evaluate_protocols(gt, preds)
-    timings["evaluate"] = time.perf_counter() - t
-    t = time.perf_counter()
-    per_query = per_query_from_predictions(queries, preds["isc2021"])
-    timings["per_query"] = time.perf_counter() - t
+    with _Phase(timings, "evaluate"):
+        metrics = evaluate_protocols(gt, preds)
+    with _Phase(timings, "per_query"):
+        per_query = per_query_from_predictions(queries, preds["isc2021"])
     timings["total"] = time.perf_counter() - t0
     write_outputs(out, config, preds["isc2021"], metrics, per_query, timings, descriptors, candidates)
     return metrics
@@ -305,7 +334,7 @@ def extract_splits(spec: MethodSpec, model_args: dict, bench, feats: Path, opts:
     fsets = {}
     for name in images:
         ids = {"query": bench.query_ids, "reference": bench.reference_ids, "training": bench.training_ids}[name]
-        t = time.perf_counter()
+        phase = _Phase(timings, f"extract_{name}").__enter__()
         cache = None
         if opts.feature_cache:
             cache = Path(opts.feature_cache) / f"{spec.model}-{fingerprint}-{opts.extract.dtype}" / images[name]
@@ -331,7 +360,7 @@ def extract_splits(spec: MethodSpec, model_args: dict, bench, feats: Path, opts:
         else:
             fsets[name] = load_features(feats, name)
         atomic_write_json(listing, {"listing": images[name]})
-        timings[f"extract_{name}"] = time.perf_counter() - t
+        phase.__exit__()
     return fsets
 
 
@@ -342,14 +371,12 @@ def _descriptor_track(spec, bench, config, out, opts, progress, timings, images)
     model_args, params = config["model_args"], config["params"]
     fsets = extract_splits(spec, model_args, bench, out / "features", opts, progress, timings, images,
                            config["model_fingerprint"])
-    t = time.perf_counter()
-    xt = fsets["training"].x if "training" in fsets else None
-    prep = prepare(spec, fsets["query"].x, fsets["reference"].x, xt, params, opts.backend)
-    timings["postprocess"] = time.perf_counter() - t
+    with _Phase(timings, "postprocess"):
+        xt = fsets["training"].x if "training" in fsets else None
+        prep = prepare(spec, fsets["query"].x, fsets["reference"].x, xt, params, opts.backend)
     qids, rids = fsets["query"].ids, fsets["reference"].ids
-    t = time.perf_counter()
-    preds = protocol_predictions(prep, qids, rids, bench.gt, opts)
-    timings["search"] = time.perf_counter() - t
+    with _Phase(timings, "search"):
+        preds = protocol_predictions(prep, qids, rids, bench.gt, opts)
     descriptors = None
     if prep.hdf5 is not None:
         descriptors = DescriptorSubmission(np.asarray(qids, dtype=object), prep.hdf5[0],
@@ -433,11 +460,10 @@ def _matching_track(spec, params, bench, config, out, opts, progress, timings, s
     from .methods import MatchContext, prepare
     from .methods.matching import candidate_pairs, rescore
 
-    t = time.perf_counter()
-    cctx = open_candidates(spec, params, bench, out, opts, progress)
-    prep = prepare(cctx.spec, cctx.xq, cctx.xb, cctx.xt, cctx.params, opts.backend)
-    pairs = candidate_pairs(prep, cctx.qids, cctx.rids, spec.candidate_source(params), opts.backend)
-    timings["candidates"] = time.perf_counter() - t
+    cctx = open_candidates(spec, params, bench, out, opts, progress)  # a run of its own, with its own timings
+    with _Phase(timings, "candidates"):
+        prep = prepare(cctx.spec, cctx.xq, cctx.xb, cctx.xt, cctx.params, opts.backend)
+        pairs = candidate_pairs(prep, cctx.qids, cctx.rids, spec.candidate_source(params), opts.backend)
     if stale:  # the images changed since the matcher's work was done: it is redone
         import shutil
 
@@ -445,9 +471,8 @@ def _matching_track(spec, params, bench, config, out, opts, progress, timings, s
     mctx = MatchContext(queries=bench_images(bench, config, "query"), references=bench_images(bench, config, "reference"),
                         work=out / "matcher", device=opts.device, extract=opts.extract, backend=opts.backend,
                         progress=progress)
-    t = time.perf_counter()
-    final, table, report = rescore(spec.matcher, params, pairs, mctx, get_protocol("isc2021").max_rows)
-    timings["rescore"] = time.perf_counter() - t
+    with _Phase(timings, "rescore"):
+        final, table, report = rescore(spec.matcher, params, pairs, mctx, get_protocol("isc2021").max_rows)
     source = spec.candidate_source(params)
     cand = {**asdict(source), "run": str(Path(cctx.path).resolve()), "pairs": int(len(pairs)),
             "queries_with_candidates": int(len(np.unique(pairs.query_ids)))}

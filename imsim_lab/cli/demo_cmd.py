@@ -90,7 +90,8 @@ def runs_phase(methods: list[str], bench: Path, runs: Path, workers: int) -> dic
         raise ImsimError(f"unknown method(s) {', '.join(unknown)}; see `imsim-lab methods`")
     # methods of one model (sscd, sscd+sn, ...) share its descriptors through the runs' feature
     # cache: extracted once, hard-linked (or copied) into each run folder
-    opts = RunOptions(extract=ExtractConfig(num_workers=workers), feature_cache=str(runs.parent / "feature-cache"))
+    opts = RunOptions(extract=ExtractConfig(num_workers=workers), feature_cache=str(runs.parent / "feature-cache"),
+                      provenance={"writer": "imsim-lab demo", "saw_eval_queries": False})
     donors: dict[tuple, Path] = {}
     results = {}
     for i, m in enumerate(methods, 1):

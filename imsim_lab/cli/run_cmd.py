@@ -98,7 +98,8 @@ def run(args) -> int:
         raise ImsimError(str(e)) from None
     check_device(args.device)
     opts = RunOptions(device=args.device, backend=args.backend, extract=extract, force=args.force,
-                      feature_cache=args.feature_cache, candidates=args.candidates)
+                      feature_cache=args.feature_cache, candidates=args.candidates,
+                      provenance={"writer": f"imsim-lab run {args.method}", "saw_eval_queries": False})
     make, bars = _bars()
     try:
         res = run_method(args.method, args.bench, args.out, parse_params(args.param), opts, progress=make)
