@@ -129,16 +129,16 @@ def collate(items):
 
 
 def worker_init(_worker_id: int) -> None:
-    """One thread per worker: the model in the main process owns the cores."""
+    """One thread per worker: the model in the main process owns the cores.
+
+    OpenCV is not touched here: a worker is forked, and when the parent has run OpenCV's thread
+    pool (local features), calling into it from the child can wait forever on a lock copied in
+    the locked state. No worker uses OpenCV (local features are extracted in the main process's
+    threads, :mod:`imsim_lab.features.localstore`).
+    """
     import torch
 
     torch.set_num_threads(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def ordered_threads(fn: Callable[[T], R], items: Iterable[T], threads: int, ahead: int) -> Iterator[R]:
