@@ -233,6 +233,14 @@ EOF
     not_run "pytest gpu: faiss on GPU" "faiss cannot be imported: faiss GPU paths not verified"
   fi
 
+  if ((CUDA > 0)); then  # imgFp keypoint search (issue 14): torch float16 on CUDA, faiss GPU sharded when present
+    run_section "pytest gpu: keypoint search (torch CUDA float16, faiss GPU shards)" 60 \
+      "$PY" -m pytest -q -p no:xdist -p no:cacheprovider -m gpu -ra --tb=short --junitxml="$WORK/pytest_kp.xml" \
+      tests/test_keypoint_search.py $( ((FAISS_GPUS > 0)) || echo "-k torch")
+  else
+    not_run "pytest gpu: keypoint search" "torch sees no CUDA device"
+  fi
+
   if ((CUDA > 0)); then
     local models=(resnet50)
     ((SSCD_ONNX)) && models+=(sscd)

@@ -140,3 +140,33 @@ def test_vote_single_candidate_needs_more_than_five():
     assert v.accepted.tolist() == [False, True, False]  # 5 alone, 6 alone, 3 against 1 (needs > 3)
     D[5:11] = 9000.0
     assert vote(qoff, D, I, owner).accepted.tolist() == [False, False, False]
+
+
+def _cuda():
+    import torch
+
+    return torch.cuda.is_available() or os.environ.get("IMSIM_REQUIRE_GPU") == "1"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs CUDA")
+def test_torch_keypoint_search_on_cuda_float16_matches_numpy():
+    xq, xb = data(mq=300, mb=5000, d=128)
+    D0, I0 = exact_knn(xq, xb, 2)
+    D, I = exact_knn(xq, xb, 2, backend="torch", dtype="float16", device="cuda", block=1024)
+    assert (I[:, 0] == I0[:, 0]).mean() > 0.97
+    np.testing.assert_allclose(D[:, 0], D0[:, 0], rtol=2e-2, atol=2.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs CUDA")
+def test_faiss_gpu_sharded_float16_keypoint_search_matches_numpy():
+    faiss = pytest.importorskip("faiss")
+    if not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() == 0:
+        if os.environ.get("IMSIM_REQUIRE_GPU") == "1":
+            pytest.fail("faiss sees no GPU")
+        pytest.skip("faiss CPU build")
+    xq, xb = data(mq=300, mb=5000, d=128)
+    D0, I0 = exact_knn(xq, xb, 1)
+    D, I = exact_knn(xq, xb, 1, backend="faiss", dtype="float16", device="cuda")
+    assert (I[:, 0] == I0[:, 0]).mean() > 0.97
