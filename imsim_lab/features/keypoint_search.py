@@ -28,6 +28,8 @@ from ..errors import ImsimError, MissingDependencyError
 
 BACKENDS = ("numpy", "torch", "faiss")
 ANN_KINDS = ("ivf", "hnsw", "ivfpq")
+#: distances held at once by the numpy path (query rows x database rows of one block)
+ENTRIES = 1 << 23
 
 
 def _as(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -53,7 +55,8 @@ def exact_knn(xq: np.ndarray, xb: np.ndarray, k: int = 1, backend: str = "numpy"
             imgFp's ``shard=True, useFloat16=True``).
         dtype: ``float16`` computes the products in half precision where the backend can (torch on
             CUDA, faiss GPU); on the CPU the descriptors are *stored* as float16 and upcast per block.
-        block: database rows per block (memory stays at mq x block distances).
+        block: database rows per block; queries are blocked too, so at most :data:`ENTRIES`
+            distances are held at once.
 
     Returns:
         D (mq, k) float32 squared distances, ascending; I (mq, k) int64 rows of ``xb`` (-1 past mb).
@@ -71,15 +74,31 @@ def exact_knn(xq: np.ndarray, xb: np.ndarray, k: int = 1, backend: str = "numpy"
         return _faiss_exact(xq, xb, k, dtype, device, D, I)
     if backend == "torch":
         return _torch_exact(xq, xb, k, dtype, device, block, D, I)
-    q = xq.astype(np.float32)
-    qn = np.einsum("ij,ij->i", q, q)
+    qstep = max(1, ENTRIES // min(block, mb))  # query rows per block: distances stay at ENTRIES floats
+    bn = np.empty(mb, np.float32)
     for a in range(0, mb, block):
         b = xb[a:a + block].astype(np.float32)
-        dist = qn[:, None] - 2.0 * (q @ b.T) + np.einsum("ij,ij->i", b, b)[None, :]
-        np.maximum(dist, 0.0, out=dist)
-        kk = min(k, len(b))
-        j = np.argpartition(dist, kk - 1, axis=1)[:, :kk] if kk < len(b) else np.tile(np.arange(len(b)), (mq, 1))
-        D, I = _merge_topk(D, I, np.take_along_axis(dist, j, 1), j + a, k)
+        bn[a:a + len(b)] = np.einsum("ij,ij->i", b, b)
+    for s in range(0, mq, qstep):
+        q = xq[s:s + qstep].astype(np.float32)
+        qn = np.einsum("ij,ij->i", q, q)
+        Ds, Is = D[s:s + qstep], I[s:s + qstep]
+        for a in range(0, mb, block):
+            b = xb[a:a + block].astype(np.float32)
+            dist = q @ b.T
+            dist *= -2.0
+            dist += bn[None, a:a + len(b)]
+            dist += qn[:, None]
+            np.maximum(dist, 0.0, out=dist)
+            kk = min(k, len(b))
+            if kk == 1:
+                j = dist.argmin(axis=1)[:, None]
+            elif kk < len(b):
+                j = np.argpartition(dist, kk - 1, axis=1)[:, :kk]
+            else:
+                j = np.tile(np.arange(len(b)), (len(q), 1))
+            Ds, Is = _merge_topk(Ds, Is, np.take_along_axis(dist, j, 1), j + a, k)
+        D[s:s + qstep], I[s:s + qstep] = Ds, Is
     return D.astype(np.float32), I
 
 
