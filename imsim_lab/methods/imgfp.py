@@ -29,10 +29,9 @@ import numpy as np
 from ..features.extract import ExtractConfig
 from ..features.keypoint_search import VoteRules, build_ann, exact_knn, keypoint_owner, vote
 from ..features.local import create_local_model
-from ..features.localmatch import verify_pairs
+from ..features.localmatch import ransac_inliers, verify_pairs
 from ..features.localstore import extract_local
-from ..features.vocabulary import InvertedFile, Vocabulary, train_vocabulary, word_matches
-from ..features.localmatch import ransac_inliers
+from ..features.vocabulary import InvertedFile, Vocabulary, WordSet, train_vocabulary, word_matches
 from .matchers import MATCHERS, CandidatePairs, MatchContext, Matcher, MatchResult
 from .spec import METHODS, MethodSpec
 
@@ -230,7 +229,9 @@ class BowMatcher(Matcher):
 
     def vocabulary(self, fb, folder) -> Vocabulary:
         """Trained once per reference store and vocabulary setting, cached in ``folder``."""
-        path = folder / f"vocabulary_{self.model.config.fingerprint()}_{self.words}_{self.seed}_{self.niter}.npz"
+        name = (f"{self.model.config.fingerprint()}_k{self.words}_s{self.seed}_i{self.niter}_t{self.max_train}"
+                f"_m{self.min_keypoints}")
+        path = folder / f"vocabulary_{name}.npz"
         if path.is_file():
             voc = Vocabulary.load(path)
             voc.check(fb.meta, str(path))
@@ -269,8 +270,6 @@ class BowMatcher(Matcher):
 
 
 def _keep_words(ws, keep: np.ndarray):
-    from ..features.vocabulary import WordSet
-
     counts = np.diff(ws.offsets)
     rows = np.repeat(keep, counts)
     return WordSet(np.asarray(ws.ids)[keep], np.r_[0, np.cumsum(counts[keep])].astype(np.int64), ws.words[rows])
