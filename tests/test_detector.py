@@ -68,3 +68,15 @@ def test_filter_metrics_and_crop():
     assert m["recall"] == pytest.approx(2 / 3) and m["precision"] == pytest.approx(2 / 3)
     im = Image.new("RGB", (200, 100))
     assert crop(im, (0.25, 0.5, 0.75, 1.0)).size == (100, 50)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available() and __import__("os").environ.get("IMSIM_REQUIRE_GPU")
+                    != "1", reason="needs CUDA")
+def test_training_on_cuda_with_amp(paths):
+    s = make_composites(paths, 32, seed=3)
+    det, hist = train_detector(s, DetectorConfig(input_size=64, width=8, batch_size=16), epochs=4, device="cuda",
+                               amp=True)
+    assert np.isfinite(hist).all() and hist[-1] < hist[0]
+    b, c = detect(det, [im for im, _ in s[:4]])  # the trained net comes back on the CPU
+    assert b.shape == (4, 4)
