@@ -101,11 +101,11 @@ def main() -> None:
     xq, xb = np.asarray(fq.descriptors)[rows_q], np.asarray(fb.descriptors)[rows_b]
     tracemalloc.start()
     t = time.perf_counter()
-    _, I0 = exact_knn(xq, xb, 1, "numpy", "float16", block=1 << 14)
+    D0, I0 = exact_knn(xq, xb, 1, "numpy", "float16", block=1 << 14)
     secs = time.perf_counter() - t
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    v = vote_pairs(fq, fb)
+    v = vote_pairs(fq, fb, neighbours=(D0, I0))
     bpr_exact = mb * 128 * 2 / max(n_ref_used, 1)
     record("exact (float16)", secs, peak, bpr_exact, v["query_ids"], v["reference_ids"], v["votes"], 1.0)
     for kind in a.kinds:
@@ -113,9 +113,9 @@ def main() -> None:
         ann = build_ann(xb, kind, nprobe=16, m=16)
         build = time.perf_counter() - t
         t = time.perf_counter()
-        _, I = ann.search(xq, 1)
+        DA, I = ann.search(xq, 1)
         secs = time.perf_counter() - t
-        v = vote_pairs(fq, fb, search=kind, ann={"nprobe": 16, "m": 16})
+        v = vote_pairs(fq, fb, neighbours=(DA, I))
         record(f"{kind} (build {build:.0f} s)", secs, 0, ann.bytes_per_vector * mb / max(n_ref_used, 1),
                v["query_ids"], v["reference_ids"], v["votes"], nn_recall(I0, I))
     for k in a.words:

@@ -14,6 +14,7 @@ from imsim_lab.features.localstore import extract_local
 from imsim_lab.features.vocabulary import train_vocabulary
 from imsim_lab.methods import get_method, list_methods
 from imsim_lab.methods.imgfp import IMGFP_RATIO, flip_descriptors, pair_counts, vote_pairs
+from imsim_lab.methods.imgfp import vote_pairs as F_vote
 from imsim_lab.runfolder import read_candidates
 from imsim_lab.runner import RunOptions, run_method
 from support import make_bench
@@ -132,3 +133,13 @@ def test_methods_run_end_to_end(bench, tmp_path, method, over):
     assert "seconds" in report and "skipped" in report
     if method == "imgfp":
         assert report["recalled"]["global"] == len(q)
+
+
+def test_vote_pairs_reuses_a_search(stores):
+    from imsim_lab.features.keypoint_search import exact_knn
+    from imsim_lab.methods.imgfp import kept_descriptors
+
+    fq, fb = stores
+    D, I = exact_knn(kept_descriptors(fq), kept_descriptors(fb), 1, dtype="float16")
+    a, b = F_vote(fq, fb), F_vote(fq, fb, neighbours=(D, I))
+    assert a["query_ids"].tolist() == b["query_ids"].tolist() and a["votes"].tolist() == b["votes"].tolist()

@@ -94,8 +94,14 @@ def _subset(fs, keep: np.ndarray):
     return np.r_[0, np.cumsum(counts[keep])].astype(np.int64), rows
 
 
+def kept_descriptors(fs, min_keypoints: int = 10) -> np.ndarray:
+    """(m', d) descriptors of the images with at least ``min_keypoints`` keypoints, in store order."""
+    return np.asarray(fs.descriptors)[_subset(fs, usable(fs, min_keypoints))[1]]
+
+
 def vote_pairs(fq, fb, rules: VoteRules = VoteRules(), search: str = "exact", backend: str = "numpy",
-               dtype: str = "float16", min_keypoints: int = 10, ann: dict | None = None) -> dict:
+               dtype: str = "float16", min_keypoints: int = 10, ann: dict | None = None,
+               neighbours: tuple | None = None) -> dict:
     """imgFp's local branch from the features alone: the accepted (query, reference) of each query.
 
     Args:
@@ -103,6 +109,8 @@ def vote_pairs(fq, fb, rules: VoteRules = VoteRules(), search: str = "exact", ba
         search: ``exact`` (:func:`exact_knn` with ``backend``, ``dtype``) or an approximate kind of
             :func:`build_ann` (``ivf``, ``hnsw``, ``ivfpq``; ``ann``: its keyword arguments).
         min_keypoints: images with fewer keypoints are skipped (counted in ``skipped``).
+        neighbours: (D, I) of a search already made over the kept keypoints (:func:`kept_descriptors`),
+            instead of searching again.
 
     Returns:
         dict with ``query_ids``, ``reference_ids``, ``votes``, ``runner_up``, ``mean_distance``
@@ -114,7 +122,9 @@ def vote_pairs(fq, fb, rules: VoteRules = VoteRules(), search: str = "exact", ba
     qids, bids = np.asarray(fq.ids)[kq], np.asarray(fb.ids)[kb]
     xq, xb = np.asarray(fq.descriptors)[qrows], np.asarray(fb.descriptors)[brows]
     t = time.perf_counter()
-    if len(xq) == 0 or len(xb) == 0:
+    if neighbours is not None:
+        D, I = neighbours
+    elif len(xq) == 0 or len(xb) == 0:
         D, I = np.zeros((len(xq), 1), np.float32), np.full((len(xq), 1), -1, np.int64)
     elif search == "exact":
         D, I = exact_knn(xq, xb, 1, backend, dtype)
