@@ -30,6 +30,8 @@ from ..errors import ImsimError
 
 #: imgFp's box filter: normalised area at most this, aspect h/w inside this range
 MAX_AREA, ASPECT = 0.85, (0.25, 4.0)
+#: the disc-synth families whose source ends up as a box inside the query, and their training shares
+COMPOSITE_FAMILIES, COMPOSITE_WEIGHTS = ("paste", "combine", "pad", "airgap"), (0.4, 0.3, 0.15, 0.15)
 
 
 @dataclass(frozen=True)
@@ -110,10 +112,10 @@ def _decode(out):
 
 
 def make_composites(paths: Sequence[str | Path], n: int, seed: int = 0, negative_rate: float = 0.3):
-    """``n`` training samples (image, box or None) from training images only: a ``paste`` onto
-    another image (60 %) or a ``combine`` collage (40 %) of the positives, the plain image for
-    the rest; the box is traced from the recorded ops, None when it covers more than
-    :data:`MAX_AREA` of the image (imgFp would not crop it)."""
+    """``n`` training samples (image, box or None) from training images only: for the positives an
+    edit of :data:`COMPOSITE_FAMILIES` (pasted onto another image, a collage, a frame of padding or
+    an air gap), the plain image for the rest; the box is traced from the recorded ops, None when
+    it covers more than :data:`MAX_AREA` of the image (imgFp would not crop it)."""
     from PIL import Image
 
     from ..data.augment import Assets, apply_ops, sample_ops
@@ -141,7 +143,7 @@ def make_composites(paths: Sequence[str | Path], n: int, seed: int = 0, negative
         if rng.random() < negative_rate:
             out.append((im, None))
             continue
-        fam = "paste" if rng.random() < 0.6 else "combine"
+        fam = COMPOSITE_FAMILIES[int(rng.choice(len(COMPOSITE_FAMILIES), p=COMPOSITE_WEIGHTS))]
         ops = sample_ops(fam, float(rng.uniform(0.3, 1.0)), rng, im.size, assets)
         try:
             box = trace_source_box([o.to_dict() if hasattr(o, "to_dict") else o for o in ops], im.size,
