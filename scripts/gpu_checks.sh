@@ -233,6 +233,16 @@ EOF
     not_run "pytest gpu: faiss on GPU" "faiss cannot be imported: faiss GPU paths not verified"
   fi
 
+  if ((CUDA > 0)); then  # imgFp (issue 14): detector training with AMP, keypoint search in float16 on CUDA
+    local kp_select=()
+    ((FAISS_GPUS > 0)) || kp_select=(-k "not faiss_gpu")  # faiss GPU shards only with a faiss GPU build
+    run_section "pytest gpu: overlay detector AMP, keypoint search (torch CUDA float16, faiss GPU shards)" 90 \
+      "$PY" -m pytest -q -p no:xdist -p no:cacheprovider -m gpu -ra --tb=short --junitxml="$WORK/pytest_imgfp.xml" \
+      "${kp_select[@]}" tests/test_detector.py tests/test_keypoint_search.py
+  else
+    not_run "pytest gpu: overlay detector, keypoint search" "torch sees no CUDA device"
+  fi
+
   if ((CUDA > 0)); then
     local models=(resnet50)
     ((SSCD_ONNX)) && models+=(sscd)

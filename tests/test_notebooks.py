@@ -17,8 +17,11 @@ def _ids(paths):
 
 
 def test_there_are_numbered_notebooks():
-    assert len(NOTEBOOKS) >= 3
-    assert [p.stem[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, len(NOTEBOOKS) + 1)]
+    # the lessons are numbered by the plan (01-03 foundation, 04-09 one per method), so a number may
+    # be missing while its lesson is written; each number is used once and 01-03 exist
+    numbers = [p.stem[:2] for p in NOTEBOOKS]
+    assert all(n.isdigit() for n in numbers) and len(set(numbers)) == len(numbers)
+    assert numbers[:3] == ["01", "02", "03"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))

@@ -19,6 +19,7 @@ from .spec import METHODS, TRACKS, CandidateSource, MethodSpec, get_method, list
 from . import catalog  # noqa: F401  (registers the methods)
 from . import sift  # noqa: F401  (registers the "sift" matcher)
 from . import pairvit  # noqa: F401  (registers the "pairvit" matcher and method)
+from . import imgfp  # noqa: F401  (registers the imgFp matchers and methods)
 
 __all__ = ["MATCHERS", "METHODS", "POST", "TRACKS", "CandidatePairs", "CandidateSource", "MatchContext",
            "MatchResult", "Matcher", "MethodSpec", "Prepared", "create_matcher", "get_method", "list_methods",
