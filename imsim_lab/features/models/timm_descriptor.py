@@ -21,7 +21,7 @@ from .config import ModelConfig
 from .layers import GeM, L2Norm
 from .weights import WeightsError, load_state_dict, resolve_weights
 
-HEADS = ("linear", "linear_bn", "none")
+HEADS = ("linear", "linear_bn", "linear_nobias", "none")
 
 
 class TimmDescriptorNet(nn.Module):
@@ -31,7 +31,8 @@ class TimmDescriptorNet(nn.Module):
         backbone: a timm model name (``resnet18``, ``tf_efficientnetv2_m``...).
         dim: descriptor dimension (ignored with ``head="none"``: the trunk's channels).
         gem_p: GeM exponent; ``gem_learnable`` makes it a parameter.
-        head: ``linear`` (bias), ``linear_bn`` (no bias + BatchNorm1d, lyakaap) or ``none``.
+        head: ``linear`` (bias), ``linear_bn`` (no bias + BatchNorm1d, lyakaap), ``linear_nobias``
+            (S-square's neck) or ``none``.
         pretrained: ask timm for its hub weights (internet).
 
     Shapes: (b, 3, h, w) -> (b, dim), rows of unit L2 norm.
@@ -55,7 +56,7 @@ class TimmDescriptorNet(nn.Module):
             self.fc, self.bn = nn.Identity(), nn.Identity()
             self.dim = c
         else:
-            self.fc = nn.Linear(c, dim, bias=head == "linear")
+            self.fc = nn.Linear(c, dim, bias=head == "linear")  # linear_nobias, linear_bn: none
             nn.init.xavier_normal_(self.fc.weight)
             self.bn = nn.BatchNorm1d(dim) if head == "linear_bn" else nn.Identity()
             self.dim = dim
