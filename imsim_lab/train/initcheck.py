@@ -50,7 +50,8 @@ def check_fits(path: str | Path, cfg, what: str = "--init") -> None:
     state = read_state(path, what)
     e = cfg.extra
     with torch.device("meta"):
-        net = TimmDescriptorNet(e["backbone"], cfg.dim, e["gem_p"], e["gem_learnable"], e["head"])
+        net = TimmDescriptorNet(e["backbone"], cfg.dim, e["gem_p"], e["gem_learnable"], e["head"],
+                                timm_kwargs=e.get("timm_kwargs"))
     shapes, missing, unexpected = state_dict_mismatch(state, net.state_dict())
     if shapes or missing or unexpected:
         parts = []

@@ -39,6 +39,7 @@ class SSCDConfig:
         backbone, size (training crops), dim, pretrained (timm hub weights for the trunk).
         aug: an :data:`~imsim_lab.train.sscd_data.AUGMENTATIONS` name.
         tau, lam: the loss. mix_p: share of items whose second view is mixed (0: the plain variant).
+        timm_kwargs: more ``timm.create_model`` arguments (``{"dynamic_img_size": True}``: a ViT at 64 px).
         train: the trainer's settings (LARS, warm-up and cosine by default).
     """
 
@@ -50,6 +51,7 @@ class SSCDConfig:
     tau: float = TAU
     lam: float = LAMBDA
     mix_p: float = MIX_P
+    timm_kwargs: dict = field(default_factory=dict)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         optimizer="lars", lr=published_lr(256), lr_schedule="cosine", weight_decay=1e-6, batch_size=256))
 
@@ -64,12 +66,12 @@ class SSCDConfig:
 
 
 def sscd_net(backbone: str = PUBLISHED_BACKBONE, size: int = 224, dim: int = 512, device: str | None = "cpu",
-             weights_path: str | Path | None = None, pretrained: bool = False):
+             weights_path: str | Path | None = None, pretrained: bool = False, timm_kwargs: dict | None = None):
     """The registered ``sscd_repro`` model (``.module`` is the nn.Module to train). ``size`` is the
     training crop; evaluation resizes the short side to 288 (``short_side=`` to change)."""
     from ..features.models import create_model
 
-    kw = {"backbone": backbone, "input_size": size, "dim": dim}
+    kw = {"backbone": backbone, "input_size": size, "dim": dim, "timm_kwargs": dict(timm_kwargs or {})}
     if weights_path is not None:
         kw["weights_path"] = str(weights_path)
     elif pretrained:
@@ -84,7 +86,8 @@ def train_sscd(paths: Sequence[str | Path], out: str | Path, cfg: SSCDConfig, in
     Args:
         init: network weights to start from (``weights.pt``); ignored on resume.
     """
-    model = sscd_net(cfg.backbone, cfg.size, cfg.dim, pretrained=cfg.pretrained and init is None)
+    model = sscd_net(cfg.backbone, cfg.size, cfg.dim, pretrained=cfg.pretrained and init is None,
+                     timm_kwargs=cfg.timm_kwargs)
     ds = SSCDViews(paths, cfg.aug, cfg.size, model.config.mean, model.config.std, seed=cfg.train.seed,
                    mix_p=cfg.mix_p)
     loss = SSCDLoss(cfg.tau, cfg.lam)

@@ -9,9 +9,12 @@
 
 Both are built by :func:`~imsim_lab.features.models.timm_descriptor.build_timm_descriptor`, random
 weights unless ``weights_path=`` names what ``imsim-lab train ssquare`` / ``train sscd`` wrote.
+``timm_kwargs`` (e.g. ``{"dynamic_img_size": true}``) lets a ViT trunk run at a small resolution.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from .config import ModelConfig
 from .timm_descriptor import timm_config
@@ -24,9 +27,9 @@ SSQUARE_BACKBONE, SSCD_BACKBONE = "eca_nfnet_l1", "resnet50"
 
 def ssquare_config() -> ModelConfig:
     cfg = timm_config("ssquare_net", SSQUARE_BACKBONE, 384, 160, gem_p=3.0, head="linear_nobias", paper=SSQUARE_PAPER)
-    return cfg.with_overrides(gem_learnable=True)
+    return replace(cfg, extra={**cfg.extra, "gem_learnable": True, "timm_kwargs": {}})
 
 
 def sscd_repro_config() -> ModelConfig:
     cfg = timm_config("sscd_repro", SSCD_BACKBONE, 512, 224, gem_p=3.0, head="linear", paper=SSCD_PAPER)
-    return cfg.with_overrides(resize="short_side", short_side=288)
+    return replace(cfg, resize="short_side", short_side=288, extra={**cfg.extra, "timm_kwargs": {}})
