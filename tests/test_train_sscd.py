@@ -231,3 +231,18 @@ def test_cuda_training_with_amp_and_the_loss_on_the_gpu(bench, tmp_path, amp):
                                        amp=amp, device="cuda", checkpoint_every=0))
     res = train_sscd(_paths(bench), tmp_path / amp, cfg)
     assert res.weights.is_file() and all(np.isfinite(h["loss"]) for h in res.history)
+
+
+def test_jpegs_decode_at_the_resolution_the_views_need(tmp_path):
+    from PIL import Image
+
+    from imsim_lab.errors import ImsimError
+    from imsim_lab.train.ssquare_data import load_for_size
+
+    p = tmp_path / "a.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(p)
+    small, full = load_for_size(p, 32), load_for_size(p, 200)
+    assert min(small.size) >= 128 and small.size[0] < 640 and small.mode == "RGB"  # DCT scaling: 1/2 or less
+    assert full.size == (640, 480)
+    with pytest.raises(ImsimError, match="not found"):
+        load_for_size(tmp_path / "missing.jpg", 32)

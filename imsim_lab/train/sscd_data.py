@@ -30,7 +30,8 @@ from PIL import Image, ImageFilter
 
 from ..data.augment import Assets, Op, apply_op, sample_ops
 from ..registry import Registry
-from .data import TrainDataError, _ImagesById, load_rgb, to_array
+from .data import TrainDataError, _ImagesById, to_array
+from .ssquare_data import load_for_size
 from .views import random_resized_crop, view_rng
 
 
@@ -154,19 +155,20 @@ class SSCDViews:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _view(self, index: int, epoch: int, v: int) -> np.ndarray:
-        img, _ = sscd_view(load_rgb(self.paths[index]), self.aug, self.size, view_rng(self.seed, epoch, index, v),
-                           self.assets)
-        return to_array(img, self.mean, self.std)
+    def _view(self, img: Image.Image, index: int, epoch: int, v: int) -> np.ndarray:
+        out, _ = sscd_view(img, self.aug, self.size, view_rng(self.seed, epoch, index, v), self.assets)
+        return to_array(out, self.mean, self.std)
 
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        a, b = self._view(index, epoch, 0), self._view(index, epoch, 1)
+        img = load_for_size(self.paths[index], self.size)  # decoded once for both views
+        a, b = self._view(img, index, epoch, 0), self._view(img, index, epoch, 1)
         y = np.asarray([[index, -1], [index, -1]], np.int64)
         g = view_rng(self.seed, epoch, index, 2)
         if self.mix_p and g.random() < self.mix_p:
             k = int(g.integers(len(self.paths) - 1))
             k = k + 1 if k >= index else k
-            b, _, _ = mix_arrays(b, self._view(k, epoch, 3), g, self.mixup_alpha, self.cutmix_alpha, self.switch_p)
+            other = self._view(load_for_size(self.paths[k], self.size), k, epoch, 3)
+            b, _, _ = mix_arrays(b, other, g, self.mixup_alpha, self.cutmix_alpha, self.switch_p)
             y[1, 1] = k
         return np.stack([a, b]), y

@@ -70,6 +70,28 @@ def query_view(img: Image.Image, size: int, intensity: float, rng: np.random.Gen
     return out, applied
 
 
+def load_for_size(path: str | Path, size: int, factor: int = 4) -> Image.Image:
+    """Open an RGB image for training at ``size`` px, letting the JPEG decoder skip resolution the
+    views cannot use (``Image.draft``: the short side stays >= ``factor`` x ``size``; crops down to
+    1/16 of the area keep at least ``size`` pixels). Other formats decode in full.
+
+    Raises:
+        TrainDataError: missing or unreadable (as :func:`imsim_lab.train.data.load_rgb`).
+    """
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                w, h = im.size
+                s = factor * size / min(w, h)
+                if s < 1:
+                    im.draft("RGB", (max(1, int(w * s)), max(1, int(h * s))))
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise TrainDataError(f"{path}: training image not found") from None
+    except Exception as e:  # noqa: BLE001 - any decoder error becomes a named one
+        raise TrainDataError(f"{path}: unreadable training image ({type(e).__name__}: {e})") from None
+
+
 class ClassImages:
     """One class per image: item ``(index, epoch)`` -> (x (1, 3, size, size), y (1,) = [index]).
 
@@ -97,7 +119,7 @@ class ClassImages:
 
     def view(self, index: int, epoch: int = 0):
         """The PIL view of class ``index`` at ``epoch`` and the ops applied."""
-        return query_view(load_rgb(self.paths[index]), self.size, self.intensity,
+        return query_view(load_for_size(self.paths[index], self.size), self.size, self.intensity,
                           view_rng(self.seed, epoch, index, 0), self.assets)
 
     def __getitem__(self, key):
