@@ -59,6 +59,7 @@ from IPython.display import display
 
 from imsim_lab.analysis.intervals import family_interval_table, interval_table
 from imsim_lab.features import ExtractConfig
+from imsim_lab.features.models.weights import sha256_file
 from imsim_lab.features.store import load_features
 from imsim_lab.lessons import check_profile, contact_sheet, evaluate_prepared, lesson_benchmark, run_dir
 from imsim_lab.methods import MethodSpec, prepare
@@ -84,8 +85,8 @@ t_notebook = time.perf_counter()
 PLAN = {
     "smoke": dict(models=[("test_resnet", 32, 64), ("test_efficientnet", 32, 64)], batch=8, workers=0, pca=32,
                   drip=[DripStage(8, 1, 0.5), DripStage(16, 1, 0.6), DripStage(24, 1, 0.7)]),
-    "cpu": dict(models=[("resnet18", 64, 128), ("efficientnet_b0", 64, 128)], batch=32, workers=1, pca=128,
-                drip=[DripStage(250, 3, 0.5), DripStage(500, 2, 0.6), DripStage(1000, 3, 0.7)]),
+    "cpu": dict(models=[("resnet18", 64, 128), ("mobilenetv3_large_100", 64, 128)], batch=32, workers=1, pca=128,
+                drip=[DripStage(250, 2, 0.5), DripStage(500, 2, 0.6), DripStage(1000, 2, 0.7)]),
     "full": dict(models=[("eca_nfnet_l1", 160, 384), ("efficientnetv2_rw_s", 224, 384)], batch=64, workers=8,
                  pca=256, drip=list(PUBLISHED_DRIP)),
 }[profile]
@@ -273,7 +274,9 @@ display(pd.Series(boundary, name=f"ArcFace loss of the {n_new - n_old} new class
 # concatenate, PCA-whiten to 256 (here at most the `pca` of the plan) on the training images, L2.
 
 # %%
-opts = RunOptions(extract=ExtractConfig(batch_size=64, num_workers=PLAN["workers"]))
+# a shared feature cache: the same model on the same images is extracted once for all run folders
+opts = RunOptions(extract=ExtractConfig(batch_size=64, num_workers=PLAN["workers"]),
+                  feature_cache=str(run_dir(NOTEBOOK, "feature_cache", results_dir, profile)))
 runs, feats = {}, {}
 floor = MethodSpec("ssquare_random", "ssquare_net", "none", model_args=dict(backbone=backbone0, input_size=size0, dim=dim0),
                    description="S-square net, RANDOM weights (floor)")
@@ -282,14 +285,16 @@ run_method(floor, bench.root, out, opts=opts)
 runs[f"{backbone0} random weights"] = read_predictions(out)
 for backbone, size, dim in PLAN["models"]:
     spec = MethodSpec(f"ssquare_{backbone}", "ssquare_net", "none",
-                      model_args=dict(backbone=backbone, input_size=size, dim=dim, weights_path=str(trained[backbone])),
+                      model_args=dict(backbone=backbone, input_size=size, dim=dim, weights_path=str(trained[backbone]),
+                                      weights_sha256=sha256_file(trained[backbone])),
                       needs_training=True, description=f"S-square net on {backbone}, drip-trained here")
     out = run_dir(NOTEBOOK, f"single_{backbone}", results_dir, profile)
     run_method(spec, bench.root, out, opts=opts)
     runs[f"{backbone} trained"] = read_predictions(out)
     feats[backbone] = {s: load_features(out / "features", s) for s in ("query", "reference", "training")}
 spec = MethodSpec("ssquare_pcaw_shift", "ssquare_net", "pca_ssquare",
-                  model_args=dict(backbone=backbone0, input_size=size0, dim=dim0, weights_path=str(trained[backbone0])),
+                  model_args=dict(backbone=backbone0, input_size=size0, dim=dim0, weights_path=str(trained[backbone0]),
+                                  weights_sha256=sha256_file(trained[backbone0])),
                   params={"dim": PLAN["pca"], "eigen_power": -0.5, "a": 1.8, "K": 100, "top": 3}, needs_training=True,
                   description="S-square single model + PCAW + L2 + query shift (method ssquare)")
 out = run_dir(NOTEBOOK, f"ssquare_{backbone0}", results_dir, profile)
@@ -397,6 +402,6 @@ print(f"notebook time: {time.perf_counter() - t_notebook:.0f} s (training {train
 # 2. Initialise the new rows randomly (`ArcFaceHead(...).grown(random rows)`): the boundary table
 #    above predicts the loss jump; measure the final µAP.
 # 3. Raise the intensity to 1.0 in every stage (S-square's test25). Which families change?
-# 4. Add a third network (e.g. `mobilenetv3_large_100`) to the ensemble. Does PCAW-256 of three
+# 4. Add a third network (e.g. `efficientnet_b0`) to the ensemble. Does PCAW-256 of three
 #    beat the best of two outside the interval?
 # 5. Sweep K of the query shift (10, 30, 100) on the tuning half; report on the other half.
