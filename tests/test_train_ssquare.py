@@ -251,3 +251,46 @@ def test_interval_tables_agree_with_evaluate_and_pair_the_resamples():
                             abs_tol=1e-9)
         f = family_interval_table(b, runs, n_boot=20)
         assert set(f["run"]) == {"good", "bad"} and (f["lo"] <= f["micro_ap"] + 1e-12).all()
+
+
+@pytest.mark.parametrize("name", ["ssquare", "sscd"])
+def test_the_published_commands_parse_and_configure(name, bench, tmp_path):
+    """The ``full`` commands of ``--help``: parsed by the recipe, configured; then the same command
+    with the data and sizes swapped for toy ones trains (the published sizes need GPUs)."""
+    import argparse
+
+    from imsim_lab.train.recipes import get_recipe
+
+    recipe = get_recipe(name)
+    argv = [s for s in recipe.schedule() if s.argv][-1].argv
+    assert argv[:2] == ("torchrun", argv[1]) and argv[argv.index("train") + 1] == name
+    args = list(argv[argv.index(name) + 1:])
+    p = argparse.ArgumentParser()
+    recipe.add_arguments(p)
+    parsed = p.parse_args(args)
+    mod = __import__(f"imsim_lab.train.recipes.{name}", fromlist=["config"])
+    cfg = mod.config(parsed)
+    if name == "ssquare":
+        assert [s.classes for s in cfg.stages] == [50_000, 100_000, 200_000, 500_000, 1_000_000]
+        assert cfg.train.optimizer == "adam" and cfg.train.lr_schedule == "plateau"
+        toy = ["--classes", "8,16", "--epochs", "1", "--dim", "16"]
+    else:
+        assert cfg.train.optimizer == "lars" and cfg.lam == 30 and cfg.mix_p == 0.05 and cfg.train.epochs == 100
+        toy = ["--epochs", "1", "--dim", "16", "--lam", "10", "--warmup-epochs", "0"]
+    swap = {"--bench": str(bench), "--out": str(tmp_path / "run"), "--batch-size": "8"}
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if a in swap:
+            out += [a, swap[a]]
+            i += 2
+        elif a in ("--classes", "--epochs", "--intensity", "--lam", "--mix-p"):
+            i += 2
+        elif a == "--pretrained":
+            i += 1  # no model hub here
+        else:
+            out.append(a)
+            i += 1
+    assert main(["train", name, *out, *toy, "--backbone", "test_resnet", "--size", "32", "--workers", "0",
+                 "--max-steps", "1"]) == 0
+    assert (tmp_path / "run" / "weights.pt").is_file()
