@@ -74,6 +74,7 @@ def make_run(out: Path, bench, skill: float, seed: int, k: int = 10) -> None:
     from imsim_lab.data.benchmark import sha256_file
     from imsim_lab.eval.formats import GroundTruth, Predictions
     from imsim_lab.eval.metrics import evaluate
+    from imsim_lab.eval.protocols import protocol_names
     from imsim_lab.runfolder import per_query_from_predictions, write_outputs
 
     rng = np.random.default_rng(seed)
@@ -96,7 +97,7 @@ def make_run(out: Path, bench, skill: float, seed: int, k: int = 10) -> None:
     preds = Predictions(np.repeat(gt.query_ids, k)[order], rids[ri.ravel()][order], np.round(s.ravel()[order], 6))
     cfg = {"method": out.name, "post": "none", "benchmark": {"root": str(bench.root.resolve()), "name": bench.name,
                                                              "manifest_sha256": sha256_file(bench.root / "manifest.json")}}
-    m = {p: evaluate(gt, preds, p).to_dict() for p in ("isc2021", "drivendata")}
+    m = {p: evaluate(gt, preds, p).to_dict() for p in protocol_names()}
     write_outputs(out, cfg, preds, m, per_query_from_predictions(bench.queries, preds), {})
 
 

@@ -17,8 +17,9 @@ import pandas as pd
 import streamlit as st
 
 from imsim_lab.analysis.report import discover_runs, load_run_data, resolve_benchmark
+from imsim_lab.eval.protocols import get_protocol, protocol_names
 
-PROTOCOLS = ["isc2021", "drivendata"]
+PROTOCOLS = list(protocol_names())
 METRICS = {"micro_ap": "µAP", "recall_at_p90": "R@P90", "recall_at_rank1": "R@1"}
 PLOTLY_CONFIG = {"displaylogo": False,
                  "toImageButtonOptions": {"format": "svg", "filename": "imsim-lab-figure"}}
@@ -105,10 +106,18 @@ def select_metric(where=st.sidebar, label: str = "Metric") -> str:
 
 
 def select_protocol(where=st.sidebar) -> str:
-    return where.segmented_control("Protocol", PROTOCOLS, default="isc2021", key="protocol", bind="query-params",
-                                   required=True, help="isc2021: the organisers' metrics (R@1 included); "
-                                   "drivendata: the leaderboard script (a budget of 10 predictions per query)") \
-        or "isc2021"
+    return where.segmented_control("Protocol", PROTOCOLS, default=PROTOCOLS[0], key="protocol", bind="query-params",
+                                   required=True, help="; ".join(f"{p}: {protocol_help(p)}" for p in PROTOCOLS)) \
+        or PROTOCOLS[0]
+
+
+def protocol_help(name: str) -> str:
+    """One line on a protocol, from its registered definition."""
+    p = get_protocol(name)
+    budget = (f"{p.max_results:,} descriptor-track pairs" if p.max_results is not None
+              else f"{p.per_query_budget} descriptor-track pairs per query")
+    return (f"{p.source}; duplicates {'refused' if p.duplicates == 'error' else 'counted again'}, "
+            f"{'R@1 included' if p.rank_recalls else 'no R@1'}, {budget}")
 
 
 def load_runs(infos, bench_folder):

@@ -435,6 +435,6 @@ def _matching_track(spec, params, bench, config, out, opts, progress, timings):
     final, table, report = rescore(spec.matcher, params, pairs, mctx, get_protocol("isc2021").max_rows)
     timings["rescore"] = time.perf_counter() - t
     source = spec.candidate_source(params)
-    cand = {**asdict(source), "run": str(cctx.path), "pairs": int(len(pairs)),
+    cand = {**asdict(source), "run": str(Path(cctx.path).resolve()), "pairs": int(len(pairs)),
             "queries_with_candidates": int(len(np.unique(pairs.query_ids)))}
     return {p: final for p in protocol_names()}, table, {"candidates": cand, "matcher_report": report}

@@ -12,9 +12,6 @@ OUTSIDE = re.compile(r"shared/docs/|METHODS\.md|PROTOCOL\.md|STYLE\.md|LESSONS\.
 
 #: files whose owners have not yet replaced their outside references (see the docstring fix list of
 #: the tests-and-docs branch). Remove a file here once it is fixed: the last test fails until then.
-PENDING = {
-    "imsim_lab/eval/metrics.py", "imsim_lab/eval/candidates.py", "imsim_lab/eval/formats.py",
-}
 
 
 def _problems(path: Path) -> list[str]:
@@ -36,14 +33,8 @@ def test_the_patterns_catch_what_they_should():
 def test_sources_point_only_inside_the_repository():
     assert len(SOURCES) > 50
     bad = {str(p.relative_to(ROOT)): _problems(p) for p in SOURCES}
-    bad = {k: v for k, v in bad.items() if v and k not in PENDING}
+    bad = {k: v for k, v in bad.items() if v}
     assert not bad, bad
-
-
-def test_pending_list_is_current():
-    """A file listed in PENDING that is already clean must leave the list (so it stays clean)."""
-    clean = sorted(k for k in PENDING if not _problems(ROOT / k))
-    assert not clean, f"fixed, remove from PENDING: {clean}"
 
 
 def test_docs_pages_cite_existing_notebooks_and_pages():

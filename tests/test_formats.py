@@ -203,3 +203,97 @@ def test_not_utf8(tmp_path):
     p.write_bytes("query_id,reference_id,score\nQ00000,R000000,0.5\xe9\n".encode("latin-1"))
     with pytest.raises(FormatError):
         read_predictions(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# the two paths of the CSV reader
+
+
+def _plain_read(path):
+    """Reference: the csv module, stripped fields, float() scores (what the reader must return)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [r for r in csv.reader(f)][1:]
+    rows = [r for r in rows if r]
+    return [r[0].strip() for r in rows], [r[1].strip() for r in rows], [float(r[2]) for r in rows]
+
+
+def _random_predictions(rng, n):
+    q = [f"Q{int(i):0{int(w)}d}" for i, w in zip(rng.integers(0, 300, n), rng.choice([5, 5, 5, 6], n))]
+    r = [f"R{int(i):0{int(w)}d}" for i, w in zip(rng.integers(0, 10**6, n), rng.choice([6, 6, 7, 17], n))]
+    s = rng.normal(size=n)
+    texts = [repr(float(x)) if i % 3 else f"{x:.3e}" if i % 2 else f"{x:.2f}" for i, x in enumerate(s)]
+    odd = ["+1", "-.5", "5.", "1E3", "0", "-0.0", "123456789012345678", "1e-320"]
+    for j, i in enumerate(range(0, n, 7)):
+        texts[i] = odd[j % len(odd)]
+    return q, r, texts
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_and_csv_paths_read_the_same_values(tmp_path, seed, monkeypatch):
+    """A plain file takes the vectorised path; the same rows with a space take the csv-module path.
+    Both give the values of a plain csv-module reference, bit for bit, and consistent codes."""
+    from imsim_lab.eval import csvread
+
+    general = []
+    monkeypatch.setattr(csvread, "_general", lambda *a, _g=csvread._general: general.append(a[0].name) or _g(*a))
+    rng = np.random.default_rng(seed)
+    q, r, s = _random_predictions(rng, 3000)
+    seen, rows = set(), []
+    for row in zip(q, r, s):
+        if row[:2] not in seen:
+            seen.add(row[:2])
+            rows.append(row)
+    body = "".join(f"{a},{b},{c}\n" for a, b, c in rows)
+    fast = write(tmp_path, "query_id,reference_id,score\n" + body, "fast.csv")
+    slow = write(tmp_path, "query_id,reference_id,score\n" + body.replace("\n", " \n", 1), "slow.csv")
+    ref_q, ref_r, ref_s = _plain_read(fast)
+    for path in (fast, slow):
+        p = read_predictions(path)
+        assert p.query_ids.tolist() == ref_q and p.reference_ids.tolist() == ref_r
+        assert np.array_equal(p.scores, np.array(ref_s)) and p.scores.dtype == np.float64
+        assert p.query_vocab[p.query_codes].tolist() == ref_q
+        # equal codes for equal ids, and only for them
+        for ids, codes in ((ref_q, p.query_codes), (ref_r, p.reference_codes)):
+            pairs = set(zip(ids, codes.tolist()))
+            assert len(pairs) == len(set(ids)) == len(set(codes.tolist()))
+    assert general == ["slow.csv"]  # 17-digit ids and odd scores stay on the fast path
+
+
+def test_ids_of_other_widths_stay_distinct_and_long_ids_are_read(tmp_path):
+    p = write(tmp_path, "query_id,reference_id,score\nQ00001,R000001,1\nQ000001,R0000001,2\n"
+                        "Q00001,R0000001,3\nQ00002,R123456789012345678901,4\n")
+    preds = read_predictions(p)
+    assert preds.query_ids.tolist() == ["Q00001", "Q000001", "Q00001", "Q00002"]
+    assert preds.reference_ids.tolist() == ["R000001", "R0000001", "R0000001", "R123456789012345678901"]
+    assert len(set(preds.query_codes.tolist())) == 3 and preds.query_codes[0] == preds.query_codes[2]
+    assert preds.reference_codes[1] == preds.reference_codes[2] != preds.reference_codes[0]
+
+
+@pytest.mark.parametrize("body, match, row", [
+    ("Q00000,R000000,0.5\nQ0000,R000000,0.5\n", "unknown query id format 'Q0000'", 3),
+    ("Q00000,R000000,0.5\nQ00001,X000000,0.5\n", "unknown reference id format 'X000000'", 3),
+    ("Q00000,R000000,0.5\n,R000001,0.5\n", "empty query_id", 3),
+    ("Q00000,R000000,0.5\nQ00001,R000001,\n", "empty score", 3),
+    ("Q00000,R000000,0.5\nQ00001,R000001,0.5,1\n", "expected 3 fields per row, found 4", 3),
+    ("Q00000,R000000,0.5\nQ00001,R000001,-inf\n", "infinite score '-inf'", 3),
+    ("Q00000,R000000,0.5\nQ00001,R000001,1e5x\n", "non-numeric score '1e5x'", 3),
+])
+def test_fast_path_errors_name_the_row(tmp_path, body, match, row):
+    for name, text in (("fast.csv", body), ("slow.csv", body.replace("\n", "\r\n"))):
+        p = write(tmp_path, "query_id,reference_id,score\n" + text, name)
+        with pytest.raises(FormatError, match=match) as e:
+            read_predictions(p)
+        assert f"row {row}" in str(e.value)
+
+
+@pytest.mark.parametrize("sort", [False, True])
+def test_factorize_keys_matches_numpy_unique(sort):
+    from imsim_lab.eval.csvread import factorize_keys
+
+    key = np.random.default_rng(3).integers(-1, 50, 400)
+    key = np.sort(key) if sort else key
+    codes, where = factorize_keys(key)
+    uniq, inverse = np.unique(key, return_inverse=True)
+    assert np.array_equal(codes, inverse.ravel()) and np.array_equal(key[where], uniq)

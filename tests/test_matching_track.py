@@ -120,7 +120,7 @@ def test_matching_run_folder(bench, pdq_run, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["track"] == "matching" and cfg["matcher"] == "test_pixels"
     assert cfg["candidates"]["method"] == "pdq" and cfg["candidates"]["k"] == 4
-    assert cfg["candidates"]["run"] == str(pdq_run) and cfg["candidates"]["pairs"] == 8 * 4
+    assert cfg["candidates"]["run"] == str(pdq_run.resolve()) and cfg["candidates"]["pairs"] == 8 * 4
     assert cfg["matcher_report"]["thumbnails"] > 0 and cfg["matcher_report"]["pairs"] == 32
     assert not (out / "descriptors.h5").exists() and not (out / "features").exists()
     table = read_candidates(out)
@@ -164,7 +164,7 @@ def test_rescoring_changes_the_ranking(bench, pdq_run, tmp_path):
 def test_candidates_run_into_the_run_folder_when_not_given(bench, tmp_path):
     res = run_method("test_pixel_verify", bench, tmp_path / "m", opts=FAST)
     assert (tmp_path / "m" / "candidates" / "metrics.json").is_file()
-    assert res.config["candidates"]["run"] == str(tmp_path / "m" / "candidates")
+    assert res.config["candidates"]["run"] == str((tmp_path / "m" / "candidates").resolve())
 
 
 def test_bad_candidate_sources_are_one_line_exit_2(bench, pdq_run, tmp_path, capsys):

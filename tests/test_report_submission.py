@@ -39,6 +39,62 @@ def test_store_upload_is_confined_and_limited(tmp_path):
     assert store_upload(b"abc", "a.csv", res) == store_upload(b"abc", "a.csv", res)  # same content, same file
 
 
+class _Uploaded:
+    """Stands for Streamlit's UploadedFile: ``.size`` is known before ``.getvalue()`` reads it."""
+
+    def __init__(self, data: bytes, size: int | None = None):
+        self.data, self.size, self.reads = data, len(data) if size is None else size, 0
+
+    def getvalue(self) -> bytes:
+        self.reads += 1
+        return self.data
+
+
+def test_store_upload_checks_the_size_before_reading(tmp_path):
+    big = _Uploaded(b"", size=2000)
+    with pytest.raises(ImsimError, match="more than the limit"):
+        store_upload(big, "a.csv", tmp_path, max_bytes=1000)
+    assert big.reads == 0 and not (tmp_path / UPLOADS).exists()
+    ok = _Uploaded(b"query_id,reference_id,score\n")
+    p = store_upload(ok, "a.csv", tmp_path, max_bytes=1000)
+    assert ok.reads == 1 and p.read_bytes() == ok.data
+
+
+def test_uploads_folder_is_bounded_oldest_first(tmp_path):
+    import os
+
+    saved_run = tmp_path / UPLOADS / "team"  # a saved run folder is not an upload: never removed
+    saved_run.mkdir(parents=True)
+    (saved_run / "metrics.json").write_text("{}")
+    paths = []
+    for i in range(4):
+        paths.append(store_upload(bytes([65 + i]) * 400, f"u{i}.csv", tmp_path, max_total_bytes=1000))
+        os.utime(paths[-1], (1_000_000 + i, 1_000_000 + i))  # distinct ages, oldest first
+    kept = sorted(p.name for p in (tmp_path / UPLOADS).iterdir() if p.is_file())
+    assert kept == sorted(p.name for p in paths[-2:])  # 2 x 400 bytes fit under 1000, the 2 oldest went
+    assert (saved_run / "metrics.json").is_file()
+    big = store_upload(b"z" * 1500, "big.csv", tmp_path, max_total_bytes=1000)
+    assert [p.name for p in (tmp_path / UPLOADS).iterdir() if p.is_file()] == [big.name]  # the new one stays
+
+
+def test_submit_page_keeps_no_rejected_upload(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    make_mini_bench(tmp_path / "results" / "bench")
+    monkeypatch.setenv("IMSIM_RUNS_DIR", str(tmp_path / "results"))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "explorer" / "app.py"), default_timeout=120)
+    at.switch_page("views/submit.py")
+    at.run()
+    at.file_uploader(key="upload").set_value(("bad.csv", b"query_id,reference_id,score\nQ00000,R000000,x\n",
+                                              "text/csv"))
+    at.run()
+    assert not at.exception and any("non-numeric score" in e.value for e in at.error)
+    uploads = tmp_path / "results" / UPLOADS
+    assert not uploads.exists() or not [p for p in uploads.iterdir() if p.is_file()]
+
+
 def test_detect_kind(tmp_path):
     (tmp_path / "a.bin").write_bytes(b"\x89HDF\r\n\x1a\n" + b"0" * 10)
     assert detect_kind(tmp_path / "a.bin") == "hdf5"
@@ -131,3 +187,9 @@ def test_saved_submission_joins_the_leaderboard(tmp_path, bench):
                                 bench)
     with pytest.raises(ImsimError, match="another run"):
         save_as_run(other, bench, res, "team one")
+    # a name that is already an uploaded file (FileExistsError before): one line, nothing written
+    taken = r.path.name
+    with pytest.raises(ImsimError, match="exists and is not a folder"):
+        save_as_run(other, bench, res, taken)
+    with pytest.raises(ImsimError, match="give the run a name"):
+        save_as_run(other, bench, res, "  ")

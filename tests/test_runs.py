@@ -1,6 +1,9 @@
 """Runs: the run folder of docs/CONTRACTS.md, reuse, refusals, and the CLI."""
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +261,28 @@ def test_an_image_over_the_pixel_limit_is_skipped_and_reported(tmp_path, recwarn
     failed = json.loads((tmp_path / "r" / "features" / "query_failed.json").read_text())
     assert failed[0]["id"] == "Q00002" and "144 megapixels, over the limit" in failed[0]["error"]
     assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("chattr"), reason="needs a non-root user or chattr")
+def test_a_read_only_out_is_one_line_exit_2(bench, tmp_path, capsys):
+    """A folder the run cannot write into (made immutable with chattr, which binds root too; or
+    read-only for a non-root user): one line naming it, exit 2, no traceback."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(ro)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not supported on this file system")
+    else:
+        ro.chmod(0o555)
+    try:
+        assert main(["run", "pdq", "--bench", str(bench), "--out", str(ro / "run"), "--workers", "0"]) == 2
+        err = capsys.readouterr().err
+        assert str(ro / "run") in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert main(["bench", "build", "--preset", "tiny", "--out", str(ro / "bench")]) == 2
+        err = capsys.readouterr().err
+        assert str(ro) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(ro)])
+        else:
+            ro.chmod(0o755)

@@ -10,12 +10,8 @@ from imsim_lab.train.views import LYAKAAP_SCHEDULE
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from imsim_lab.data.synth import BuildConfig, build_benchmark
-
-    root = tmp_path_factory.mktemp("bench") / "tiny"
-    build_benchmark(BuildConfig(preset="tiny", seed=0, workers=1), root)
-    return root
+def tiny(tiny_bench):
+    return tiny_bench
 
 
 def test_torchrun_command_follows_the_schedule(tmp_path):

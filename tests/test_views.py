@@ -98,13 +98,10 @@ def test_min_side_rule():
 
 # -- oracle boxes ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
+def bench(tiny_bench):
     from imsim_lab.data.benchmark import load_benchmark
-    from imsim_lab.data.synth import BuildConfig, build_benchmark
 
-    root = tmp_path_factory.mktemp("bench") / "tiny"
-    build_benchmark(BuildConfig(preset="tiny", seed=0), root)
-    return load_benchmark(root)
+    return load_benchmark(tiny_bench)
 
 
 def _mse(a: Image.Image, b: Image.Image) -> float:

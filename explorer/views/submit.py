@@ -6,6 +6,7 @@ import streamlit as st
 
 import common as c
 from imsim_lab.errors import ImsimError
+from imsim_lab.eval.protocols import protocol_names
 from imsim_lab.analysis.report import family_table
 from imsim_lab.analysis.report.runs import find_benchmarks
 from imsim_lab.analysis.report.submission import (MAX_UPLOAD_BYTES, evaluate_submission, save_as_run, store_upload,
@@ -32,19 +33,19 @@ knn = st.number_input("Descriptors: neighbours per query (0 = the official globa
                       key="knn")
 if up is None:
     st.stop()
+path = None
 try:
-    path = store_upload(up.getvalue(), up.name, root)
+    path = store_upload(up, up.name, root)  # the size is checked before the content is read
     with st.spinner("Evaluating…"):
         res = evaluate_submission(path, bench, knn=int(knn) or None)
-except ImsimError as e:
-    st.error(f"This file cannot be evaluated: {e}")
-    st.stop()
-except OSError as e:
-    st.error(f"This file could not be read: {e}")
+except (ImsimError, OSError) as e:
+    if path is not None:  # a rejected upload is not kept
+        path.unlink(missing_ok=True)
+    st.error(f"This file {'cannot be evaluated' if isinstance(e, ImsimError) else 'could not be read'}: {e}")
     st.stop()
 
 st.success(f"{res.kind.upper()} submission evaluated against {bench.name}.")
-for proto in ("isc2021", "drivendata"):
+for proto in protocol_names():
     if proto in res.errors:
         st.error(f"{proto}: {res.errors[proto]}")
         continue
@@ -57,7 +58,7 @@ for proto in ("isc2021", "drivendata"):
 
 label = Path(up.name).stem
 rd = submission_run_data(res, bench, label)
-proto = "isc2021" if "isc2021" in rd.scored else "drivendata"
+proto = next(p for p in protocol_names() if p in rd.scored)
 ft = family_table([rd], proto)
 st.subheader(f"Per family ({proto})")
 st.dataframe(ft, hide_index=True, key="sub_families")

@@ -123,7 +123,11 @@ def open_run(run: str | Path, bench=None) -> RunContext:
         if want and mpath.is_file() and sha256_file(mpath) != want:
             raise RobustnessError(f"{path}: was run on another benchmark than {bench.root} (manifest differs)")
     if spec.track == "matching":
+        from ..runfolder import CANDIDATE_RUN
+
         crun = (config.get("candidates") or {}).get("run")
+        if (not crun or not Path(crun).is_dir()) and (path / CANDIDATE_RUN).is_dir():
+            crun = str(path / CANDIDATE_RUN)  # the run folder moved with its own candidate run
         if not crun or not Path(crun).is_dir():
             raise RobustnessError(f"{path}: its candidate run {crun!r} is not there (re-run the method)")
         c = open_run(crun, bench)

@@ -6,6 +6,7 @@ import json
 import time
 
 from ..errors import ImsimError
+from ..eval.protocols import get_protocol, protocol_names
 
 
 def register(sub) -> None:
@@ -16,8 +17,9 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--predictions", help="matching-track CSV (query_id,reference_id,score)")
     src.add_argument("--descriptors", help="descriptor-track HDF5 (query, reference, query_ids, reference_ids)")
-    p.add_argument("--protocol", choices=["isc2021", "drivendata"], default="isc2021",
-                   help="which official implementation to follow (default: isc2021)")
+    names = protocol_names()
+    p.add_argument("--protocol", choices=names, default=names[0],
+                   help=f"which official implementation to follow (default: {names[0]})")
     lim = p.add_mutually_exclusive_group()
     lim.add_argument("--knn", type=int, help="descriptors: k neighbours per query instead of a global budget")
     lim.add_argument("--max-results", type=int,
@@ -33,11 +35,16 @@ def run(args) -> int:
     from ..eval.metrics import evaluate
 
     t0 = time.perf_counter()
+    for flag, value in (("--knn", args.knn), ("--max-results", args.max_results)):
+        if value is not None and args.predictions:
+            raise ImsimError("--knn and --max-results apply to --descriptors only")
+        if value is not None and value < 1:
+            raise ImsimError(f"{flag} must be at least 1, not {value}")
     gt = read_ground_truth(args.gt)
     if args.predictions:
-        if args.knn or args.max_results:
-            raise ImsimError("--knn and --max-results apply to --descriptors only")
-        preds = read_predictions(args.predictions, allow_duplicates=args.protocol == "drivendata")
+        proto = get_protocol(args.protocol)
+        preds = read_predictions(args.predictions, max_rows=proto.max_rows,
+                                 allow_duplicates=proto.duplicates == "count")
     else:
         sub = read_descriptors(args.descriptors)
         preds = descriptor_predictions(sub, gt, args.protocol, knn=args.knn, max_results=args.max_results,

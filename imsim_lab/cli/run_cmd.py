@@ -66,8 +66,12 @@ def _bars():
 
     bars = []
 
-    def make(split: str, total: int):
-        bar = tqdm(total=total, desc=f"extract {split}", unit="img", file=sys.stderr, dynamic_ncols=True)
+    def make(stage: str, total: int):
+        # a split of the benchmark is extracted (images); a matcher names its own stages (pairs...)
+        split = stage in ("query", "reference", "training")
+        bar = tqdm(total=total, desc=f"extract {stage}" if split else stage,
+                   unit="img" if split or stage.startswith("local features") else "pair", file=sys.stderr,
+                   dynamic_ncols=True)
         bars.append(bar)
 
         def update(n: int) -> None:

@@ -1,7 +1,10 @@
-"""Descriptor track: from descriptors to scored predictions (PROTOCOL.md section 4).
+"""Descriptor track: from descriptors to scored predictions (``docs/PROTOCOLS.md``).
 
-* ``drivendata``: keep the submitted queries listed in the ground truth (nq of them); search all
-  references with squared L2 under ONE global budget of ``nq x 10`` pairs; score = −distance.
+The protocol (:mod:`imsim_lab.eval.protocols`) sets which queries are searched and the budget:
+
+* ``drivendata``: keep the submitted queries listed in the ground truth (nq of them, its
+  ``unknown_queries="drop"``); search all references with squared L2 under ONE global budget of
+  ``nq x 10`` pairs; score = −distance.
 * ``isc2021`` (``compute_metrics.py --track2``): the same global search with a budget of 500,000
   pairs (``max_results``), or ``knn`` neighbours per query; inner product on request.
 
@@ -12,11 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ImsimError
 from .formats import DescriptorSubmission, GroundTruth, Predictions
-from ..search import global_topn, knn as knn_search
-
-ISC2021_MAX_RESULTS = 500_000
-DRIVENDATA_PER_QUERY = 10
+from .protocols import get_protocol
 
 
 def descriptor_predictions(sub: DescriptorSubmission, gt: GroundTruth | None = None,
@@ -28,22 +29,31 @@ def descriptor_predictions(sub: DescriptorSubmission, gt: GroundTruth | None = N
     Args:
         sub: the descriptors (xq with query_ids, xb with reference_ids).
         gt: the ground truth; under ``drivendata`` only its queries are kept.
-        protocol: ``isc2021`` or ``drivendata``.
-        knn: k neighbours per query instead of a global budget.
-        max_results: the global budget (default: 500,000 for isc2021, nq x 10 for drivendata).
+        protocol: a registered protocol (:func:`~imsim_lab.eval.protocols.protocol_names`).
+        knn: k neighbours per query instead of a global budget (at least 1).
+        max_results: the global budget (at least 1; default: the protocol's
+            :meth:`~imsim_lab.eval.protocols.Protocol.budget`, 500,000 for isc2021, nq x 10 for drivendata).
         metric: ``l2`` (score = −squared distance) or ``ip`` (score = inner product).
 
     Returns:
         Predictions sorted by score descending.
+
+    Raises:
+        ImsimError: ``knn`` or ``max_results`` below 1.
+        ValueError: an unknown protocol, or a protocol that drops queries without ``gt``.
     """
+    from ..search import global_topn, knn as knn_search
+
+    proto = get_protocol(protocol)
+    for name, value in (("knn", knn), ("max_results", max_results)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise ImsimError(f"{name} must be a whole number of at least 1, not {value!r}")
     xq, qids = sub.xq, np.asarray(sub.query_ids, dtype=object)
-    if protocol == "drivendata":
+    if proto.unknown_queries == "drop":
         if gt is None:
-            raise ValueError("the drivendata protocol needs the ground truth to select the queries")
+            raise ValueError(f"the {protocol} protocol needs the ground truth to select the queries")
         keep = np.isin(qids.astype(str), gt.queries)
         xq, qids = xq[keep], qids[keep]
-    elif protocol != "isc2021":
-        raise ValueError(f"unknown protocol {protocol!r}")
     sign = -1.0 if metric == "l2" else 1.0
     if knn is not None:
         D, I = knn_search(xq, sub.xb, knn, metric, backend)
@@ -53,7 +63,7 @@ def descriptor_predictions(sub: DescriptorSubmission, gt: GroundTruth | None = N
         dist = D[valid]
     else:
         if max_results is None:
-            max_results = len(qids) * DRIVENDATA_PER_QUERY if protocol == "drivendata" else ISC2021_MAX_RESULTS
+            max_results = proto.budget(len(qids))
         qi, bi, dist = global_topn(xq, sub.xb, max_results, metric, backend)
     scores = sign * dist.astype(np.float64)
     order = np.argsort(-scores, kind="stable")

@@ -1,6 +1,6 @@
 """The official ISC2021 / DISC21 file formats, read and written with validation.
 
-Formats (``shared/docs/PROTOCOL.md`` section 2):
+Formats (``docs/PROTOCOLS.md``):
 
 * ground truth CSV: header ``query_id,reference_id``; every query has a row, an empty reference
   when it has no match;
@@ -16,9 +16,7 @@ the problem. Nothing is silently dropped. Taught in ``notebooks/01_benchmark_and
 
 from __future__ import annotations
 
-import csv
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -27,18 +25,14 @@ import numpy as np
 
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import FormatError
+from .csvread import EXAMPLE_ID, ID_PATTERNS, quote, read_table
 
 GT_HEADER = ("query_id", "reference_id")
 PREDICTIONS_HEADER = ("query_id", "reference_id", "score")
 MAX_PREDICTIONS = 500_000
 MAX_DESCRIPTOR_DIM = 256
-
-#: Accepted id formats, DISC21 style (benchmarks larger than DISC21 may use more digits).
-ID_PATTERNS = {
-    "query": re.compile(r"Q\d{5,}"),
-    "reference": re.compile(r"R\d{6,}"),
-    "training": re.compile(r"T\d{6,}"),
-}
+#: the most that reading one HDF5 file may allocate (DISC21 at d = 256 in float32 is about 1 GiB)
+MAX_READ_BYTES = 8 * 2**30
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +127,7 @@ class DescriptorSubmission:
     """A descriptor-track submission.
 
     Shapes: ``xq`` (nq, d) float32 with ``query_ids`` (nq,); ``xb`` (nr, d) float32 with
-    ``reference_ids`` (nr,). Distances are Euclidean (PROTOCOL.md section 4).
+    ``reference_ids`` (nr,). Distances are Euclidean (``docs/PROTOCOLS.md``, descriptor track).
     """
 
     query_ids: np.ndarray
@@ -147,144 +141,27 @@ class DescriptorSubmission:
 # helpers
 
 
-def _open_text(path: Path):
-    if not path.exists():
-        raise FormatError(path, "file not found")
-    if path.is_dir():
-        raise FormatError(path, "is a folder, expected a CSV file")
-    return open(path, newline="", encoding="utf-8-sig", errors="replace")
-
-
-def _read_header(path: Path, expected: tuple[str, ...]) -> None:
-    with _open_text(path) as f:
-        first = f.readline()
-    if not first.strip():
-        raise FormatError(path, f"empty file; expected the header {','.join(expected)}", "row 1")
-    header = tuple(h.strip() for h in next(csv.reader([first])))
-    if header != expected:
-        raise FormatError(path, f"wrong header {','.join(header)!r}; expected {','.join(expected)!r}", "row 1")
-
-
-def _data_row(path: Path, index: int) -> int:
-    """The 1-based file row of the index-th data row (blank lines are skipped by the reader)."""
-    with _open_text(path) as f:
-        next(f, None)
-        seen = -1
-        for row, line in enumerate(f, start=2):
-            if line.strip():
-                seen += 1
-                if seen == index:
-                    return row
-    return index + 2
-
-
-def _read_columns(path: Path, ncols: int) -> list:
-    """Read the CSV body as ``ncols`` pyarrow string arrays (fast, multi-threaded parser).
-
-    The header is checked by :func:`_read_header`; empty fields stay empty strings.
-    """
-    import pyarrow as pa
-    from pyarrow import csv as pa_csv
-
-    invalid = []
-
-    def on_invalid(row):
-        invalid.append(row)
-        return "skip"
-
-    names = [f"c{i}" for i in range(ncols)]
-    try:
-        table = pa_csv.read_csv(
-            path,
-            read_options=pa_csv.ReadOptions(skip_rows=1, autogenerate_column_names=True),
-            parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid),
-            convert_options=pa_csv.ConvertOptions(
-                column_types={f"f{i}": pa.string() for i in range(ncols + 8)},
-                strings_can_be_null=False, quoted_strings_can_be_null=False),
-        )
-    except pa.ArrowInvalid as e:
-        msg = str(e).splitlines()[0]
-        if "Empty CSV file" in msg:
-            return [pa.array([], pa.string()) for _ in names]
-        if "UTF8" in msg or "utf8" in msg.lower():
-            raise FormatError(path, "not UTF-8 text") from None
-        raise FormatError(path, f"malformed CSV ({msg})") from None
-    if table.num_columns != ncols:
-        raise FormatError(path, f"expected {ncols} fields per row, found {table.num_columns}", f"row {_data_row(path, 0)}")
-    if invalid:
-        bad = invalid[0]
-        with _open_text(path) as f:
-            row = next((i for i, line in enumerate(f, start=1) if i > 1 and line.rstrip("\r\n") == bad.text), None)
-        raise FormatError(path, f"expected {ncols} fields per row, found {bad.actual_columns}",
-                          f"row {row}" if row else None)
-    return [table.column(i).combine_chunks() for i in range(ncols)]
-
-
-_EXAMPLE_ID = {"query": "Q00000", "reference": "R000000", "training": "T000000"}
-
-
-def _id_column(arr, path: Path, kind: str, column: str, allow_empty: bool = False):
-    """Strip, validate and encode a column of ids.
-
-    Returns (values, codes, vocabulary): values (n,) object array of str; codes (n,) int64
-    with ``vocabulary[codes] == values``. Raises FormatError at the first row holding an empty or malformed id.
-    """
-    import pandas as pd
-    import pyarrow.compute as pc
-
-    enc = pc.dictionary_encode(arr)
-    idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    stripped = np.array([u.strip() for u in enc.dictionary.to_pylist()], dtype=object)
-    ucode, uniq = pd.factorize(stripped)  # ids equal once stripped share one code
-    codes = ucode.astype(np.int64)[idx] if len(idx) else idx
-    uniq = np.asarray(uniq, dtype=object)
-    pat = ID_PATTERNS[kind]
-    bad = [j for j, u in enumerate(uniq) if not ((allow_empty and u == "") or pat.fullmatch(u))]
-    if bad:
-        i = int(np.flatnonzero(np.isin(codes, bad))[0])
-        u = uniq[codes[i]]
-        problem = f"empty {column}" if u == "" else f"unknown {kind} id format {u!r} (expected like {_EXAMPLE_ID[kind]})"
-        raise FormatError(path, problem, f"row {_data_row(path, i)}")
-    return uniq[codes] if len(codes) else np.array([], dtype=object), codes, uniq
-
-
 def first_repeat(*codes: np.ndarray) -> int | None:
-    """Index of the first row whose tuple of codes repeats an earlier row, or None."""
-    import pandas as pd
+    """Index of the first row whose tuple of codes repeats an earlier row, or None.
 
-    if len(codes[0]) < 2:
+    Args:
+        codes: one or more (n,) arrays of non-negative integer codes (equal codes for equal ids).
+    """
+    n = len(codes[0])
+    if n < 2:
         return None
-    key = np.zeros(len(codes[0]), np.int64)
+    if np.prod([float(c.max()) + 1 for c in codes]) >= 2**62:  # the combined key would overflow
+        codes = tuple(np.unique(c, return_inverse=True)[1].ravel() for c in codes)
+    key = np.zeros(n, np.int64)
     for c in codes:
         key = key * (int(c.max()) + 1) + c
-    hits = np.flatnonzero(pd.Series(key).duplicated(keep="first").to_numpy())
-    return int(hits[0]) if len(hits) else None
-
-
-def _scores(arr, path: Path) -> np.ndarray:
-    """Parse a column of scores; FormatError at the first non-numeric, NaN or infinite one."""
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    try:
-        s = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. surrounding spaces: slow path
-        s = pd.to_numeric(pd.Series(arr.to_pylist(), dtype=object).str.strip(), errors="coerce").to_numpy(np.float64)
-    bad = np.flatnonzero(~np.isfinite(s))
-    if len(bad):
-        i = int(bad[0])
-        txt = arr[i].as_py().strip()
-        if txt == "":
-            what = "empty"
-        elif txt.lower().lstrip("+-") == "nan":
-            what = "NaN"
-        elif np.isinf(s[i]):
-            what = "infinite"
-        else:
-            what = "non-numeric"
-        raise FormatError(path, f"{what} score {txt!r}", f"row {_data_row(path, i)}")
-    return s
+    sk = np.sort(key)
+    if not (sk[1:] == sk[:-1]).any():
+        return None
+    _, first = np.unique(key, return_index=True)  # the first row of each key
+    repeated = np.ones(n, bool)
+    repeated[first] = False
+    return int(np.flatnonzero(repeated)[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,22 +175,20 @@ def read_ground_truth(path: str | Path) -> GroundTruth:
     with and without a match.
     """
     path = Path(path)
-    _read_header(path, GT_HEADER)
-    qcol, rcol = _read_columns(path, 2)
-    if len(qcol) == 0:
+    t = read_table(path, GT_HEADER, ("query", "reference"), (False, True), score_column=False)
+    if t.n == 0:
         raise FormatError(path, "no rows after the header")
-    q, qc, _ = _id_column(qcol, path, "query", "query_id")
-    r, rc, _ = _id_column(rcol, path, "reference", "reference_id", allow_empty=True)
+    (q, qc, _), (r, rc, _) = [(c.values, c.codes, c.vocab) for c in t.ids]
     dup = first_repeat(qc, rc)
     if dup is not None:
-        raise FormatError(path, f"duplicate row {q[dup]},{r[dup]}", f"row {_data_row(path, dup)}")
+        raise FormatError(path, f"duplicate row {q[dup]},{r[dup]}", f"row {t.row(dup)}")
     has = r != ""
     neg = np.zeros(int(qc.max()) + 1, bool)
     neg[qc[~has]] = True
     both = np.flatnonzero(has & neg[qc])
     if len(both):
         i = int(both[0])
-        raise FormatError(path, f"query {q[i]} is listed both without a match and with one", f"row {_data_row(path, i)}")
+        raise FormatError(path, f"query {q[i]} is listed both without a match and with one", f"row {t.row(i)}")
     return GroundTruth(q, r, str(path))
 
 
@@ -342,19 +217,14 @@ def read_predictions(path: str | Path, max_rows: int | None = MAX_PREDICTIONS,
     non-numeric, NaN or infinite score, a duplicate pair, or too many rows.
     """
     path = Path(path)
-    _read_header(path, PREDICTIONS_HEADER)
-    qcol, rcol, scol = _read_columns(path, 3)
-    n = len(qcol)
-    if max_rows is not None and n > max_rows:
-        raise FormatError(path, f"{n} predictions, more than the limit of {max_rows}", f"row {_data_row(path, max_rows)}")
-    q, qc, qvocab = _id_column(qcol, path, "query", "query_id")
-    r, rc, _ = _id_column(rcol, path, "reference", "reference_id")
-    s = _scores(scol, path)
+    t = read_table(path, PREDICTIONS_HEADER, ("query", "reference"), (False, False), score_column=True,
+                   max_rows=max_rows)
+    (q, qc, qvocab), (r, rc, _) = [(c.values, c.codes, c.vocab) for c in t.ids]
     if not allow_duplicates:
         dup = first_repeat(qc, rc)
         if dup is not None:
-            raise FormatError(path, f"duplicate prediction ({q[dup]}, {r[dup]})", f"row {_data_row(path, dup)}")
-    return Predictions(q, r, s, str(path), reference_codes=rc, query_codes=qc, query_vocab=qvocab,
+            raise FormatError(path, f"duplicate prediction ({q[dup]}, {r[dup]})", f"row {t.row(dup)}")
+    return Predictions(q, r, t.scores, str(path), reference_codes=rc, query_codes=qc, query_vocab=qvocab,
                        pairs_checked_unique=not allow_duplicates)
 
 
@@ -388,7 +258,62 @@ def _open_h5(path: Path, required: tuple[str, ...]):
             found = sorted(f.keys())
             f.close()
             raise FormatError(path, f"missing dataset (found: {found})", f"dataset '{name}'")
+        if not isinstance(f[name], _h5().Dataset):
+            kind = "a group" if isinstance(f[name], _h5().Group) else f"a {type(f[name]).__name__}"
+            f.close()
+            raise FormatError(path, f"is {kind}, expected a dataset", f"dataset '{name}'")
     return f
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+class _ReadBudget:
+    """What reading the datasets of one file may allocate, checked from their metadata."""
+
+    def __init__(self, path, max_bytes: int | None):
+        self.path, self.left, self.max_bytes = path, max_bytes, max_bytes
+
+    def take(self, name: str, shape: tuple, itemsize: int) -> None:
+        if self.max_bytes is None:
+            return
+        need = int(np.prod(shape, dtype=np.float64)) * itemsize
+        if need > self.left:
+            dims = " x ".join(f"{d:,}" for d in shape)
+            raise FormatError(self.path, f"declares {dims} values: reading them needs {_gib(need)}, more than the "
+                                         f"limit of {_gib(self.max_bytes)} per file", f"dataset '{name}'")
+        self.left -= need
+
+
+def _ids_meta(ds, path, name, budget: _ReadBudget) -> int:
+    """Check an id dataset from its metadata (1-D, strings); returns its length."""
+    if len(ds.shape) != 1:
+        raise FormatError(path, f"expected a 1-D array of ids, found shape {ds.shape}", f"dataset '{name}'")
+    if ds.dtype.kind not in "SOU":
+        raise FormatError(path, f"dtype {ds.dtype}, expected ASCII strings", f"dataset '{name}'")
+    # bytes of the array plus one Python string per id
+    budget.take(name, ds.shape, (ds.dtype.itemsize if ds.dtype.kind == "S" else 16) + 64)
+    return ds.shape[0]
+
+
+def _matrix_meta(ds, path, name: str, n_ids: int, max_dim: int | None, budget: _ReadBudget) -> None:
+    """The checks of :func:`_check_matrix` done on a dataset's metadata, before any read."""
+    _check_shape(ds.shape, ds.dtype, path, name, n_ids, max_dim)
+    budget.take(name, ds.shape, ds.dtype.itemsize + 4)  # as stored, then as float32
+
+
+def _check_shape(shape, dtype, path, name: str, n_ids: int, max_dim: int | None) -> None:
+    if len(shape) != 2:
+        raise FormatError(path, f"expected a 2-D array, found shape {tuple(shape)}", f"dataset '{name}'")
+    if shape[0] != n_ids:
+        raise FormatError(path, f"{shape[0]} vectors for {n_ids} ids", f"dataset '{name}'")
+    if shape[1] < 1:
+        raise FormatError(path, "0-dimensional descriptors (shape (n, 0))", f"dataset '{name}'")
+    if max_dim is not None and shape[1] > max_dim:
+        raise FormatError(path, f"{shape[1]} dimensions, more than {max_dim}", f"dataset '{name}'")
+    if not np.issubdtype(dtype, np.floating):
+        raise FormatError(path, f"dtype {dtype}, expected float32", f"dataset '{name}'")
 
 
 def _decode_ids(ds, path, name) -> np.ndarray:
@@ -404,7 +329,8 @@ def _check_id_array(ids: np.ndarray, kind: str, path, dataset: str) -> None:
     pat = ID_PATTERNS[kind]
     for i, u in enumerate(ids):
         if not pat.fullmatch(u):
-            raise FormatError(path, f"unknown {kind} id format {u!r} at position {i} (expected like {_EXAMPLE_ID[kind]})",
+            raise FormatError(path, f"unknown {kind} id format {quote(u)} at position {i} "
+                                    f"(expected like {EXAMPLE_ID[kind]})",
                               f"dataset '{dataset}'")
 
 
@@ -419,14 +345,7 @@ def _check_sorted_unique(ids: np.ndarray, path, name: str) -> None:
 
 
 def _check_matrix(x, path, name: str, n_ids: int, max_dim: int | None) -> np.ndarray:
-    if x.ndim != 2:
-        raise FormatError(path, f"expected a 2-D array, found shape {x.shape}", f"dataset '{name}'")
-    if x.shape[0] != n_ids:
-        raise FormatError(path, f"{x.shape[0]} vectors for {n_ids} ids", f"dataset '{name}'")
-    if max_dim is not None and x.shape[1] > max_dim:
-        raise FormatError(path, f"{x.shape[1]} dimensions, more than {max_dim}", f"dataset '{name}'")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise FormatError(path, f"dtype {x.dtype}, expected float32", f"dataset '{name}'")
+    _check_shape(x.shape, x.dtype, path, name, n_ids, max_dim)
     x = np.asarray(x, dtype=np.float32)
     bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
     if len(bad):
@@ -434,10 +353,24 @@ def _check_matrix(x, path, name: str, n_ids: int, max_dim: int | None) -> np.nda
     return x
 
 
-def read_descriptors(path: str | Path, max_dim: int | None = MAX_DESCRIPTOR_DIM) -> DescriptorSubmission:
-    """Read a descriptor-track HDF5 submission and validate it (see module docstring)."""
+def read_descriptors(path: str | Path, max_dim: int | None = MAX_DESCRIPTOR_DIM,
+                     max_bytes: int | None = MAX_READ_BYTES) -> DescriptorSubmission:
+    """Read a descriptor-track HDF5 submission and validate it (see module docstring).
+
+    Shapes, dtypes and counts are checked from the datasets' metadata before anything is read,
+    and the file is refused when reading it would allocate more than ``max_bytes`` (None: no
+    limit): a small file can declare huge datasets.
+    """
     path = Path(path)
     with _open_h5(path, ("query", "reference", "query_ids", "reference_ids")) as f:
+        budget = _ReadBudget(path, max_bytes)
+        nq = _ids_meta(f["query_ids"], path, "query_ids", budget)
+        nr = _ids_meta(f["reference_ids"], path, "reference_ids", budget)
+        _matrix_meta(f["query"], path, "query", nq, max_dim, budget)
+        _matrix_meta(f["reference"], path, "reference", nr, max_dim, budget)
+        if f["query"].shape[1] != f["reference"].shape[1]:
+            raise FormatError(path, f"query dimension {f['query'].shape[1]} differs from reference dimension "
+                                    f"{f['reference'].shape[1]}")
         qids = _decode_ids(f["query_ids"], path, "query_ids")
         rids = _decode_ids(f["reference_ids"], path, "reference_ids")
         _check_id_array(qids, "query", path, "query_ids")
@@ -474,13 +407,16 @@ def write_descriptors(path: str | Path, sub: DescriptorSubmission, max_dim: int 
         f.create_dataset("reference_ids", data=_ascii(rids))
 
 
-def read_split_vectors(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read isc2021's per-split HDF5 (``vectors``, ``image_names``).
+def read_split_vectors(path: str | Path, max_bytes: int | None = MAX_READ_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """Read isc2021's per-split HDF5 (``vectors``, ``image_names``), checked like :func:`read_descriptors`.
 
     Returns (ids, x): ids (n,) with folders and extensions stripped, x (n, d) float32.
     """
     path = Path(path)
     with _open_h5(path, ("vectors", "image_names")) as f:
+        budget = _ReadBudget(path, max_bytes)
+        n = _ids_meta(f["image_names"], path, "image_names", budget)
+        _matrix_meta(f["vectors"], path, "vectors", n, None, budget)
         names = _decode_ids(f["image_names"], path, "image_names")
         ids = np.array([os.path.splitext(os.path.basename(n))[0] for n in names], dtype=object)
         x = _check_matrix(f["vectors"][()], path, "vectors", len(ids), None)

@@ -1,6 +1,6 @@
 """The ISC2021 metrics, exactly as the two official implementations compute them.
 
-Definitions (``shared/docs/PROTOCOL.md`` section 3). Predictions are triples (q, r, score), higher =
+Definitions (``docs/PROTOCOLS.md``). Predictions are triples (q, r, score), higher =
 more similar; the positives P are the ground-truth pairs with a reference, ``N_gt = |P|``::
 
     order  = sort by score descending; inside a tie, wrong predictions come first (pessimistic)
@@ -11,7 +11,8 @@ more similar; the positives P are the ground-truth pairs with a reference, ``N_g
     rank(q, r) = #{predictions of q with score ≥ score(q, r)} − 1, infinite when not predicted;
     R@1 = mean(rank == 0), R@10 = mean(rank < 10) over the positives      (isc2021 only)
 
-Two protocols (:data:`PROTOCOLS`) differ where the two reference implementations differ:
+The protocols of :data:`~imsim_lab.eval.protocols.PROTOCOLS` differ where the two reference
+implementations differ (the fields of :class:`~imsim_lab.eval.protocols.Protocol`):
 
 =============================  ==========================  ==============================
 behaviour                      ``isc2021`` (isc/metrics)   ``drivendata`` (leaderboard)
@@ -31,15 +32,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import count, repeat
 from typing import Iterable
 
 import numpy as np
-import pandas as pd
 
 from ..errors import FormatError
+from .csvread import factorize_keys
 from .formats import GroundTruth, Predictions, first_repeat
+from .protocols import get_protocol
 
-PROTOCOLS = ("isc2021", "drivendata")
 REQUIRED_PRECISION = 0.9
 
 
@@ -81,15 +83,36 @@ class Metrics:
         return {k: clean(getattr(self, k)) for k in keys}
 
 
+def _factorize(values) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, vocabulary) of a sequence of ids: ``vocabulary[codes] == values``; codes (n,) int64
+    in [0, u).
+
+    One dictionary pass (C speed: ``map(dict.setdefault, ...)``) gives each value the position of
+    its first occurrence; those integers are then made dense.
+    """
+    arr = np.asarray(values, dtype=object).ravel()
+    if not len(arr):
+        return np.zeros(0, np.int64), arr
+    first = np.fromiter(map({}.setdefault, arr.tolist(), count()), np.int64, len(arr))
+    codes, where = factorize_keys(first)
+    return codes, arr[where]
+
+
 def _codes(*arrays: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Integer codes of string arrays over one shared vocabulary (pandas hashing, fast).
+    """Integer codes of string arrays over one shared vocabulary.
 
     Returns ([codes of each array], vocabulary) with ``vocabulary[codes] == array``.
     """
     sizes = [len(a) for a in arrays]
     allv = np.concatenate([np.asarray(a, dtype=object) for a in arrays]) if sum(sizes) else np.array([], object)
-    codes, uniques = pd.factorize(allv)
-    return np.split(codes.astype(np.int64), np.cumsum(sizes)[:-1]), np.asarray(uniques, dtype=object)
+    codes, uniques = _factorize(allv)
+    return np.split(codes, np.cumsum(sizes)[:-1]), uniques
+
+
+def _lookup(vocab: np.ndarray, values) -> np.ndarray:
+    """Position of each of ``values`` in ``vocab`` (-1 when absent); (len(values),) int64."""
+    index = dict(zip(vocab.tolist(), range(len(vocab))))
+    return np.fromiter(map(index.get, values, repeat(-1)), np.int64, len(values))
 
 
 def first_duplicate(query_codes: np.ndarray, reference_ids: np.ndarray,
@@ -109,7 +132,10 @@ def first_duplicate(query_codes: np.ndarray, reference_ids: np.ndarray,
     rh = np.fromiter(map(hash, reference_ids), dtype=np.int64, count=n)
     with np.errstate(over="ignore"):
         key = rh * np.int64(1_000_003) + q
-    cand = np.flatnonzero(pd.Series(key).duplicated(keep=False).to_numpy())
+    order = np.argsort(key)
+    sk = key[order]
+    same = np.flatnonzero(sk[1:] == sk[:-1])
+    cand = np.unique(np.concatenate([order[same], order[same + 1]]))  # rows sharing a key, in row order
     seen: set = set()
     for i in cand.tolist():  # only the colliding rows: a handful unless there are duplicates
         k = (int(q[i]), reference_ids[i])
@@ -216,7 +242,7 @@ def evaluate(gt: GroundTruth, preds: Predictions, protocol: str = "isc2021",
     Args:
         gt: the ground truth (every query listed, "" reference when it has no match).
         preds: the predictions; scores higher = more similar.
-        protocol: ``"isc2021"`` or ``"drivendata"`` (see the module docstring).
+        protocol: a name of :func:`~imsim_lab.eval.protocols.protocol_names` (see the module docstring).
         queries: restrict the evaluation to a subset S of queries (per-transformation AP).
             The evaluated queries are S plus every query without a match (the distractor
             queries stay, as they do in the full benchmark): N_gt counts only the positives of
@@ -231,40 +257,38 @@ def evaluate(gt: GroundTruth, preds: Predictions, protocol: str = "isc2021",
         FormatError: duplicate (q, r) predictions under isc2021.
         ValueError: an unknown protocol.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
+    proto = get_protocol(protocol)
     pq_s, pr_s, ps = preds.query_ids, preds.reference_ids, np.asarray(preds.scores, np.float64)
     gq_s, gr_s = gt.query_ids, gt.reference_ids
     # one integer vocabulary for the query ids of the GT and of the predictions
     if preds.query_codes is not None and preds.query_vocab is not None:
         # reuse the reader's codes: only the (small) GT is looked up in its vocabulary
-        index = pd.Index(preds.query_vocab)
-        gq = index.get_indexer(np.asarray(gq_s, dtype=object)).astype(np.int64)
+        known = np.asarray(preds.query_vocab, dtype=object)
+        gq = _lookup(known, np.asarray(gq_s, dtype=object).tolist())
         unknown = gq < 0
-        extra = pd.unique(np.asarray(gq_s, dtype=object)[unknown])
-        vocab = np.concatenate([np.asarray(preds.query_vocab, dtype=object), extra])
-        if unknown.any():
-            gq[unknown] = len(index) + pd.Index(extra).get_indexer(np.asarray(gq_s, dtype=object)[unknown])
+        extra_codes, extra = _factorize(np.asarray(gq_s, dtype=object)[unknown])
+        vocab = np.concatenate([known, extra])
+        gq[unknown] = len(known) + extra_codes
         pq = preds.query_codes.astype(np.int64)
     else:
         (gq, pq), vocab = _codes(gq_s, pq_s)
     nvoc = len(vocab)
-    if protocol == "isc2021" and not preds.pairs_checked_unique:
+    if proto.duplicates == "error" and not preds.pairs_checked_unique:
         dup = first_duplicate(pq, pr_s, preds.reference_codes)
         if dup is not None:
-            raise FormatError(preds.path, f"duplicate prediction ({pq_s[dup]}, {pr_s[dup]}); isc2021 refuses "
+            raise FormatError(preds.path, f"duplicate prediction ({pq_s[dup]}, {pr_s[dup]}); {protocol} refuses "
                                           "duplicates (the drivendata protocol counts them again)",
                               f"row {dup + 2}" if preds.path else f"prediction {dup}")
     has = gr_s != ""
     n_total = len(pq)
     keep = np.ones(n_total, bool)
-    if protocol == "drivendata":
+    if proto.unknown_queries == "drop":
         in_gt = np.zeros(nvoc, bool)
         in_gt[gq] = True
         keep &= in_gt[pq]
     counted = has
     if queries is not None:
-        sub = pd.Index(vocab).get_indexer(np.asarray(list(queries), dtype=object))
+        sub = _lookup(vocab, list(queries))
         in_sub = np.zeros(nvoc, bool)
         in_sub[sub[sub >= 0]] = True
         counted = has & in_sub[gq]
@@ -286,7 +310,8 @@ def evaluate(gt: GroundTruth, preds: Predictions, protocol: str = "isc2021",
         (rp, rg), _ = _codes(pr_s, pos_r)
         span = int(max(rp.max(initial=0), rg.max(initial=0))) + 1
         correct = np.isin(pq * span + rp, pos_q * span + rg)
-    pq, ps, correct = pq[keep], ps[keep], correct[keep]
+    if not keep.all():
+        pq, ps, correct = pq[keep], ps[keep], correct[keep]
     precisions, recalls, thresholds, y = precision_recall(correct, ps, n_pos)
     if n_pos == 0:
         ap = math.nan
@@ -295,14 +320,14 @@ def evaluate(gt: GroundTruth, preds: Predictions, protocol: str = "isc2021",
         ap = average_precision(recalls, precisions)
         pp90, rp90, tp90 = operating_point(precisions, recalls, thresholds)
     r1 = r10 = None
-    if protocol == "isc2021":
+    if proto.rank_recalls:
         if n_pos:
             ranks = tp_ranks(pq, ps, correct, n_pos)
             r1 = float((ranks == 0).sum() / n_pos)
             r10 = float((ranks < 10).sum() / n_pos)
         else:
             r1 = r10 = math.nan
-    elif rp90 is None:
-        rp90 = 0.0 if n_pos else math.nan
+    if rp90 is None and proto.p90_missing is not None:
+        rp90 = proto.p90_missing if n_pos else math.nan
     return Metrics(protocol, ap, rp90, pp90, tp90, r1, r10, int(keep.sum()), n_pos, n_total - int(keep.sum()),
                    precisions, recalls, thresholds, y)

@@ -17,6 +17,7 @@ from .matchers import MATCHERS, CandidatePairs, Matcher, MatchContext, MatchResu
 from .post import POST, Prepared, prepare, prepared_predictions
 from .spec import METHODS, TRACKS, CandidateSource, MethodSpec, get_method, list_methods
 from . import catalog  # noqa: F401  (registers the methods)
+from . import sift  # noqa: F401  (registers the "sift" matcher)
 
 __all__ = ["MATCHERS", "METHODS", "POST", "TRACKS", "CandidatePairs", "CandidateSource", "MatchContext",
            "MatchResult", "Matcher", "MethodSpec", "Prepared", "create_matcher", "get_method", "list_methods",

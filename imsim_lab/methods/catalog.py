@@ -80,7 +80,8 @@ _add(MethodSpec("multigrain+sn", "multigrain_resnet50", "score_norm", params=dic
 
 _add(MethodSpec("sift_verify", track="matching", matcher="sift",
                 params={"candidates.method": "sscd", "candidates.k": 10, "candidates.budget": None,
-                        "features": "sift", "ratio": 0.8, "ransac": False, "tie_break": True},
+                        "features": "sift", "ratio": 0.8, "ransac": False, "tie_break": True, "max_keypoints": None},
                 description="top-k candidates of a descriptor run (default sscd, k 10) rescored by pairwise SIFT "
-                            "matching: score = matches passing Lowe's ratio test (or RANSAC inliers)",
+                            "matching at short side 300: score = matches passing Lowe's ratio test (or RANSAC "
+                            "inliers) + a descriptor-rank tie-break in [0, 0.5); features=rootsift as imgFp",
                 paper="Lowe, IJCV 2004 (SIFT, ratio test); local verification of the ISC2021 matching track"))

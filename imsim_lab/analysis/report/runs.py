@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ...errors import FormatError, ImsimError
+from ...eval.protocols import protocol_names
 
 from ...runfolder import INTERNAL_DIRS, PER_QUERY_COLUMNS  # noqa: F401  (PER_QUERY_COLUMNS: the readers' columns)
 
@@ -142,14 +143,14 @@ def runs_table(runs: list[RunInfo]) -> pd.DataFrame:
     for r in runs:
         row = {"label": r.label, "method": r.method, "benchmark": r.bench_name, "run_id": r.run_id,
                "path": str(r.path)}
-        for p in ("isc2021", "drivendata"):
+        for p in protocol_names():
             for k in ("micro_ap", "recall_at_p90", "recall_at_rank1"):
                 row[f"{p}.{k}"] = r.metric(p, k)
         row["seconds"] = r.timings.get("total")
         row["notes"] = json.dumps(r.notes, sort_keys=True) if r.notes else ""
         rows.append(row)
     return pd.DataFrame(rows, columns=["label", "method", "benchmark", "run_id", "path",
-                                       *[f"{p}.{k}" for p in ("isc2021", "drivendata")
+                                       *[f"{p}.{k}" for p in protocol_names()
                                          for k in ("micro_ap", "recall_at_p90", "recall_at_rank1")],
                                        "seconds", "notes"])
 

@@ -22,6 +22,8 @@ from ...atomic import atomic_write_bytes
 from ...errors import FormatError, ImsimError
 
 MAX_UPLOAD_BYTES = 200 * 2**20
+#: the most the stored uploads (files directly in ``uploads/``) may hold together; oldest removed first
+MAX_UPLOADS_TOTAL_BYTES = 2 * 2**30
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 UPLOADS = "uploads"
 
@@ -55,16 +57,29 @@ def safe_name(filename: str) -> str:
     return base[:80]
 
 
-def store_upload(data: bytes, filename: str, results_dir: str | Path, max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
-    """Write uploaded bytes to ``results_dir/uploads/<stem>-<sha8><suffix>`` (atomic) and return it.
+def store_upload(data, filename: str, results_dir: str | Path, max_bytes: int = MAX_UPLOAD_BYTES,
+                 max_total_bytes: int = MAX_UPLOADS_TOTAL_BYTES) -> Path:
+    """Write an upload to ``results_dir/uploads/<stem>-<sha8><suffix>`` (atomic) and return it.
+
+    Args:
+        data: the bytes, or an uploaded file with ``.size`` and ``.getvalue()`` (Streamlit's
+            ``UploadedFile``): its size is checked before its content is read.
+        filename: the name it was uploaded under (sanitised with :func:`safe_name`).
+        results_dir: the results folder.
+        max_bytes: the largest upload accepted.
+        max_total_bytes: the stored uploads (the files directly in ``uploads/``; saved run folders
+            are not counted) are kept under this total by removing the oldest ones first.
 
     Raises:
         ImsimError: the upload is empty or larger than ``max_bytes``.
     """
-    if not data:
+    size = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else int(data.size)
+    if not size:
         raise ImsimError(f"{filename}: the uploaded file is empty")
-    if len(data) > max_bytes:
-        raise ImsimError(f"{filename}: {len(data) / 2**20:.1f} MiB, more than the limit of {max_bytes / 2**20:.0f} MiB")
+    if size > max_bytes:
+        raise ImsimError(f"{filename}: {size / 2**20:.1f} MiB, more than the limit of {max_bytes / 2**20:.0f} MiB")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        data = data.getvalue()
     name = safe_name(filename)
     stem, suffix = os.path.splitext(name)
     digest = hashlib.sha256(data).hexdigest()[:8]
@@ -72,6 +87,13 @@ def store_upload(data: bytes, filename: str, results_dir: str | Path, max_bytes:
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / f"{stem}-{digest}{suffix}"
     atomic_write_bytes(dest, data)
+    stored = sorted((p for p in folder.iterdir() if p.is_file() and p != dest), key=lambda p: p.stat().st_mtime)
+    total = size + sum(p.stat().st_size for p in stored)
+    for old in stored:  # oldest first, never the upload just stored
+        if total <= max_total_bytes:
+            break
+        total -= old.stat().st_size
+        old.unlink(missing_ok=True)
     return dest
 
 
@@ -107,13 +129,14 @@ def evaluate_submission(path: str | Path, bench, knn: int | None = None) -> Subm
     from ...eval.candidates import descriptor_predictions
     from ...eval.formats import read_descriptors, read_predictions
     from ...eval.metrics import evaluate
+    from ...eval.protocols import protocol_names
 
     path = Path(path)
     kind = detect_kind(path)
     metrics, errors, preds = {}, {}, {}
     if kind == "csv":
         base = read_predictions(path, allow_duplicates=True)
-        for protocol in ("isc2021", "drivendata"):
+        for protocol in protocol_names():
             try:
                 metrics[protocol] = evaluate(bench.gt, base, protocol).to_dict()
                 preds[protocol] = base
@@ -121,7 +144,7 @@ def evaluate_submission(path: str | Path, bench, knn: int | None = None) -> Subm
                 errors[protocol] = str(e)
     else:
         sub = read_descriptors(path)
-        for protocol in ("isc2021", "drivendata"):
+        for protocol in protocol_names():
             p = descriptor_predictions(sub, bench.gt, protocol, knn=knn)
             metrics[protocol] = evaluate(bench.gt, p, protocol).to_dict()
             preds[protocol] = p

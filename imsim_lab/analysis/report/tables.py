@@ -15,12 +15,11 @@ import numpy as np
 import pandas as pd
 
 from ...eval.formats import GroundTruth, Predictions
+from ...eval.protocols import get_protocol
 from .runs import RunInfo, load_per_query, load_predictions
 from .weighted import (METRIC_NAMES, ScoredSet, bootstrap_counts, prepare_scored, subset_weights,
                        weighted_metrics)
 
-PROTOCOLS = ("isc2021", "drivendata")
-DRIVENDATA_PER_QUERY = 10
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,7 +59,7 @@ def drivendata_predictions(preds: Predictions, n_queries: int) -> Predictions:
     nq x 10; the isc2021 file is sorted best first with the same deterministic tie order, so its
     first nq x 10 rows are the DrivenData set whenever 500,000 >= nq x 10.
     """
-    n = n_queries * DRIVENDATA_PER_QUERY
+    n = get_protocol("drivendata").budget(n_queries)
     codes = preds.query_codes[:n] if preds.query_codes is not None else None
     return Predictions(preds.query_ids[:n], preds.reference_ids[:n], preds.scores[:n], query_codes=codes,
                        query_vocab=preds.query_vocab if codes is not None else None)
@@ -95,7 +94,8 @@ def load_run_data(info: RunInfo, gt: GroundTruth | None = None) -> RunData:
     rec = info.metric("drivendata", "micro_ap")
     got = weighted_metrics(scored["drivendata"], np.ones((1, len(gt))))["micro_ap"][0]
     if rec is not None and not np.isnan(got) and abs(got - rec) > 1e-6:
-        notes.append(f"DrivenData intervals use the top {len(gt) * DRIVENDATA_PER_QUERY} isc2021 predictions "
+        budget = get_protocol("drivendata").budget(len(gt))
+        notes.append(f"DrivenData intervals use the top {budget} isc2021 predictions "
                      f"(µAP {got:.4f}; metrics.json {rec:.4f})")
     return RunData(info, gt, pq, scored, notes)
 
@@ -168,7 +168,7 @@ def leaderboard(runs: list[RunData], protocol: str = "isc2021", n_boot: int = 20
             v = m.get(k, None) if k in m else float(point[k][0])
             row[k] = np.nan if v is None else float(v)
             lo, hi = _percentiles(boot[k], level)
-            if protocol == "drivendata" and k == "recall_at_rank1":
+            if k == "recall_at_rank1" and not get_protocol(protocol).rank_recalls:
                 lo = hi = np.nan
             row[f"{k}_low"], row[f"{k}_high"] = lo, hi
         row["n_positives"] = m.get("n_positives", int(point["n_positives"][0]))

@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 from ...eval.formats import GroundTruth, Predictions
-from ...eval.metrics import PROTOCOLS, REQUIRED_PRECISION
+from ...eval.metrics import REQUIRED_PRECISION
+from ...eval.protocols import get_protocol
 
 METRIC_NAMES = ("micro_ap", "recall_at_p90", "recall_at_rank1")
 
@@ -83,8 +84,7 @@ def prepare_scored(gt: GroundTruth, preds: Predictions, protocol: str = "isc2021
     """
     from scipy import sparse
 
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
+    proto = get_protocol(protocol)
     qids = np.asarray(gt.query_ids, dtype=object)
     nq = len(qids)
     if preds.query_codes is not None and preds.query_vocab is not None and len(preds.query_codes) == len(preds):
@@ -95,7 +95,7 @@ def prepare_scored(gt: GroundTruth, preds: Predictions, protocol: str = "isc2021
         gq = pd.Index(qids).get_indexer(np.asarray(preds.query_ids, dtype=object)).astype(np.int64)
     scores = np.asarray(preds.scores, np.float64)
     rids = np.asarray(preds.reference_ids, dtype=object)
-    if protocol == "drivendata":
+    if proto.unknown_queries == "drop":
         keep = gq >= 0
         gq, scores, rids = gq[keep], scores[keep], rids[keep]
     gref = np.asarray(gt.reference_ids, dtype=object)
@@ -165,11 +165,10 @@ def weighted_metrics(ss: ScoredSet, weights: np.ndarray, chunk: int | None = Non
             valid = (prec >= REQUIRED_PRECISION) & (n_end > 0)
             best = np.where(valid, cumC, -1.0).max(axis=1, initial=-1.0)
             r90 = np.where(best >= 0, best / npos, np.nan)
-            if ss.protocol == "drivendata":
-                r90 = np.where(np.isnan(r90) & (npos > 0), 0.0, r90)
-                r1 = np.full(len(Wc), np.nan)
-            else:
-                r1 = (Wc @ ss.hit1) / npos
+            proto = get_protocol(ss.protocol)
+            if proto.p90_missing is not None:
+                r90 = np.where(np.isnan(r90) & (npos > 0), proto.p90_missing, r90)
+            r1 = (Wc @ ss.hit1) / npos if proto.rank_recalls else np.full(len(Wc), np.nan)
         none = npos <= 0
         ap[none] = np.nan
         r90[none] = np.nan
