@@ -145,7 +145,8 @@ def test_command_trains_resumes_prints_the_evaluation_and_refuses_bad_input(benc
     assert _cli(bench, out, "--epochs", "2", "--max-steps", "2", "--json") == 0
     s = json.loads(capsys.readouterr().out)
     assert s["steps"] == 2 and s["weights"].endswith("weights.pt")
-    assert s["evaluate"].startswith(f"imsim-lab run sscd_repro --bench {bench}") and "model.short_side=41" in s["evaluate"]
+    assert s["evaluate"].startswith(f"imsim-lab run sscd_repro --bench {bench}")
+    assert "model.short_side=41" in s["evaluate"]
     cfg = json.loads((out / "train_config.json").read_text())
     assert cfg["train"]["optimizer"] == "lars" and cfg["train"]["lr"] == pytest.approx(0.3 * 8 / 256)
     assert cfg["run"]["config"]["lam"] == 10 and cfg["run"]["config"]["mix_p"] == 0.05

@@ -199,7 +199,8 @@ def test_command_trains_prints_the_evaluation_and_refuses_bad_input(bench, tmp_p
     assert _cli(bench, out, "--classes", "8,16", "--max-steps", "1", "--json") == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["classes"] == [8, 16] and summary["steps"] == 2 and summary["weights"].endswith("weights.pt")
-    assert summary["evaluate"].startswith(f"imsim-lab run ssquare --bench {bench}") and "model.dim=16" in summary["evaluate"]
+    assert summary["evaluate"].startswith(f"imsim-lab run ssquare --bench {bench}")
+    assert "model.dim=16" in summary["evaluate"]
     # too many classes, another embedding size, another architecture: one line, exit 2, nothing written
     for extra, msg in ((["--classes", "8,40"], "asks for 40 classes"),
                        (["--classes", "8", "--init", str(out / "weights.pt"), "--dim", "32"], "does not fit"),

@@ -92,5 +92,6 @@ def family_interval_table(bench, runs: Mapping[str, object], protocol: str = "is
             p = weighted_metrics(ss, w[None])["micro_ap"][0]
             b = weighted_metrics(ss, C * w)["micro_ap"]
             rows.append({"family": f, "run": name, "n_positives": int(((fam == f) & has & keep).sum()),
-                         "micro_ap": float(p), "lo": float(np.nanquantile(b, q)), "hi": float(np.nanquantile(b, 1 - q))})
+                         "micro_ap": float(p), "lo": float(np.nanquantile(b, q)),
+                         "hi": float(np.nanquantile(b, 1 - q))})
     return pd.DataFrame(rows, columns=["family", "run", "n_positives", "micro_ap", "lo", "hi"])

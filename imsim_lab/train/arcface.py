@@ -42,7 +42,8 @@ def arcface_logits(x: torch.Tensor, W: torch.Tensor, y: torch.Tensor, m: float =
     return s * torch.where(own, torch.cos(theta + m), cos)
 
 
-def arcface_loss(x: torch.Tensor, W: torch.Tensor, y: torch.Tensor, m: float = MARGIN, s: float = SCALE) -> torch.Tensor:
+def arcface_loss(x: torch.Tensor, W: torch.Tensor, y: torch.Tensor, m: float = MARGIN,
+                 s: float = SCALE) -> torch.Tensor:
     """Mean cross-entropy of :func:`arcface_logits` (module docstring). Returns a scalar."""
     return F.cross_entropy(arcface_logits(x, W, y, m, s), y.long())
 

@@ -148,7 +148,8 @@ class SSCDViews:
         self.size, self.seed, self.mean, self.std = int(size), int(seed), tuple(mean), tuple(std)
         if not 0.0 <= mix_p <= 1.0:
             raise ValueError("mix_p must be in [0, 1]")
-        self.mix_p, self.mixup_alpha, self.cutmix_alpha, self.switch_p = float(mix_p), mixup_alpha, cutmix_alpha, switch_p
+        self.mix_p, self.switch_p = float(mix_p), switch_p
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         ids = tuple(Path(p).stem for p in self.paths)
         self.assets = Assets.from_augly(images=_ImagesById(dict(zip(ids, self.paths))), image_ids=ids, seed=self.seed)
 

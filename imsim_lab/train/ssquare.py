@@ -178,7 +178,8 @@ def train_drip(paths: Sequence[str | Path], out: str | Path, cfg: SSquareConfig,
         if on_stage:
             on_stage(k, st)
         if (folder / CHECKPOINT).is_file():
-            head = ArcFaceHead(st.classes, cfg.dim, cfg.margin, cfg.scale, seed=cfg.train.seed)  # its rows come from the checkpoint
+            # a resume: the rows come from the checkpoint
+            head = ArcFaceHead(st.classes, cfg.dim, cfg.margin, cfg.scale, seed=cfg.train.seed)
         elif head is None:
             head = ArcFaceHead(st.classes, cfg.dim, cfg.margin, cfg.scale, seed=cfg.train.seed)
         else:

@@ -66,8 +66,8 @@ class TrainConfig:
         lr, lr_schedule (``constant``, ``linear`` = lr (1 - t/T) as lyakaap's v98, ``cosine``,
         ``plateau`` = S-square's ReduceLROnPlateau from the epoch losses, :mod:`.schedules`),
         warmup_steps (linear warm-up from 0).
-        optimizer: ``sgd`` (momentum), ``adam``, ``adamw`` or ``lars`` (SSCD, :mod:`.lars`); weight_decay, not applied to 1-D
-            parameters (biases, norms) when ``no_decay_1d``.
+        optimizer: ``sgd`` (momentum), ``adam``, ``adamw`` or ``lars`` (SSCD, :mod:`.lars`);
+            weight_decay, not applied to 1-D parameters (biases, norms) when ``no_decay_1d``.
         grad_clip: max global gradient norm (None: off).
         amp: one of :data:`AMP_MODES`.
         num_workers: DataLoader workers.

@@ -19,7 +19,8 @@ from dataclasses import replace
 from .config import ModelConfig
 from .timm_descriptor import timm_config
 
-SSQUARE_PAPER = "Papadakis & Addicam, Producing augmentation-invariant embeddings from real-life imagery, arXiv 2112.03415"
+SSQUARE_PAPER = ("Papadakis & Addicam, Producing augmentation-invariant embeddings from real-life imagery, "
+                 "arXiv 2112.03415")
 SSCD_PAPER = "Pizzi et al., A Self-Supervised Descriptor for Image Copy Detection, CVPR 2022, arXiv 2202.10261"
 #: the published trunks (the ensemble of eight) and a CPU-sized one
 SSQUARE_BACKBONE, SSCD_BACKBONE = "eca_nfnet_l1", "resnet50"
