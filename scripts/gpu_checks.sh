@@ -10,6 +10,8 @@
 #      SSCD asked for CUDA, exact search with torch on CUDA, an nccl group bound to its GPU
 #      (imsim_lab.distributed), torchrun extraction with nccl,
 #      training with AMP (off, bf16, fp16);
+#   1b. pytest -m gpu of the S-square and SSCD recipes (AMP), then their training throughput
+#      (bench_train: trainer against the bare forward + backward);
 #   2. pytest -m gpu on faiss: GPU flat index against the CPU, float16 storage, sharded index,
 #      GPU block search, the k limit;
 #   3. extraction throughput on CUDA (bench_extract: pipeline against forward only);
@@ -221,6 +223,18 @@ EOF
       tests/test_extract.py  # torchrun (slowest) last
   else
     not_run "pytest gpu: models, torch search, extraction, training (torch CUDA)" "torch sees no CUDA device"
+  fi
+
+  # S-square and SSCD training on CUDA (AMP bf16 / fp16, the SSCD loss on the GPU), then the
+  # throughput of both recipes against their bare step (benchmarks/bench_train.py)
+  if ((CUDA > 0)); then
+    run_section "pytest gpu: S-square and SSCD training with AMP" 90 \
+      "$PY" -m pytest -q -p no:xdist -p no:cacheprovider -m gpu -ra --tb=short --junitxml="$WORK/pytest_recipes.xml" \
+      tests/test_train_ssquare.py tests/test_train_sscd.py
+    run_section "training throughput (ssquare, sscd: trainer against the bare step)" 90 --measured \
+      "$PY" benchmarks/bench_train.py --backbone resnet50 --size 224 --batch-size 64 --steps 10 --workers 8
+  else
+    not_run "pytest gpu: S-square and SSCD training with AMP" "torch sees no CUDA device"
   fi
 
   if ((FAISS_GPUS > 0)); then

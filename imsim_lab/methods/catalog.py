@@ -59,6 +59,13 @@ _add(MethodSpec("iscnet+nes", "isc_effnetv2m", "nes",
                 params={"dba_k": 10, "dba_alpha": 3.0, "beta": 0.35, "k": 10, "n_iter": 1}, needs_training=True,
                 description="ISCNet + DBA(train) and negative embedding subtraction: lyakaap's inference",
                 paper="Yokoo, arXiv 2112.04323"))
+_add(MethodSpec("ssquare", "ssquare_net", "pca_ssquare",
+                params={"dim": 256, "eigen_power": -0.5, "a": 1.8, "K": 100, "top": 3}, needs_training=True,
+                description="S-square net (timm + trainable GeM + ArcFace-trained 384-d) + PCAW 256 (fit on training) "
+                "+ L2 + query shift: weights from `imsim-lab train ssquare` (model.weights_path=)",
+                paper="Papadakis & Addicam, arXiv 2112.03415"))
+_add(MethodSpec("sscd_repro", "sscd_repro", description="SSCD trained here (ResNet + GeM p=3 + linear 512, L2, short "
+                "side 288): weights from `imsim-lab train sscd` (model.weights_path=)", paper=_SSCD))
 _add(MethodSpec("multigrain", "multigrain_resnet50", "pca", params={"dim": 1500, "eigen_power": -0.5, "l2": True},
                 needs_training=True, description="MultiGrain-like GeM ResNet-50 + PCAW 1500 (weights: "
                 "model.weights_path=)", paper="Berman et al., arXiv 1902.05509"))

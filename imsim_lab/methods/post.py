@@ -14,7 +14,7 @@ matching methods all call it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -125,6 +125,16 @@ def _ssquare(xq, xb, xt, p, backend) -> Prepared:
     yq = pp.ssquare_shift(xq, xt, p["a"], p["K"], p["top"], backend)
     h, note = _hdf5(yq, xb, "shifted queries, raw references")
     return Prepared(yq, np.asarray(xb, np.float32), "l2", hdf5=h, hdf5_note=note, notes=clamp)
+
+
+@POST.register("pca_ssquare")
+def _pca_ssquare(xq, xb, xt, p, backend) -> Prepared:
+    # S-square's inference: PCA whitening fitted on the training descriptors + L2, then the query shift
+    k = _n_components(p["dim"], xq.shape[1], len(xt))
+    pca = pp.fit_pca(xt, k, eigen_power=p["eigen_power"])
+    yq, yb, yt = (pp.l2_normalize(pca.apply(a)) for a in (xq, xb, xt))
+    prep = _ssquare(yq, yb, yt, {k2: p[k2] for k2 in ("a", "K", "top")}, backend)
+    return replace(prep, notes={**prep.notes, "pca_dim": k, "pca_fit_on": len(xt)})
 
 
 def prepare(spec, xq, xb, xt, params: dict, backend: str = "auto") -> Prepared:

@@ -46,8 +46,8 @@ from ..errors import ImsimError
 from .data import EpochBatches, collate
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
-LR_SCHEDULES = ("constant", "linear", "cosine")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "linear", "cosine", "plateau")  # plateau: imsim_lab.train.schedules
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars")  # lars: imsim_lab.train.lars
 CHECKPOINT, WEIGHTS, HISTORY = "checkpoint.pt", "weights.pt", "history.json"
 
 
@@ -63,10 +63,11 @@ class TrainConfig:
         epochs: passes over the data; ``max_steps``: stop after this many optimiser steps.
         batch_size: images per process per micro-batch (each gives several views).
         accum_steps: micro-batches per optimiser step.
-        lr, lr_schedule (``constant``, ``linear`` = lr (1 - t/T) as lyakaap's v98, ``cosine``),
+        lr, lr_schedule (``constant``, ``linear`` = lr (1 - t/T) as lyakaap's v98, ``cosine``,
+        ``plateau`` = S-square's ReduceLROnPlateau from the epoch losses, :mod:`.schedules`),
         warmup_steps (linear warm-up from 0).
-        optimizer: ``sgd`` (momentum), ``adam`` or ``adamw``; weight_decay, not applied to 1-D
-            parameters (biases, norms) when ``no_decay_1d``.
+        optimizer: ``sgd`` (momentum), ``adam``, ``adamw`` or ``lars`` (SSCD, :mod:`.lars`);
+            weight_decay, not applied to 1-D parameters (biases, norms) when ``no_decay_1d``.
         grad_clip: max global gradient norm (None: off).
         amp: one of :data:`AMP_MODES`.
         num_workers: DataLoader workers.
@@ -164,6 +165,10 @@ def make_optimizer(modules: list[nn.Module], cfg: TrainConfig) -> torch.optim.Op
     groups = param_groups(modules, cfg.weight_decay, cfg.no_decay_1d)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "lars":
+        from .lars import LARS
+
+        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum)
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
     return cls(groups, lr=cfg.lr)
 
@@ -342,6 +347,10 @@ def train(model: nn.Module, criterion: nn.Module, dataset, config: TrainConfig, 
             if not last_micro:
                 continue
             lr = lr_at(step, total, config)
+            if config.lr_schedule == "plateau":
+                from .schedules import epoch_losses, plateau_lr
+
+                lr = plateau_lr(lr, epoch_losses(history, steps_per_epoch)) if history else lr
             for g in optimizer.param_groups:
                 g["lr"] = lr
             if world > 1:

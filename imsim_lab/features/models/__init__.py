@@ -57,6 +57,7 @@ def _entry(name: str, make_config, build):
 def _register_all() -> None:
     from .classical import GistModel, PdqModel, gist_config, pdq_config
     from .multigrain import multigrain_config
+    from .ssquare import sscd_repro_config, ssquare_config
     from .sscd import SSCDOnnx, SSCDTorchScript, onnx_config, torchscript_config
     from .timm_descriptor import build_timm_descriptor, timm_config
 
@@ -72,6 +73,8 @@ def _register_all() -> None:
         paper="Yokoo, Contrastive Learning with Large Memory Bank and NES, arXiv 2112.04323"),
         build_timm_descriptor)
     _entry("multigrain_resnet50", multigrain_config, build_timm_descriptor)
+    _entry("ssquare_net", ssquare_config, build_timm_descriptor)  # trained by `imsim-lab train ssquare`
+    _entry("sscd_repro", sscd_repro_config, build_timm_descriptor)  # trained by `imsim-lab train sscd`
     # SSCD
     _entry("sscd_disc_mixup_onnx", onnx_config, SSCDOnnx)
     _entry("sscd_distilled_onnx", lambda: onnx_config("sscd_distilled_onnx", "sscd_distilled.onnx"), SSCDOnnx)

@@ -41,7 +41,7 @@ class GeM(nn.Module):
         return gem(x.float(), p, self.eps).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"p={float(self.p):.2f}, eps={self.eps}, learnable={self.learnable}"
+        return f"p={float(self.p.detach()):.2f}, eps={self.eps}, learnable={self.learnable}"
 
 
 class L2Norm(nn.Module):

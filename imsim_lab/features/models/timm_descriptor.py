@@ -21,7 +21,7 @@ from .config import ModelConfig
 from .layers import GeM, L2Norm
 from .weights import WeightsError, load_state_dict, resolve_weights
 
-HEADS = ("linear", "linear_bn", "none")
+HEADS = ("linear", "linear_bn", "linear_nobias", "none")
 
 
 class TimmDescriptorNet(nn.Module):
@@ -31,21 +31,25 @@ class TimmDescriptorNet(nn.Module):
         backbone: a timm model name (``resnet18``, ``tf_efficientnetv2_m``...).
         dim: descriptor dimension (ignored with ``head="none"``: the trunk's channels).
         gem_p: GeM exponent; ``gem_learnable`` makes it a parameter.
-        head: ``linear`` (bias), ``linear_bn`` (no bias + BatchNorm1d, lyakaap) or ``none``.
+        head: ``linear`` (bias), ``linear_bn`` (no bias + BatchNorm1d, lyakaap), ``linear_nobias``
+            (S-square's neck) or ``none``.
         pretrained: ask timm for its hub weights (internet).
+        timm_kwargs: more arguments of ``timm.create_model`` (e.g. ``dynamic_img_size=True`` for a ViT
+            at another resolution than its default; the tensors keep their shapes).
 
     Shapes: (b, 3, h, w) -> (b, dim), rows of unit L2 norm.
     """
 
     def __init__(self, backbone: str, dim: int = 256, gem_p: float = 3.0, gem_learnable: bool = False,
-                 head: str = "linear", pretrained: bool = False):
+                 head: str = "linear", pretrained: bool = False, timm_kwargs: dict | None = None):
         super().__init__()
         import timm
 
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}")
         try:
-            self.backbone = timm.create_model(backbone, pretrained=pretrained, num_classes=0, global_pool="")
+            self.backbone = timm.create_model(backbone, pretrained=pretrained, num_classes=0, global_pool="",
+                                              **(timm_kwargs or {}))
         except RuntimeError as e:
             raise WeightsError(f"timm model {backbone!r}: cannot get pretrained weights ({e}); "
                                f"pass weights_path= a local checkpoint") from None
@@ -55,7 +59,7 @@ class TimmDescriptorNet(nn.Module):
             self.fc, self.bn = nn.Identity(), nn.Identity()
             self.dim = c
         else:
-            self.fc = nn.Linear(c, dim, bias=head == "linear")
+            self.fc = nn.Linear(c, dim, bias=head == "linear")  # linear_nobias, linear_bn: none
             nn.init.xavier_normal_(self.fc.weight)
             self.bn = nn.BatchNorm1d(dim) if head == "linear_bn" else nn.Identity()
             self.dim = dim
@@ -84,7 +88,8 @@ def build_timm_descriptor(cfg: ModelConfig, device: str | None = None) -> TorchD
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(e.get("seed", 0)))  # random weights are reproducible
         net = TimmDescriptorNet(e["backbone"], cfg.dim, e.get("gem_p", 3.0), e.get("gem_learnable", False),
-                                e.get("head", "linear"), pretrained=cfg.weights == "timm")
+                                e.get("head", "linear"), pretrained=cfg.weights == "timm",
+                                timm_kwargs=e.get("timm_kwargs"))
     if e.get("head") == "none" and net.dim != cfg.dim:
         raise WeightsError(f"model {cfg.name!r}: head='none' gives {net.dim}-d descriptors, config says {cfg.dim}")
     path = resolve_weights(cfg)

@@ -1,7 +1,7 @@
 """The training recipes of ``imsim-lab train RECIPE``: a registry of :class:`Recipe` definitions.
 
     from imsim_lab.train.recipes import get_recipe, list_recipes
-    [r.name for r in list_recipes()]            # ['lyakaap', 'pairvit']
+    [r.name for r in list_recipes()]            # ['lyakaap', 'pairvit', 'ssquare', 'sscd']
     get_recipe("lyakaap").run(args, TrainSession())
 
 Each recipe module defines one frozen :class:`Recipe` (its options, how it builds its
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ...errors import ImsimError
 from ...registry import Registry
-from . import lyakaap, pairvit
+from . import lyakaap, pairvit, sscd, ssquare
 from .base import PublishedStep, Recipe, RunStart, TrainSession, training_summary
 
 RECIPES: Registry[Recipe] = Registry("recipe")
@@ -44,6 +44,8 @@ def get_recipe(name: str) -> Recipe:
 
 register_recipe(lyakaap.RECIPE)
 register_recipe(pairvit.RECIPE)
+register_recipe(ssquare.RECIPE)
+register_recipe(sscd.RECIPE)
 
 __all__ = ["PublishedStep", "RECIPES", "Recipe", "RunStart", "TrainSession", "get_recipe", "list_recipes",
            "register_recipe", "training_summary"]

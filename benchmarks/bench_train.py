@@ -1,0 +1,142 @@
+"""Training throughput of each recipe: the whole trainer (files -> views -> DataLoader -> step)
+against the bare forward + loss + backward + optimiser step of its model on preloaded tensors.
+
+    .venv/bin/python benchmarks/bench_train.py [--recipes ssquare sscd] [--backbone resnet18] [--size 64]
+        [--batch-size 32] [--steps 12] [--workers 1] [--device cpu|cuda] [--amp auto]
+
+Target: the pipeline keeps at least 80 % of the bare step's throughput (training images per
+second; an SSCD image is two views). Images are synthetic JPEGs of DISC21-like sizes (640 x 480)
+in a temp folder. The first steps of each measurement are a warm-up (DataLoader start, allocator,
+cuDNN autotune) and are not counted. On CUDA the bare step and the trainer both run with the
+trainer's AMP (``--amp``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+WARMUP = 3
+
+
+def make_images(folder: Path, n: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        small = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+        p = folder / f"T{i:06d}.jpg"
+        Image.fromarray(small).resize((640, 480), Image.BICUBIC).save(p, quality=90)
+        out.append(str(p))
+    return out
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bare_step(net, criterion, x, y, cfg, steps: int) -> float:
+    """Seconds per step of forward + loss + backward + optimiser step on preloaded (x, y)."""
+    from imsim_lab.train.trainer import make_optimizer, resolve_amp
+
+    device = cfg.device
+    net.to(device).train()
+    criterion.to(device)
+    x, y = x.to(device), y.to(device)
+    opt = make_optimizer([net, criterion], cfg)
+    amp = resolve_amp(cfg.amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    times = []
+    for s in range(WARMUP + steps):
+        _sync(device)
+        t = time.perf_counter()
+        with torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
+            emb = net(x)
+        loss = criterion(emb.float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        if s >= WARMUP:
+            times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def trainer_step(net, criterion, ds, cfg, steps: int, out: Path) -> float:
+    """Seconds per step of the shared trainer on ``ds`` (median over the steps after the warm-up)."""
+    from imsim_lab.train.trainer import train
+
+    res = train(net, criterion, ds, replace(cfg, max_steps=WARMUP + steps, checkpoint_every=0), out)
+    t = [h["seconds"] for h in res.history]
+    return float(np.median(np.diff(t[WARMUP - 1:])))
+
+
+def setups(recipe: str, paths, a, cfg):
+    """(net, criterion, dataset, preloaded x, y, images per step) of a recipe at the bench's size."""
+    if recipe == "ssquare":
+        from imsim_lab.train.arcface import ArcFaceHead
+        from imsim_lab.train.ssquare import ssquare_net
+        from imsim_lab.train.ssquare_data import ClassImages
+
+        m = ssquare_net(a.backbone, a.size, a.dim)
+        ds = ClassImages(paths, a.size, 0.7, m.config.mean, m.config.std)
+        x = torch.randn(a.batch_size, 3, a.size, a.size)
+        y = torch.arange(a.batch_size)
+        return m.module, ArcFaceHead(len(paths), a.dim), ds, x, y, a.batch_size
+    from imsim_lab.train.infonce import SSCDLoss
+    from imsim_lab.train.sscd import sscd_net
+    from imsim_lab.train.sscd_data import SSCDViews
+
+    m = sscd_net(a.backbone, a.size, a.dim)
+    ds = SSCDViews(paths, "advanced", a.size, m.config.mean, m.config.std, mix_p=0.05)
+    x = torch.randn(2 * a.batch_size, 3, a.size, a.size)
+    y = torch.stack([torch.arange(a.batch_size).repeat_interleave(2), torch.full((2 * a.batch_size,), -1)], 1)
+    return m.module, SSCDLoss(0.05, 10.0), ds, x, y, a.batch_size
+
+
+def main() -> None:
+    from imsim_lab.train.trainer import TrainConfig
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipes", nargs="+", default=["ssquare", "sscd"], choices=["ssquare", "sscd"])
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=12, help="measured steps (after 3 of warm-up)")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--amp", default="auto")
+    a = ap.parse_args()
+    n = a.batch_size * (WARMUP + a.steps + 1)
+    opt = {"ssquare": dict(optimizer="adam", lr=1e-3, lr_schedule="plateau", weight_decay=0.0, grad_clip=1.0),
+           "sscd": dict(optimizer="lars", lr=0.3 * a.batch_size / 256, lr_schedule="cosine", weight_decay=1e-6)}
+    print(f"{a.backbone} at {a.size} px, batch {a.batch_size}, {a.workers} worker(s), {a.device}, amp {a.amp}; "
+          f"{torch.get_num_threads()} torch threads; median of {a.steps} steps after {WARMUP} of warm-up")
+    if a.device.startswith("cuda"):
+        print(f"  GPU: {torch.cuda.get_device_name()}")
+    with tempfile.TemporaryDirectory() as d:
+        paths = make_images(Path(d), n)
+        for recipe in a.recipes:
+            cfg = TrainConfig(batch_size=a.batch_size, num_workers=a.workers, amp=a.amp, device=a.device, seed=0,
+                              **opt[recipe])
+            net, crit, ds, x, y, per_step = setups(recipe, paths, a, cfg)
+            bare = per_step / bare_step(net, crit, x, y, cfg, a.steps)
+            net, crit, ds, x, y, per_step = setups(recipe, paths, a, cfg)
+            full = per_step / trainer_step(net, crit, ds, cfg, a.steps, Path(d) / f"run_{recipe}")
+            print(f"{recipe}:")
+            print(f"  bare forward + backward + step on preloaded tensors {bare:8.1f} img/s")
+            print(f"  whole trainer (files -> views -> loader -> step)    {full:8.1f} img/s   kept "
+                  f"{100 * full / bare:5.1f} % (target 80 %)")
+
+
+if __name__ == "__main__":
+    main()
