@@ -171,6 +171,45 @@ def gains_table(gt: GroundTruth, runs: Mapping[str, Predictions], baseline: str,
     return pd.DataFrame(rows, columns=["label", "metric", "baseline", "value", "gain", "low", "high", "verdict"])
 
 
+def family_gains(gt: GroundTruth, queries: pd.DataFrame, runs: Mapping[str, Predictions], baseline: str,
+                 metric: str = "micro_ap", protocol: str = "isc2021", n_boot: int = 300, seed: int = 0,
+                 level: float = 0.95) -> pd.DataFrame:
+    """Per transformation family, the gain of every run over ``baseline`` with its paired interval.
+
+    A family's query set is its copies plus every query without a match (as per-family µAP is
+    defined by ``evaluate(queries=...)``).
+
+    Args:
+        queries: the benchmark's query table (query_id, family, has_match).
+
+    Returns:
+        Columns: family, label, n_positives, baseline, value, gain, low, high, verdict.
+    """
+    ids = np.asarray(gt.query_ids, dtype=object).astype(str)
+    q = queries.assign(query_id=queries["query_id"].astype(str)).set_index("query_id").reindex(ids)
+    has = q["has_match"].fillna(False).to_numpy(bool)
+    fam = q["family"].fillna("unknown").astype(str).to_numpy()
+    scored = {k: prepare_scored(gt, p, protocol) for k, p in runs.items()}
+    a = (1 - level) / 2
+    rows = []
+    for f in sorted(set(fam[has])):
+        mask = (has & (fam == f)) | ~has
+        W = _resample(mask, n_boot, seed)
+        base = float(np.nan_to_num(_point(scored[baseline], mask)[metric], nan=0.0))
+        base_rep = np.nan_to_num(weighted_metrics(scored[baseline], W)[metric], nan=0.0)
+        for label, ss in scored.items():
+            if label == baseline:
+                continue
+            v = float(np.nan_to_num(_point(ss, mask)[metric], nan=0.0))
+            d = np.nan_to_num(weighted_metrics(ss, W)[metric], nan=0.0) - base_rep
+            g = Gain(metric, base, v, v - base, float(np.quantile(d, a)), float(np.quantile(d, 1 - a)), level, n_boot)
+            rows.append({"family": f, "label": label, "n_positives": int((has & (fam == f)).sum()), "baseline": base,
+                         "value": v, "gain": g.diff, "low": g.low, "high": g.high,
+                         "verdict": g.verdict.replace("b ", "")})
+    return pd.DataFrame(rows, columns=["family", "label", "n_positives", "baseline", "value", "gain", "low", "high",
+                                       "verdict"])
+
+
 # ------------------------------------------------------------------------------------------------
 # tune on one half, report on the other
 
@@ -325,9 +364,10 @@ def failure_gallery(bench, preds: Predictions, threshold: float | None, n: int =
     images, captions, rows = [], [], []
     for _, r in missed.iterrows():
         top = r["top_reference_id"] or ""
+        top = "" if top == r["reference_id"] else top    # ranked first but below the threshold
         ids = [r["query_id"], r["reference_id"]] + ([top] if top else [])
         cap = [f"missed {r['query_id']} ({r['family']})", f"truth, rank {r['true_rank']}",
-               f"got {top} {r['top_score']:.3f}" if top else ""]
+               f"got {top} {r['top_score']:.3f}" if top else f"score {r['true_score']:.3f} < P90 threshold"]
         images += [bench.load_image(i) for i in ids] + [None] * (3 - len(ids))
         captions += cap
         rows.append({"case": "missed copy", "query_id": r["query_id"], "family": r["family"],
