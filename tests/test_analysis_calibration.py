@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imsim_lab.analysis.calibration import (calibration_table, gains_table, metric_intervals, metrics_on,
+from imsim_lab.analysis.calibration import (calibration_table, family_gains, gains_table, metric_intervals, metrics_on,
                                             pair_scores, paired_gain, pr_curves, query_mask, sweep_halves)
 from imsim_lab.analysis.negatives import active_negatives
 from imsim_lab.eval.formats import GroundTruth, Predictions
@@ -116,3 +116,24 @@ def test_active_negatives_against_brute_force():
         assert t.loc[s, "active_share"] == pytest.approx(np.mean(shares))
     with pytest.raises(ValueError):
         active_negatives(x, [31])
+
+
+def test_family_gains_use_the_family_copies_and_every_query_without_a_match():
+    gt, noisy = _toy(noise=1.5)
+    _, clean = _toy(noise=0.2)
+    fam = ["a" if i % 2 else "b" for i in range(60)]
+    qdf = pd.DataFrame({"query_id": gt.query_ids.astype(str), "family": fam, "has_match": gt.reference_ids != ""})
+    t = family_gains(gt, qdf, {"noisy": noisy, "clean": clean}, "noisy", n_boot=100)
+    assert list(t["family"]) == ["a", "b"]
+    for _, row in t.iterrows():
+        members = qdf[(qdf["family"] == row["family"]) | ~qdf["has_match"]]["query_id"]
+        assert row["value"] == pytest.approx(evaluate(gt, clean, "isc2021", queries=list(
+            qdf.loc[(qdf["family"] == row["family"]) & qdf["has_match"], "query_id"])).micro_ap, abs=1e-9)
+        assert row["value"] == pytest.approx(metrics_on(gt, clean, list(members))["micro_ap"], abs=1e-9)
+        assert row["low"] <= row["gain"] <= row["high"]
+
+    half = qdf.iloc[::2]
+    th = family_gains(gt, half, {"noisy": noisy, "clean": clean}, "noisy", n_boot=50)
+    for _, row in th.iterrows():
+        members = half[(half["family"] == row["family"]) | ~half["has_match"]]["query_id"]
+        assert row["value"] == pytest.approx(metrics_on(gt, clean, list(members))["micro_ap"], abs=1e-9)

@@ -177,23 +177,25 @@ def family_gains(gt: GroundTruth, queries: pd.DataFrame, runs: Mapping[str, Pred
     """Per transformation family, the gain of every run over ``baseline`` with its paired interval.
 
     A family's query set is its copies plus every query without a match (as per-family µAP is
-    defined by ``evaluate(queries=...)``).
+    defined by ``evaluate(queries=...)``), among the queries of ``queries`` only.
 
     Args:
-        queries: the benchmark's query table (query_id, family, has_match).
+        queries: the benchmark's query table (query_id, family, has_match), or some of its rows
+            (a held-out half): queries absent from it are left out.
 
     Returns:
         Columns: family, label, n_positives, baseline, value, gain, low, high, verdict.
     """
     ids = np.asarray(gt.query_ids, dtype=object).astype(str)
     q = queries.assign(query_id=queries["query_id"].astype(str)).set_index("query_id").reindex(ids)
+    inside = q["has_match"].notna().to_numpy()
     has = q["has_match"].fillna(False).to_numpy(bool)
     fam = q["family"].fillna("unknown").astype(str).to_numpy()
     scored = {k: prepare_scored(gt, p, protocol) for k, p in runs.items()}
     a = (1 - level) / 2
     rows = []
     for f in sorted(set(fam[has])):
-        mask = (has & (fam == f)) | ~has
+        mask = inside & ((has & (fam == f)) | ~has)
         W = _resample(mask, n_boot, seed)
         base = float(np.nan_to_num(_point(scored[baseline], mask)[metric], nan=0.0))
         base_rep = np.nan_to_num(weighted_metrics(scored[baseline], W)[metric], nan=0.0)
