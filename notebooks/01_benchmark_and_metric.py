@@ -153,7 +153,8 @@ print("\n".join(realism.verdict))
 # true matches clear a fixed threshold, and a correction for crowded neighbourhoods (notebook 2)
 # has more to correct than it would on a photo benchmark *of the same size*. Against DISC21 itself
 # (a million references) the opposite holds: far fewer distractors here. Notebook 2 measures
-# which effect wins. For real magnitudes, build a benchmark from your own photos
+# which effect wins against DISC21: score normalisation gains +0.041 µAP here against +0.109 on
+# DISC21 (smaller); the same-size photo comparison was not measured. For real magnitudes, build a benchmark from your own photos
 # (`imsim-lab bench build --source DIR`) or a DISC21 subset (`imsim-lab data subset`).
 
 # %% [markdown]
@@ -232,7 +233,7 @@ display(both[["micro_ap", "recall_at_p90", "n_predictions", "n_dropped"]])
 # copy detection, used as is (`imsim-lab run sscd`). The run folder below is what the explorer
 # shows. Its figures come with 95 % bootstrap intervals over queries: resample the queries with
 # replacement, recompute, keep the middle 95 %. With 220 copies (`small`) µAP is known to about
-# ±0.05; with 12 (`tiny`) to much less. The per-family chart tells which edits are hard.
+# ±0.06 (the `cpu` run: 0.691 [0.634, 0.748]); with 12 (`tiny`) to about ±0.3. The per-family chart tells which edits are hard.
 
 # %%
 from imsim_lab.analysis.calibration import calibration_figure, calibration_table, failure_gallery, metric_intervals, pr_curves
@@ -285,8 +286,8 @@ print(f"notebook time: {time.perf_counter() - t_notebook:.0f} s")
 # | SSCD disc_mixup (int8 ONNX), measured here | see the table above | | |
 #
 # Expected direction, and the check: disc-synth `small` has 1,000 references instead of a
-# million (`tiny`: 40), so far fewer distractors, so a **higher** µAP than the published 0.609
-# (compare with the interval above). Other differences, with no predicted direction: its images
+# million (`tiny`: 40), so far fewer distractors, so a **higher** µAP than the published 0.609.
+# The `cpu` run measures 0.691 [0.634, 0.748]: higher, with the whole interval above 0.609. Other differences, with no predicted direction: its images
 # are drawn scenes and a few natural photos, its families are our re-implementation of AugLy's
 # edits, and the SSCD model here is the int8 quantised ONNX export, not the original TorchScript.
 # On `tiny` (12 positives) a single query moves µAP by several points: read it as a smoke test,
@@ -304,5 +305,5 @@ print(f"notebook time: {time.perf_counter() - t_notebook:.0f} s")
 #    references (`bench.load_image`, `contact_sheet`) and say what the descriptor misses. Expect
 #    strong crops, overlays that cover most of the image or composites at the bottom.
 # 4. Re-run this notebook with `profile="cpu"`. Expect µAP's bootstrap interval to shrink from
-#    about ±0.3 (12 copies) to about ±0.05 (220 copies), and the per-family bars to stop jumping
-#    by whole queries.
+#    about ±0.3 (12 copies: [0.455, 1.000] in the `smoke` run) to about ±0.06 (220 copies:
+#    [0.634, 0.748]), and the per-family bars to stop jumping by whole queries.

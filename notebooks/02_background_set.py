@@ -205,6 +205,16 @@ gains = gains_table(bench.gt, runs, "sscd", n_boot=N_BOOT, seed=seed)
 display(gains.round(4))
 
 # %% [markdown]
+# What the `cpu` run measured (disc-synth `small`, seed 0, 1,000 paired resamples): raw SSCD
+# µAP 0.691 [0.634, 0.748]. Separable gains: stretching +0.064 [+0.038, +0.091], NES +0.036
+# [+0.024, +0.050], and PCA whitening to 256 alone +0.034 [+0.020, +0.050] (the projection that
+# makes a valid descriptor-track file also helps). Not separable: SSCD's score normalisation
+# +0.041 [−0.000, +0.087] and the S-square shift +0.035 [−0.007, +0.082]: larger point gains
+# than NES, but noisier. The isc2021 preset (f 2, $t_{10}$ only) is worse, −0.054 [−0.098, −0.005].
+# R@P90 falls with score normalisation (0.386 → 0.214), but its interval, −0.173 [−0.361,
+# +0.015], holds 0: with 220 copies R@P90 depends on a handful of confident wrong pairs.
+
+# %% [markdown]
 # ## Calibration pictures
 #
 # For each query: the score of its true pair (copies only) and the score of its best *wrong* pair.
@@ -316,7 +326,8 @@ print(f"notebook time: {time.perf_counter() - t_notebook:.0f} s")
 # What to expect here, and the check: disc-synth `small` has 1,000 references and 1,000
 # background images instead of a million of each, so far fewer crowded distractors to correct;
 # the prediction is a **smaller** gain of score normalisation than SSCD's +0.109 on DISC21. The
-# table above measures it (`sscd+sn` against `sscd`, with its interval). Notebook 1's realism
+# `cpu` run measures +0.041 [−0.000, +0.087]: smaller, as predicted, and not even separable
+# from 0 on this benchmark. Notebook 1's realism
 # report pulls the other way (distractors here are closer to each other than among photographs of
 # the same count), so a benchmark of real photos of the *same size* would likely show a smaller
 # gain still; that comparison was not measured. On `tiny` (12 copies) every figure moves by a
