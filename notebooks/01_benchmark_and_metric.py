@@ -31,8 +31,9 @@
 #   against each query's best wrong pair), its precision-recall curve and its failures.
 #
 # **What it costs** (measured on this project's 2-core machine, `notebooks/README.md`): `smoke`
-# (tiny benchmark) well under a minute; `cpu` (small benchmark) about 2-3 minutes, most of it
-# SSCD extraction and the realism measurement; `full` (DISC21: give `disc21_root`) not run here.
+# (tiny benchmark, built inside) 28 s at load 6-8; `cpu` (small benchmark) 77 s at load 6-7 with
+# the SSCD features already in the shared cache, plus about 2.5 minutes to extract them when they
+# are not (147 s for 3,000 images at load 5-6); `full` (DISC21: give `disc21_root`) not run here.
 # Everything this notebook computes comes from the library; the notebook only narrates.
 
 # %% tags=["parameters"]

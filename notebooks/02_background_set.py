@@ -33,8 +33,9 @@
 # * tune each knob honestly: chosen on one seeded half of the queries, reported on the other.
 #
 # **What it costs** (measured on this project's 2-core machine, see `notebooks/README.md`):
-# `smoke` about 30 s, `cpu` about 3 minutes with the SSCD features already extracted by notebook 1
-# (they are shared through a feature cache), plus about 1-2 minutes when they are not.
+# `smoke` 26-33 s at load 6-8; `cpu` 29 s idle (95 s at load 7-9) with the SSCD features already
+# extracted by notebook 1 (they are shared through a feature cache), plus about 2.5 minutes when
+# they are not (147 s for 3,000 images at load 5-6).
 
 # %% tags=["parameters"]
 profile = "smoke"        # "smoke" | "cpu" | "full"
