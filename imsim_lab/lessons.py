@@ -135,3 +135,23 @@ def contact_sheet(images: Sequence, captions: Sequence[str] = (), size: int = 16
             for line_no, part in enumerate([text[i:i + size // 7] for i in range(0, len(text), size // 7)][:2]):
                 draw.text((x + 3, y + size + 2 + 12 * line_no), part, fill="black")
     return sheet
+
+
+# ------------------------------------------------------------------------------------------------
+# shared features and query halves
+
+
+def feature_cache(results_dir: str | Path | None = None) -> str:
+    """``<results>/feature_cache``: the :class:`~imsim_lab.runner.RunOptions` ``feature_cache`` the
+    lessons share, so that every run of one model on one benchmark extracts its features once
+    (SSCD in notebooks 1 and 2, the trained ISCNet with and without NES in notebook 3)."""
+    return str(results_root(results_dir) / "feature_cache")
+
+
+def query_halves(query_ids: Sequence[str], seed: int = 0) -> tuple[list[str], list[str]]:
+    """Two disjoint seeded halves of the queries (tune, report): a sweep chooses on the first and
+    reports the second (:func:`imsim_lab.analysis.calibration.sweep_halves`). The same split as
+    notebook 3's fine-tune (:func:`imsim_lab.train.lyakaap.split_queries`): fine-tune half, held-out half."""
+    from .train.lyakaap import split_queries
+
+    return split_queries(query_ids, 0.5, seed)

@@ -24,11 +24,18 @@
 #
 # * see why raw scores are not comparable: some queries sit in crowded regions of descriptor
 #   space, and their wrong neighbours score as high as other queries' true matches;
-# * write four tricks from scratch in a few lines each and check them against the library:
-#   score normalisation (isc2021 baseline, SSCD), lyakaap's DBA + negative embedding subtraction
+# * write five tricks from scratch in a few lines each and check each against the library: score
+#   normalisation (isc2021 baseline, SSCD), lyakaap's DBA and negative embedding subtraction
 #   (NES), Bag of Tricks' descriptor stretching and S-square's query shift;
-# * compare them side by side on the same descriptors (SSCD, no training): µAP, R@P90, effect per
-#   transformation family, and sweeps of their hyper-parameters.
+# * compare them on the same descriptors (SSCD, no training): µAP and R@P90 with bootstrap
+#   intervals, each gain with its paired interval, per transformation family, and in calibration
+#   pictures (score histograms, precision-recall curves, failure cases);
+# * tune each knob honestly: chosen on one seeded half of the queries, reported on the other.
+#
+# **What it costs** (measured on this project's 2-core machine, see `notebooks/README.md`):
+# `smoke` 26-33 s at load 6-8; `cpu` 29 s idle (95 s at load 7-9) with the SSCD features already
+# extracted by notebook 1 (they are shared through a feature cache), plus about 2.5 minutes when
+# they are not (147 s for 3,000 images at load 5-6).
 
 # %% tags=["parameters"]
 profile = "smoke"        # "smoke" | "cpu" | "full"
@@ -37,36 +44,53 @@ disc21_root = None       # profile "full": a DISC21 folder in the benchmark form
 seed = 0
 
 # %%
-import shutil
+import time
 
 import numpy as np
 import pandas as pd
 import plotly.express as px
 from IPython.display import display
 
-from imsim_lab.methods import postprocess as pp
+from imsim_lab.analysis.calibration import (calibration_figure, calibration_table, failure_gallery, family_gains,
+                                            gains_table, metric_intervals, paired_gain, pr_curves, sweep_halves)
+from imsim_lab.analysis.report.figures import OKABE_ITO, pr_figure
+from imsim_lab.eval.formats import read_predictions
 from imsim_lab.features import ExtractConfig, load_features
-from imsim_lab.methods import get_method, prepare
+from imsim_lab.methods import get_method, postprocess as pp, prepare
 from imsim_lab.runner import RunOptions, run_method
 from imsim_lab.search import knn
-from imsim_lab.lessons import check_profile, evaluate_prepared, family_metrics, lesson_benchmark, run_dir
+from imsim_lab.lessons import (check_profile, contact_sheet, evaluate_prepared, feature_cache, lesson_benchmark,
+                               query_halves, run_dir)
 
 check_profile(profile)
 NOTEBOOK = "02_background_set"
-opts = RunOptions(extract=ExtractConfig(batch_size=32, num_workers=0 if profile == "smoke" else 2))
+N_BOOT = 200 if profile == "smoke" else 1000
+t_notebook = time.perf_counter()
+opts = RunOptions(extract=ExtractConfig(batch_size=32, num_workers=0 if profile == "smoke" else 2),
+                  feature_cache=feature_cache(results_dir))
 
 # %% [markdown]
 # ## The data and the descriptors
 #
 # The benchmark of the profile, and SSCD descriptors (512-d, L2-normalised) of its queries
-# `xq`, references `xb` and training images `xt`. The first run folder (`sscd+sn`) extracts all
-# three; the other methods reuse its features (the post-processing is all that changes).
+# `xq`, references `xb` and training images `xt` (the background set: no query is a copy of a
+# training image). The first run folder (`sscd+sn`) extracts all three, or finds them in the
+# shared feature cache (`RunOptions(feature_cache=...)`) when notebook 1 already ran SSCD; every
+# other method below reuses them: only the post-processing changes.
 
 # %%
 bench = lesson_benchmark(profile, results_dir, seed, disc21_root)
-display(pd.Series(bench.counts(), name=bench.name).to_frame().T)
+counts = bench.counts()
+display(pd.Series(counts, name=bench.name).to_frame().T)
+q = bench.queries
+shown = q[q["has_match"]].head(4)
+display(contact_sheet([im for _, r in shown.iterrows() for im in (bench.load_image(r["reference_id"]),
+                                                                  bench.load_image(r["query_id"]))],
+                      [c for _, r in shown.iterrows() for c in (f"reference {r['reference_id']}",
+                                                                f"copy {r['query_id']} ({r['family']})")],
+                      size=150, cols=8))
 
-METHODS = ["sscd", "sscd+sn", "sscd+sn_isc", "sscd+nes", "sscd+stretch", "sscd+ssquare"]
+METHODS = ["sscd", "sscd+sn", "sscd+sn_isc", "sscd+nes", "sscd+stretch", "sscd+ssquare", "sscd+pcaw256"]
 first = run_dir(NOTEBOOK, "sscd+sn", results_dir, profile)
 run_method("sscd+sn", bench.root, first, opts=opts)
 feats = {s: load_features(first / "features", s) for s in ("query", "reference", "training")}
@@ -79,8 +103,9 @@ print("xq", xq.shape, "xb", xb.shape, "xt", xt.shape)
 #
 # For each query, the mean similarity to its 3 nearest *training* images measures how crowded
 # its neighbourhood is. Training images are never copies, so a high value means "this query
-# looks like many unrelated images". Plot it against the score of the query's best reference:
-# queries without a match (red) in crowded places reach the scores of true matches (blue).
+# looks like many unrelated images". Plot it against the score of the query's best reference,
+# coloured by what that best reference is: queries without a copy that sit in crowded places
+# reach the scores of true matches.
 
 # %%
 n_bg = min(3, len(xt))
@@ -88,16 +113,18 @@ D_t, _ = knn(xq, xt, n_bg, "ip")
 density = D_t.mean(1)
 D_b, I_b = knn(xq, xb, 1, "ip")
 truth = dict(zip(bench.gt.query_ids, bench.gt.reference_ids))
-top_correct = np.array([truth.get(q) == rids[i] for q, i in zip(qids, I_b[:, 0])])
-has_match = np.array([truth.get(q, "") != "" for q in qids])
+top_correct = np.array([truth.get(q_) == rids[i] for q_, i in zip(qids, I_b[:, 0])])
+has_match = np.array([truth.get(q_, "") != "" for q_ in qids])
 kind = np.where(top_correct, "top-1 is the copy", np.where(has_match, "has a copy, top-1 wrong", "no copy"))
+kinds = ["top-1 is the copy", "has a copy, top-1 wrong", "no copy"]
 fig = px.scatter(x=density, y=D_b[:, 0], color=kind, labels={"x": f"mean top-{n_bg} similarity to training",
-                 "y": "best reference similarity"}, title="Crowded queries score high without being copies")
+                 "y": "best reference similarity", "color": ""}, category_orders={"color": kinds},
+                 color_discrete_map=dict(zip(kinds, OKABE_ITO)), title="Crowded queries score high without being copies")
 fig.show()
 print("correlation (no-copy queries):", np.corrcoef(density[~has_match], D_b[~has_match, 0])[0, 1].round(3))
 
 # %% [markdown]
-# ## The four tricks, from scratch, checked against the library
+# ## Five tricks, from scratch, checked against the library
 #
 # With $t_k$ the $k$-th nearest training descriptor of a query $q$ (inner product):
 #
@@ -108,126 +135,217 @@ print("correlation (no-copy queries):", np.corrcoef(density[~has_match], D_b[~ha
 # | stretching (BoT) | $q' = c \cdot \operatorname{mean}_{k\le 5}(q\cdot t_k)\, q$ | c=2.5 |
 # | query shift (S-square) | $q' = q + a\sqrt{\operatorname{mean}_{k\le3}\cos(q,t_k)}\, \operatorname{norm}(\operatorname{mean}_{k\le K} \frac{q-t_k}{\lVert q-t_k\rVert})$ | a=1.8, K=100 |
 #
-# Score normalisation only changes scores (never the order inside one query); the other three
-# move vectors, so the result is still a valid L2 descriptor-track submission.
+# Score normalisation only changes scores (never the order inside one query); the other tricks
+# move vectors. **The descriptor track accepts at most 256 dimensions** (the ISC2021 rule for
+# descriptor submissions, compared with L2; `imsim_lab.eval.formats.write_descriptors` enforces
+# it); SSCD is 512-d, so none of these outputs is a valid descriptor-track
+# file as it stands (the library refuses to write the HDF5 and says why in `config.json`), and a
+# score-normalised output is a list of scored pairs, i.e. a matching-track submission. What makes
+# a descriptor valid is a projection to 256 dimensions fitted on the training images, as S-square
+# did (8-model concatenation → PCA whitening to 256, then the shift): `sscd+pcaw256` below is that
+# projection alone.
 
 # %%
-def top_k(x, k):  # the neighbours in the background set, brute force
-    S = x @ xt.T
-    idx = np.argsort(-S, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(S, idx, 1), idx
-
 k_sn = min(3, len(xt))
-bias_by_hand = 1.0 * top_k(xq, k_sn)[0].mean(1)
+D_sn, _ = knn(xq, xt, k_sn, "ip", backend="numpy")             # brute force: exact neighbours
+bias_by_hand = 1.0 * D_sn.mean(1)
 assert np.allclose(bias_by_hand, pp.score_norm_bias(xq, xt, factor=1.0, n=k_sn, mode="avg"), atol=1e-5)
 
 k_nes = min(10, len(xt))
-S, idx = top_k(xt, k_nes)
-t_dba = np.einsum("ik,ikd->id", S.astype(np.float64) ** 3, xt[idx].astype(np.float64))
+S_t, I_t = knn(xt, xt, k_nes, "ip", backend="numpy")            # each training image's neighbours (itself first)
+t_dba = np.einsum("ik,ikd->id", S_t.astype(np.float64) ** 3, xt[I_t].astype(np.float64))
 t_dba /= np.linalg.norm(t_dba, axis=1, keepdims=True)
 neg = pp.dba(xt, k_nes, 3.0)
 assert np.allclose(t_dba, neg, atol=1e-4)
-_, nidx = knn(xq, neg, k_nes, "ip")
+_, nidx = knn(xq, neg, k_nes, "ip", backend="numpy")
 q_nes = xq - 0.35 * neg[nidx].mean(1)
 q_nes /= np.linalg.norm(q_nes, axis=1, keepdims=True)
 assert np.allclose(q_nes, pp.nes(xq, neg, beta=0.35, k=k_nes, n_iter=1), atol=1e-4)
 
 k_st = min(5, len(xt))
-q_st = 2.5 * top_k(xq, k_st)[0].mean(1, keepdims=True) * xq
+q_st = 2.5 * knn(xq, xt, k_st, "ip", backend="numpy")[0].mean(1, keepdims=True) * xq
 assert np.allclose(q_st, pp.stretch(xq, xt, c=2.5, n=k_st), atol=1e-5)
-print("score normalisation, DBA, NES and stretching by hand == library")
+
+K_sq, sub = min(100, len(xt)), xq[:200]                         # 200 queries keep the (n, K, d) array small
+_, I_sq = knn(sub, xt, K_sq, "ip", backend="numpy")
+diff = sub[:, None, :].astype(np.float64) - xt[I_sq]             # q - t_k, (n, K, d)
+dist = np.linalg.norm(diff, axis=2)
+escape = (diff / dist[..., None]).mean(1)                        # mean unit vector away from the crowd
+escape /= np.linalg.norm(escape, axis=1, keepdims=True)
+cos3 = (1 - dist[:, :3] ** 2 / 2).mean(1)                        # unit vectors: cos = 1 - |q - t|^2 / 2
+q_sq = sub + 1.8 * np.sqrt(np.clip(cos3, 0, None))[:, None] * escape
+assert np.allclose(q_sq, pp.ssquare_shift(sub, xt, a=1.8, K=K_sq, top=3), atol=1e-4)
+print("score normalisation, DBA, NES, stretching and the S-square shift by hand == library")
 
 # %% [markdown]
-# ## Side by side
+# ## Side by side, with intervals
 #
-# One run folder per method (the explorer compares them). The features are copied from the
-# first run: extraction is the expensive part and does not depend on the post-processing.
+# One run folder per method (the explorer compares them), all from the same features. The
+# intervals are 95 % percentile bootstrap intervals over queries; each gain over raw SSCD is
+# measured on the **same** resamples for both methods (a paired bootstrap), so the noise of the
+# benchmark (which queries happen to be in it) largely cancels. A gain whose interval holds 0 is
+# *not separable* on this benchmark.
 
 # %%
-rows, runs = [], {}
+runs, results, rows = {}, {}, []
 for name in METHODS:
     out = run_dir(NOTEBOOK, name, results_dir, profile)
-    if out != first and not (out / "features").exists():
-        shutil.copytree(first / "features", out / "features")
-    runs[name] = run_method(name, bench.root, out, opts=opts)
-    for protocol, m in runs[name].metrics.items():
-        rows.append({"method": name, "protocol": protocol, "micro_ap": m["micro_ap"],
-                     "recall_at_p90": m["recall_at_p90"], "description": get_method(name).description})
-table = pd.DataFrame(rows)
-display(table.pivot(index="method", columns="protocol", values=["micro_ap", "recall_at_p90"]).round(4))
+    res = results[name] = run_method(name, bench.root, out, opts=opts)
+    runs[name] = read_predictions(out / "predictions.csv")
+    iv = metric_intervals(bench.gt, runs[name], n_boot=N_BOOT, seed=seed)
+    rows.append({"method": name, "µAP": iv.loc["micro_ap", "value"],
+                 "µAP 95 %": f"[{iv.loc['micro_ap', 'low']:.3f}, {iv.loc['micro_ap', 'high']:.3f}]",
+                 "R@P90": iv.loc["recall_at_p90", "value"],
+                 "R@P90 95 %": f"[{iv.loc['recall_at_p90', 'low']:.3f}, {iv.loc['recall_at_p90', 'high']:.3f}]",
+                 "R@1": iv.loc["recall_at_rank1", "value"], "drivendata µAP": res.metrics["drivendata"]["micro_ap"],
+                 "descriptor-track file": not (res.config.get("notes") or {}).get("descriptors.h5", "").startswith(
+                     "not written")})
+table = pd.DataFrame(rows).set_index("method")
+display(table.round(4))
+gains = gains_table(bench.gt, runs, "sscd", n_boot=N_BOOT, seed=seed)
+display(gains.round(4))
+
+# %% [markdown]
+# What the `cpu` run measured (disc-synth `small`, seed 0, 1,000 paired resamples): raw SSCD
+# µAP 0.691 [0.634, 0.748]. Separable gains: stretching +0.064 [+0.038, +0.091], NES +0.036
+# [+0.024, +0.050], and PCA whitening to 256 alone +0.034 [+0.020, +0.050] (the projection that
+# makes a valid descriptor-track file also helps). Not separable: SSCD's score normalisation
+# +0.041 [−0.000, +0.087] and the S-square shift +0.035 [−0.007, +0.082]: larger point gains
+# than NES, but noisier. The isc2021 preset (f 2, $t_{10}$ only) is worse, −0.054 [−0.098, −0.005].
+# R@P90 falls with score normalisation (0.386 → 0.214), but its interval, −0.173 [−0.361,
+# +0.015], holds 0: with 220 copies R@P90 depends on a handful of confident wrong pairs.
+
+# %% [markdown]
+# ## Calibration pictures
+#
+# For each query: the score of its true pair (copies only) and the score of its best *wrong* pair.
+# A single threshold works only where the two histograms do not overlap. Score normalisation
+# shifts every crowded query's scores down, which pulls the wrong pairs to the left more than the
+# true ones; the vector tricks do the same through the L2 distance (scores there are −squared L2,
+# so each panel has its own axis). The precision-recall curves show where the area (µAP) is won:
+# at high precision, by pushing the confident wrong pairs below the true ones.
+
+# %%
+shown_runs = {k: runs[k] for k in ("sscd", "sscd+sn", "sscd+nes", "sscd+stretch", "sscd+ssquare")}
+cal = calibration_table(bench.gt, shown_runs)
+calibration_figure(cal).show()
+display(pd.Series(cal.attrs["overlap"], name="share of true pairs at or below the median best wrong pair").round(3))
+pr_figure(pr_curves(bench.gt, shown_runs)).show()
+
+# %% [markdown]
+# The failures that remain after score normalisation: missed copies (true reference not first,
+# or scored below the score at 90 % precision) next to what was retrieved instead, then the most
+# confident false positives.
+
+# %%
+sheet, cases = failure_gallery(bench, runs["sscd+sn"], results["sscd+sn"].metrics["isc2021"]["threshold_at_p90"], n=3)
+display(cases.round(3))
+if sheet is not None:
+    display(sheet)
 
 # %% [markdown]
 # ## Effect per transformation family
 #
-# µAP of each family (its positives plus all queries without a match) minus the raw SSCD µAP
-# of the same family: where does the background set help, where does it hurt?
+# The gain of each trick over raw SSCD within each family (its copies plus every query without a
+# match), with its paired interval: cells marked "not separable" are within the noise of the few
+# copies a family has here.
 
 # %%
-fam_rows = []
-for name in METHODS:
-    spec = get_method(name)
-    prep = prepare(spec, xq, xb, xt, spec.resolve()[1])
-    _, preds = evaluate_prepared(bench, qids, rids, prep, "isc2021")
-    fam_rows.append(family_metrics(bench, preds, "isc2021").assign(method=name))
-fams = pd.concat(fam_rows)
-wide = fams.pivot(index="family", columns="method", values="micro_ap")
-delta = wide.sub(wide["sscd"], axis=0).drop(columns="sscd")
-fig = px.imshow(delta.round(3), color_continuous_scale="RdBu", color_continuous_midpoint=0, aspect="auto",
+fg = family_gains(bench.gt, bench.queries, {k: runs[k] for k in METHODS if k != "sscd+pcaw256"}, "sscd",
+                  n_boot=min(N_BOOT, 300), seed=seed)
+wide = fg.pivot(index="family", columns="label", values="gain")
+fig = px.imshow(wide.round(3), color_continuous_scale="RdBu", color_continuous_midpoint=0, aspect="auto",
                 text_auto=True, title="µAP change per family against raw SSCD")
 fig.show()
+display(fg.groupby("label")["verdict"].value_counts().unstack(fill_value=0))
 
 # %% [markdown]
-# ## Hyper-parameter sweeps
+# ## Hyper-parameter sweeps: tune on one half, report on the other
 #
-# Each trick has one strength knob. The sweeps run on the descriptors in memory
-# (`imsim_lab.methods.prepare` + the evaluation used by the runs).
+# Each trick has a strength knob. Picking the best value on all queries and quoting its µAP
+# reports the maximum of several noisy measurements: it is biased upwards. Here the queries are
+# split once, with a seed, into two halves (each with its copies and its queries without a match);
+# each sweep **chooses** its value on the tuning half and **reports** µAP of that value on the
+# other half, next to the published value on the same half, with the paired interval of their
+# difference. The authors' phase-1 / phase-2 gap is the same effect at full scale.
 
 # %%
-sweeps = {"sscd+sn": ("factor", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0]), "sscd+nes": ("beta", [0.0, 0.1, 0.2, 0.35, 0.5, 0.8]),
-          "sscd+stretch": ("c", [0.5, 1.0, 2.0, 2.5, 3.0, 4.0]), "sscd+ssquare": ("a", [0.0, 0.5, 1.0, 1.8, 2.5, 3.5])}
-sweep_rows = []
+tune_q, report_q = query_halves(bench.gt.query_ids, seed)
+sweeps = {"sscd+sn": ("factor", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0]),
+          "sscd+nes": ("beta", [0.0, 0.1, 0.2, 0.35, 0.5, 0.8, 1.0]),
+          "sscd+stretch": ("c", [0.5, 1.0, 2.0, 2.5, 3.0, 4.0]),
+          "sscd+ssquare": (("a", "K"), [(a, K) for K in (10, 30, 100) for a in (0.5, 1.0, 1.8, 2.5)])}
+defaults = {"sscd+sn": 1.0, "sscd+nes": 0.35, "sscd+stretch": 2.5, "sscd+ssquare": (1.8, 100)}
+sweep_rows, found = [], []
 for name, (param, values) in sweeps.items():
     spec = get_method(name)
-    for v in values:
-        m, _ = evaluate_prepared(bench, qids, rids, prepare(spec, xq, xb, xt, spec.resolve({param: v})[1]))
-        sweep_rows.append({"method": name, "param": param, "value": v, "micro_ap": m.micro_ap,
-                           "recall_at_p90": m.recall_at_p90 or 0.0})
-sw = pd.DataFrame(sweep_rows)
-fig = px.line(sw, x="value", y="micro_ap", color="method", facet_col="method", markers=True,
-              title="µAP against each trick's strength (published default marked in the text)")
-fig.update_xaxes(matches=None)
+    over = (lambda v: dict(zip(param, v))) if isinstance(param, tuple) else (lambda v: {param: v})
+    predict = (lambda v: evaluate_prepared(bench, qids, rids, prepare(spec, xq, xb, xt, spec.resolve(over(v))[1]))[1])
+    sw = sweep_halves(bench.gt, values, predict, tune_q, report_q)
+    vs = paired_gain(bench.gt, predict(defaults[name]), predict(sw.chosen), queries=report_q, n_boot=N_BOOT, seed=seed)
+    sweep_rows.append(sw.table.assign(method=name, value=sw.table["value"].astype(str)))
+    at_default = sw.table[sw.table["value"].astype(str) == str(defaults[name])]
+    found.append({"method": name, "knob": "/".join(param) if isinstance(param, tuple) else param,
+                  "published": str(defaults[name]), "chosen on tune half": str(sw.chosen),
+                  "µAP tune half": sw.tuned, "µAP report half (chosen)": sw.reported,
+                  "µAP report half (published)": float(at_default["report_micro_ap"].iloc[0]),
+                  "chosen − published, 95 %": f"{vs.diff:+.4f} [{vs.low:+.4f}, {vs.high:+.4f}]",
+                  "verdict": "same value" if str(sw.chosen) == str(defaults[name]) else vs.verdict.replace("b ", ""),
+                  "best on report half alone": str(sw.best_on_report)})
+sw_all = pd.concat(sweep_rows)
+fig = px.line(sw_all.melt(id_vars=["method", "value"], value_vars=["tune_micro_ap", "report_micro_ap"],
+                          var_name="half", value_name="micro_ap"),
+              x="value", y="micro_ap", color="half", facet_col="method", facet_col_wrap=2, markers=True,
+              color_discrete_sequence=OKABE_ITO, title="µAP against each knob, on the tuning and the reporting half")
+fig.update_xaxes(matches=None, type="category")
 fig.show()
-display(sw.loc[sw.groupby("method")["micro_ap"].idxmax()])
+found = pd.DataFrame(found).set_index("method")
+display(found.round(4))
+display(sw_all.set_index(["method", "value"])[["tune_micro_ap", "report_micro_ap", "report_recall_at_p90"]].round(4))
+print(f"notebook time: {time.perf_counter() - t_notebook:.0f} s")
 
 # %% [markdown]
 # ## Why all of them work
 #
-# All four use the same signal: how similar a query is to images that are certainly *not* its
+# All five use the same signal: how similar a query is to images that are certainly *not* its
 # copy. Score normalisation subtracts it from the score; stretching lengthens the query by it
 # (an L2 search then penalises crowded queries); NES pushes the vector away from its crowd; the
 # S-square shift moves the query out of its crowd along the mean escape direction. Each makes a
 # score of 0.8 mean the same for a lonely query and for a crowded one, which is exactly what a
-# metric pooled over queries (µAP) rewards. None changes which reference is nearest for a
-# query under score normalisation; NES and shifts can, a little.
+# metric pooled over queries (µAP) rewards. Score normalisation never changes which reference is
+# nearest for a query; NES and the shifts can, a little.
 #
 # ## What the papers report, and why it differs here
 #
-# | | data | raw µAP | with the trick |
-# |---|---|---|---|
-# | SSCD + score normalisation (sscd docs) | DISC21 dev, 1M refs, 1M training | 0.609 | 0.718 (R@P90 0.377 → 0.625) |
-# | ISC MultiGrain baseline + SN (f=2, n=10) | DISC21 dev 25k | 0.154 | 0.365 |
-# | lyakaap DBA + NES, S-square shift, BoT stretching | DISC21 | per-trick gains not verified (paper tables) | |
+# | | data | raw µAP | with the trick | source |
+# |---|---|---|---|---|
+# | SSCD + score normalisation (β 1, top 3) | DISC21 dev, 1M references, 1M training | 0.609 | 0.718 (R@P90 0.377 → 0.625) | sscd `docs/Evaluation.md` |
+# | ISC MultiGrain baseline + SN (f 2, n 10) | DISC21 dev, 25k queries | 0.154 | 0.365 | isc2021 `docs/5_multigrain_full.md` |
+# | S-square: 8-model concatenation + PCAW256, then the query shift (a 1.8, K 100) | DISC21 phase 1, public GT | 0.6869 | 0.7267 (R@P90 0.5742 → 0.6522) | outputs saved in S-square's `phase2_scripts/submissions_v9.ipynb` |
+# | lyakaap DBA + NES, BoT stretching | DISC21 | the per-trick gains are in the papers' ablation tables (arXiv 2112.04323, 2111.08004), not read here | | |
 #
-# On disc-synth the background set is as small as the reference set (24 images on `tiny`,
-# 1,000 on `small`), so its density estimate is coarse, and with a few hundred references there
-# are few crowded distractors to correct: expect smaller, noisier gains than on DISC21, and on
-# `tiny` differences of a query or two. The measured table above is what this benchmark says.
+# What to expect here, and the check: disc-synth `small` has 1,000 references and 1,000
+# background images instead of a million of each, so far fewer crowded distractors to correct;
+# the prediction is a **smaller** gain of score normalisation than SSCD's +0.109 on DISC21. The
+# `cpu` run measures +0.041 [−0.000, +0.087]: smaller, as predicted, and not even separable
+# from 0 on this benchmark. Notebook 1's realism
+# report pulls the other way (distractors here are closer to each other than among photographs of
+# the same count), so a benchmark of real photos of the *same size* would likely show a smaller
+# gain still; that comparison was not measured. On `tiny` (12 copies) every figure moves by a
+# query or two.
 #
 # ## Exercises
 #
-# 1. Score normalisation never changes the ranking inside one query. Check it on `preds` of
-#    `sscd` and `sscd+sn` for ten queries.
-# 2. Replace the training set by the reference set as "background" in score normalisation.
-#    What goes wrong, and why did the rules forbid it?
-# 3. NES with 3 iterations (the function's default before lyakaap set 1): better or worse here?
-# 4. Shrink the background set to 10 % (`xt[::10]`) and redo the sweep of `sscd+sn`.
+# 1. Score normalisation never changes the ranking inside one query. Check it on `runs["sscd"]`
+#    and `runs["sscd+sn"]` for ten queries (sort each query's predictions by score). Expect the
+#    same reference order for every query with a constant shift of its scores.
+# 2. Use the reference set instead of the training set as "background" in score normalisation
+#    (`prepare(get_method("sscd+sn"), xq, xb, xb, ...)`). What goes wrong, and why? Expect µAP to
+#    fall below raw SSCD: a copy's own reference is among its nearest "background" images, so the
+#    queries that have a copy are penalised most.
+# 3. NES with 3 iterations (`n_iter=3`, the function's default before lyakaap set 1): expect a
+#    small change; measure it with `paired_gain` before calling it better or worse.
+# 4. Shrink the background set to 10 % (`xt[::10]`) and redo the `sscd+sn` sweep with
+#    `sweep_halves`. Expect the chosen factor and the gain to drop: the density estimate is coarser.
+# 5. Swap the halves (`report_q, tune_q`): do the chosen values stay? Where they do not, the sweep
+#    was choosing noise.

@@ -70,13 +70,16 @@ class TwoViewImages:
         negatives: extra negative images (reference images), ``n_negatives`` per sample
             (moderate view, labels ``NEGATIVE_OFFSET + j``).
         assets: fonts/emoji and other images by id (default: the training images themselves).
+        hard_only: both views hard (two independent draws) instead of one moderate and one hard
+            (random erasing stays on the second view only).
 
     Item: ``(x, y)`` with x (2 + n_negatives, 3, s, s) float32 and y (2 + n_negatives,) int64.
     """
 
     def __init__(self, paths: Sequence[str | Path], stage: ViewStage, mean, std, seed: int = 0,
                  ids: Sequence[str] | None = None, negatives: Sequence[str | Path] = (), n_negatives: int = 0,
-                 assets: Assets | None = None):
+                 assets: Assets | None = None, hard_only: bool = False):
+        self.hard_only = bool(hard_only)
         self.paths = [str(p) for p in paths]
         if not self.paths:
             raise TrainDataError("no training images")
@@ -95,7 +98,8 @@ class TwoViewImages:
     def views(self, index: int, epoch: int = 0):
         """The two PIL views of image ``index`` at ``epoch`` and the names of their steps."""
         img = load_rgb(self.paths[index])
-        a, sa = moderate_view(img, self.stage, view_rng(self.seed, epoch, index, 0))
+        a, sa = moderate_view(img, self.stage, view_rng(self.seed, epoch, index, 0)) if not self.hard_only else \
+            hard_view(img, self.stage, view_rng(self.seed, epoch, index, 4), self.assets, self.ids, exclude=self.ids[index])
         b, sb = hard_view(img, self.stage, view_rng(self.seed, epoch, index, 1), self.assets, self.ids,
                           exclude=self.ids[index])
         return (a, sa), (b, sb)
