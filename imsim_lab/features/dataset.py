@@ -28,9 +28,12 @@ class ImageTooLarge(ValueError):
     """An image over :data:`MAX_PIXELS` (reported as a failure by id, not decoded)."""
 
 
-def read_image(path: str | Path, max_pixels: int = MAX_PIXELS):
-    """Open and fully decode an image as RGB (raises on any problem, :class:`ImageTooLarge` above
-    ``max_pixels`` before decoding: only the header is read)."""
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS, mode: str = "RGB"):
+    """Open and fully decode an image as RGB, or as luma with ``mode="L"`` (raises on any problem,
+    :class:`ImageTooLarge` above ``max_pixels`` before decoding: only the header is read).
+
+    With ``mode="L"`` a JPEG is decoded straight to its luma plane (the JFIF Y channel, which is
+    ITU-R 601 luma: within rounding of converting the decoded RGB), skipping the chroma."""
     import warnings
 
     from PIL import Image
@@ -43,8 +46,10 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS):
             if w * h > max_pixels:
                 raise ImageTooLarge(f"{w}x{h} = {w * h / 1e6:.0f} megapixels, over the limit of "
                                     f"{max_pixels / 1e6:.0f} (skipped)")
+            if mode == "L" and im.format == "JPEG":
+                im.draft("L", im.size)
             im.load()
-            return im if im.mode == "RGB" else im.convert("RGB")
+            return im if im.mode == mode else im.convert(mode)
 
 
 class ImageFiles:
@@ -59,7 +64,9 @@ class ImageFiles:
 
     def __getitem__(self, i: int):
         try:
-            return i, self.preprocess(read_image(self.paths[i])), None
+            # a preprocessing that only needs luma says so (``decode_mode = "L"``: local features)
+            mode = getattr(self.preprocess, "decode_mode", "RGB")
+            return i, self.preprocess(read_image(self.paths[i], mode=mode)), None
         except Exception as e:  # noqa: BLE001 - any failure is reported by id, not raised
             return i, None, f"{type(e).__name__}: {e}"
 

@@ -108,6 +108,8 @@ class LocalPreprocess:
 
     def __init__(self, cfg: LocalConfig):
         self.cfg = cfg
+        #: read by :class:`~imsim_lab.features.dataset.ImageFiles`: decode JPEGs straight to luma
+        self.decode_mode = "L" if cfg.grayscale else "RGB"
 
     def output_size(self, w: int, h: int) -> tuple[int, int]:
         """(w, h) after the resize rule, for an input of (w, h)."""
