@@ -257,3 +257,21 @@ def make_matching_run(sscd: Path, out: Path) -> Path:
     write_outputs(out, config, preds, metrics, per_query_from_predictions(bench.queries, preds),
                   {"candidates": 0.1, "rescore": 5.0}, candidates=df)
     return out
+
+
+APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
+
+
+def app(monkeypatch, runs_dir, page, timeout: float = 120, **params):
+    """An AppTest of the explorer on ``runs_dir`` at ``page`` with these query parameters, run and
+    checked to raise nothing."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("IMSIM_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    at.switch_page(page)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at

@@ -1,27 +1,14 @@
 """Every explorer page under Streamlit's AppTest, on a tiny benchmark and real runs made by the demo."""
 
 import json
-from pathlib import Path
 
-from support import make_mini_bench, scored_predictions, write_run
+from support import app, make_mini_bench, scored_predictions, write_run
 
-APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
 PAGES = ["views/leaderboard.py", "views/families.py", "views/failures.py", "views/compare.py", "views/browser.py",
          "views/submit.py"]
 METHODS = ["pdq", "sscd", "sscd+sn"]
 
 
-def app(monkeypatch, runs_dir, page, **params):
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("IMSIM_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.switch_page(page)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def frame(at, i=0):

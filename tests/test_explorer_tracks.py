@@ -3,28 +3,16 @@ under Streamlit's AppTest, on the demo's tiny runs plus a matching run made from
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from support import make_matching_run
-
-APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
+from support import app as support_app, make_matching_run
 
 
 def app(monkeypatch, runs_dir, page, **params):
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("IMSIM_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.switch_page(page)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return support_app(monkeypatch, runs_dir, page, timeout=180, **params)
 
 
 def charts(at):

@@ -11,8 +11,13 @@ from pathlib import Path
 from ..errors import ImsimError
 
 
-def read_state(path: str | Path, what: str = "--init") -> dict:
-    """A ``state_dict`` of tensors from ``path`` (a ``weights.pt`` or a checkpoint's ``model``).
+def read_state(path: str | Path, what: str = "--init", expected: str = "") -> dict:
+    """A ``state_dict`` of tensors from ``path`` (a ``weights.pt`` or a checkpoint's ``model``),
+    memory-mapped where the file's format allows it.
+
+    Args:
+        what: how the file is named in messages. expected: what the file should have been, added to
+            the message when it holds no state_dict.
 
     Raises:
         ImsimError: missing, unreadable, or not a state_dict of tensors.
@@ -25,7 +30,10 @@ def read_state(path: str | Path, what: str = "--init") -> dict:
     if not path.is_file():
         raise ImsimError(f"{path}: {what} weights file not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # files of the legacy format cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated or foreign files
         why = ("not a file written by torch.save, or one holding more than tensors"
                if isinstance(e, pickle.UnpicklingError) else (str(e).strip().splitlines() or [""])[0][:160])
@@ -33,7 +41,7 @@ def read_state(path: str | Path, what: str = "--init") -> dict:
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ImsimError(f"{path}: {what} holds no state_dict of tensors")
+        raise ImsimError(f"{path}: {what} holds no state_dict of tensors" + (f" ({expected})" if expected else ""))
     return state
 
 

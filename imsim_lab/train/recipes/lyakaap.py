@@ -180,25 +180,10 @@ def check_init(path: str | Path, backbone: str, dim: int) -> None:
     from ...features.models import get_config
     from ...features.models.timm_descriptor import TimmDescriptorNet
     from ...features.models.weights import state_dict_mismatch
+    from ..initcheck import read_state
 
     path = Path(path)
-    if not path.is_file():
-        raise ImsimError(f"{path}: --init weights file not found")
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # files of the legacy format cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated or foreign files
-        import pickle
-
-        why = ("not a file written by torch.save, or one holding more than tensors"
-               if isinstance(e, pickle.UnpicklingError) else (str(e).strip().splitlines() or [""])[0][:160])
-        raise ImsimError(f"{path}: --init is not a readable weights file ({type(e).__name__}: {why})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ImsimError(f"{path}: --init holds no state_dict of tensors (expected a weights.pt of an earlier stage)")
+    state = read_state(path, "--init", "expected a weights.pt of an earlier stage")
     extra = get_config("isc_effnetv2m", backbone=backbone, dim=dim).extra
     with torch.device("meta"):
         net = TimmDescriptorNet(backbone, dim, extra["gem_p"], extra["gem_learnable"], extra["head"])
