@@ -139,3 +139,13 @@ def training_summary(recipe: str, result, world: int, images_per_step: int,
             "images_per_second": round(done * images_per_step / step_seconds, 2) if step_seconds else None,
             "history": str(result.out / "history.json"),
             "evaluate": shlex.join(evaluate) if evaluate else None}
+
+
+def add_trainer_arguments(p) -> None:
+    """The options every recipe passes to the shared trainer: AMP, loader workers, checkpoint
+    interval, seed and device (one definition, the same defaults and help in every recipe)."""
+    p.add_argument("--amp", default="auto", help="auto (bf16/fp16 on CUDA, off on CPU), off, bf16 or fp16")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per rank")
+    p.add_argument("--checkpoint-every", type=int, default=200, help="optimiser steps between checkpoints")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda (default: CUDA if present)")

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from ...errors import ImsimError
-from .base import PublishedStep, Recipe, RunStart, TrainSession, training_summary
+from .base import PublishedStep, Recipe, RunStart, TrainSession, add_trainer_arguments, training_summary
 
 #: the registered method that evaluates a trained ISCNet (timm trunk + GeM p=1 + linear-BN head)
 EVAL_METHOD = "iscnet"
@@ -49,11 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimiser step")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--lr-schedule", default="constant", help="constant (default), linear (v98) or cosine")
-    p.add_argument("--amp", default="auto", help="auto (bf16/fp16 on CUDA, off on CPU), off, bf16 or fp16")
-    p.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per rank")
-    p.add_argument("--checkpoint-every", type=int, default=200, help="optimiser steps between checkpoints")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu, cuda (default: CUDA if present)")
+    add_trainer_arguments(p)
 
 
 def details() -> str:

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from ...errors import ImsimError
-from .base import PublishedStep, Recipe, RunStart, TrainSession, training_summary
+from .base import PublishedStep, Recipe, RunStart, TrainSession, add_trainer_arguments, training_summary
 
 DESCRIPTION = (
     "SeungKee Jeon's pair classifier (matching track 2nd, arXiv 2111.09113): a timm ViT looks at [reference | query], "
@@ -46,11 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=3, help="training images per process (default 3: 24 pairs)")
     p.add_argument("--accum-steps", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--amp", default="auto")
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--checkpoint-every", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    add_trainer_arguments(p)
 
 
 def schedule() -> list[PublishedStep]:

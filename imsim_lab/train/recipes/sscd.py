@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from ...errors import ImsimError
-from .base import PublishedStep, Recipe, RunStart, TrainSession, training_summary
+from .base import PublishedStep, Recipe, RunStart, TrainSession, add_trainer_arguments, training_summary
 from .ssquare import _check_backbone, evaluate_command, training_paths
 
 DESCRIPTION = (
@@ -46,11 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     p.add_argument("--batch-size", type=int, default=256, help="training images per process (2 views each)")
     p.add_argument("--lr", type=float, default=None, help="default 0.3 x global batch / 256")
-    p.add_argument("--amp", default="auto", help="auto (bf16/fp16 on CUDA, off on CPU), off, bf16 or fp16")
-    p.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per rank")
-    p.add_argument("--checkpoint-every", type=int, default=200, help="optimiser steps between checkpoints")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu, cuda (default: CUDA if present)")
+    add_trainer_arguments(p)
 
 
 def schedule(nproc: int = 32) -> list[PublishedStep]:

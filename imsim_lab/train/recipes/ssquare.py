@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from ...errors import ImsimError
-from .base import PublishedStep, Recipe, RunStart, TrainSession, training_summary
+from .base import PublishedStep, Recipe, RunStart, TrainSession, add_trainer_arguments, training_summary
 
 DESCRIPTION = (
     "S-square's drip training (descriptor track 2nd, arXiv 2112.03415): a timm trunk + trainable GeM + linear "
@@ -52,11 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images (= classes drawn) per process per step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-steps", type=int, default=None, help="stop every stage after this many steps")
-    p.add_argument("--amp", default="auto", help="auto (bf16/fp16 on CUDA, off on CPU), off, bf16 or fp16")
-    p.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per rank")
-    p.add_argument("--checkpoint-every", type=int, default=200, help="optimiser steps between checkpoints")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu, cuda (default: CUDA if present)")
+    add_trainer_arguments(p)
 
 
 def schedule(nproc: int = 8) -> list[PublishedStep]:
