@@ -86,6 +86,13 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        # These modules take ``group=group.WORLD`` as a default argument, bound when they are first
+        # imported (by DDP, by the losses that gather across ranks). Imported after the group
+        # exists, their defaults hold it for the life of the process and destroy_distributed()
+        # cannot free it; imported now, the default is None (the current group at call time).
+        import torch.distributed.nn.functional  # noqa: F401
+        import torch.nn.parallel.distributed  # noqa: F401
+
         backend, device_id = process_group_args(backend, torch.cuda.is_available(),
                                                 int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count())
         if device_id is not None:
@@ -114,10 +121,21 @@ def init_from_env(backend: str | None = None) -> tuple[int, int, str]:
 
 
 def destroy_distributed() -> None:
-    """Destroy the process group if one is initialised (the end of a torchrun command)."""
+    """Destroy the process group if one is initialised (the end of a torchrun command).
+
+    ``destroy_process_group`` only unregisters the group: gloo's worker threads live on until the
+    last reference goes, and a DDP wrapper left in a reference cycle keeps it until the
+    interpreter's final collection. A worker thread that then releases a tensor Python knew
+    needs the GIL, which finalisation no longer grants, and the process aborts ("terminate called
+    without an active exception", exit -6) after all its work was saved. Collecting here frees the
+    group, and joins its threads, while the interpreter is still alive.
+    """
     _, _, dist = current_group()
     if dist is not None:
+        import gc
+
         dist.destroy_process_group()
+        gc.collect()
 
 
 def all_reduce_grads(module, world: int) -> None:

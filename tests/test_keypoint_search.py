@@ -68,14 +68,15 @@ def test_shards_merge_to_one_search():
 
 SCRIPT = """
 import sys, numpy as np, torch.distributed as dist
+from imsim_lab.distributed import destroy_distributed, init_distributed
 from imsim_lab.features.keypoint_search import distributed_knn
-dist.init_process_group("gloo")
+init_distributed("gloo")
 rng = np.random.default_rng(1)
 xb = rng.integers(0, 50, (301, 16)).astype(np.uint8); xq = rng.integers(0, 50, (40, 16)).astype(np.uint8)
 D, I = distributed_knn(xq, xb, 3)
 if dist.get_rank() == 0:
     np.savez(sys.argv[1], D=D, I=I)
-dist.destroy_process_group()
+destroy_distributed()
 """
 
 

@@ -193,9 +193,8 @@ net = nn.Sequential(nn.Flatten(), nn.Linear(48, 8))
 init_distributed()
 train(net, SSCDLoss(0.1, 5.0), Items(), TrainConfig(epochs=2, batch_size=int(sys.argv[2]), lr=0.5, optimizer="lars",
       lr_schedule="cosine", warmup_steps=1, seed=3), sys.argv[1])
-import torch.distributed as dist
-if dist.is_initialized():
-    dist.destroy_process_group()
+from imsim_lab.distributed import destroy_distributed
+destroy_distributed()
 '''
 
 
