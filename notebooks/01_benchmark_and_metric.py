@@ -300,11 +300,18 @@ print(f"notebook time: {time.perf_counter() - t_notebook:.0f} s")
 #    Predict µAP before running `evaluate`: expect (1/2 + 2/3) / 2 = 0.5833 (the true pairs now
 #    sit at ranks 2 and 3), and R@P90 None (no prefix holding a true pair reaches 90 % precision).
 # 2. Add a duplicate of the pair Q0→R0 (`Predictions` with one more row) and evaluate under both
-#    protocols. Expect `isc2021` to refuse it with an error naming the pair, and `drivendata` to
-#    count it twice: three hits for two positives, so its µAP can exceed 1.
+#    protocols. Expect `isc2021` to refuse it with a `FormatError` naming the pair ("duplicate
+#    prediction (Q0, R0)"), and `drivendata` to count it twice: three hits for two positives, so
+#    its µAP exceeds 1 (1.375 with the duplicate scored 0.9, 1.083 with it scored 0.1).
 # 3. In the per-family chart, pick the hardest family. Show five of its queries next to their
-#    references (`bench.load_image`, `contact_sheet`) and say what the descriptor misses. Expect
-#    strong crops, overlays that cover most of the image or composites at the bottom.
+#    references (`bench.load_image`, `contact_sheet`) and say what the descriptor misses. In the
+#    `cpu` run the five lowest bars are paste (µAP 0.001), screenshot (0.016), combine (0.029),
+#    airgap (0.034) and skew (0.048): expect the reference to fill only part of the query (pasted
+#    small onto another image, framed in a screenshot, one tile of a collage) or to be re-captured
+#    and warped; crops are not at the bottom (0.165). In `smoke` every family has one copy, so the
+#    hardest is whichever copy ranks worst (combine, 0.007).
 # 4. Re-run this notebook with `profile="cpu"`. Expect µAP's bootstrap interval to shrink from
 #    about ±0.3 (12 copies: [0.455, 1.000] in the `smoke` run) to about ±0.06 (220 copies:
-#    [0.634, 0.748]), and the per-family bars to stop jumping by whole queries.
+#    [0.634, 0.748]), and the per-family bars to stop jumping by whole queries: a family has one
+#    copy in `smoke` (its µAP is the precision where that one pair lands in the pooled list: 1.000,
+#    0.333, 0.007...) and 6 or 7 in `cpu`.

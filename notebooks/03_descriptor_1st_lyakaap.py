@@ -516,26 +516,57 @@ print(f"notebook time: {time.perf_counter() - t_notebook:.0f} s (training {train
 #
 # ## Exercises
 #
-# Training folders resume or refuse a different configuration, so every exercise that changes
-# the plan runs with **another `results_dir`** (for example `results_dir="/tmp/lesson3-ex1"`;
-# the benchmark is built again there, about a minute for `small`).
+# Training folders resume or refuse a different configuration, so an exercise that changes the
+# plan runs with **another `results_dir`** (for example `results_dir="/tmp/lesson3-ex1"`; the
+# benchmark is built again there, about a minute for `small`). It needs only the cells up to the
+# training cell and the `trained` entry of Step 6's `RUNS`: skip the ablation and the fine-tune,
+# which would train again in the new folder. Compare with this notebook's own run folders, read
+# from the first `results_dir`: `read_predictions(run_dir(NOTEBOOK, "trained", first_dir, profile)
+# / "predictions.csv")`, then `gains_table` (whole benchmark) and `family_gains`.
 #
 # 1. Set the memory of both stages to one batch of embeddings in the `cpu` plan: a batch holds
 #    2 x 32 = 64 embeddings in stage 1 (two views per image) and 3 x 32 = 96 in stage 2 (its
-#    reference negative adds a third), so `memory_size=64` and `memory_size=96` (a memory smaller
-#    than a batch is refused). Expect the same direction as the ablation above (the one-batch
-#    memory scoring higher at this scale), and read the gain against its paired interval.
-# 2. Train the first stage with hard views only at the v98 magnitudes: the dataset
-#    `TwoViewImages(paths, STAGES.get("v98").scaled(size=112), model.config.mean, model.config.std,
-#    seed=seed, ids=train_ids, hard_only=True)` with `train(...)` as in the loop check above
-#    (`XBMContrastiveLoss(256, 2048)`, the stage's `TrainConfig`). Expect a higher loss, and a
-#    descriptor better on the strong families (overlays, crops) and worse on mild ones; compare
-#    with `family_gains`.
-# 3. Drop the reference negatives from the last stage (`reference_negatives=0`). Expect a small,
-#    probably not separable change; `family_gains` tells which families move.
-# 4. Kill the kernel in the middle of a stage and run the cell again: it resumes from
-#    `checkpoint.pt`. Expect the final weights to equal an uninterrupted run's (training on CPU is
-#    deterministic).
-# 5. Sweep NES's β on the trained descriptors with `sweep_halves` (notebook 2 shows how, with
-#    `get_method("iscnet+nes")` and the features of the `trained+nes` run folder). Expect the value
-#    chosen on one half to do about as well as the default on the other, within the interval.
+#    reference negative adds a third), so `memory_size=64` and `memory_size=96` in the two
+#    `ScheduleStep`s (a memory smaller than a batch is refused before the first step, with the
+#    folder named). The first loss of stage 1 equals this notebook's (1.0694: same random start,
+#    and the memory holds only the first batch either way). Measured here for stage 1 only (the
+#    whole plan was not run: at load 9-12, stage 1 alone trained for 19 minutes), both
+#    evaluated raw at 128 px on the whole benchmark: µAP 0.327 (memory 2,048) → 0.430 (memory
+#    64), +0.103 [+0.074, +0.136], R@P90 0.227 → 0.336, +0.109 [+0.042, +0.157]: the direction
+#    of the ablation above, separable. Expect the same direction after stage 2, and read the
+#    gain against its paired interval.
+# 2. Train the first stage with hard views only at the v98 magnitudes, in place of the training
+#    cell (so that the network starts from the random weights stage 1 starts from): the dataset
+#    `TwoViewImages([bench.image_path(i) for i in train_ids], STAGES.get("v98").scaled(size=112),
+#    model.config.mean, model.config.std, seed=seed, ids=train_ids, hard_only=True)`, the network
+#    `iscnet(backbone, 112, device="cpu").module`, and `train(...)` as in the loop check above with
+#    `XBMContrastiveLoss(256, 2048)` and stage 1's `TrainConfig` (3 epochs, lr 0.05, batch 32,
+#    `checkpoint_every=10`), into `run_dir(NOTEBOOK, "train/stage1_hard_only", results_dir,
+#    profile)` (a new name: the same `results_dir` will do). Evaluate it and stage 1's weights
+#    (`run_dir(NOTEBOOK, "train/stage1_v83", results_dir, profile) / "weights.pt"`) with
+#    `run_method("iscnet", ...)` as in Step 6, each into a run folder of its own. Expect a higher training
+#    loss than stage 1's (two hard views lie further apart than a moderate and a hard one, so
+#    the positive term grows; stage 1's loss in the `cpu` run: 1.069 at the first step, 0.849 at
+#    the last). Whether strong families (paste, overlays, crops) gain and mild ones lose is the
+#    question `family_gains` answers; with 6-7 copies a family, expect most of its cells to be
+#    not separable. Not run at `cpu` scale here.
+# 3. Drop the reference negatives from the last stage (`reference_negatives=0`, another
+#    `results_dir`). A step then embeds 64 images instead of 96, so the stage is faster. Expect
+#    a small change of µAP against this notebook's `trained`, probably not separable, and a
+#    `family_gains` table of mostly not-separable cells (6-7 copies a family). Not run at `cpu`
+#    scale here.
+# 4. Kill the kernel in the middle of a stage, restart it and run the notebook again from the
+#    top: the stage resumes from its last `checkpoint.pt` (written every 10 steps in `cpu`, so up
+#    to 9 steps are redone) and the finished stages and run folders are reused. Expect the final
+#    weights to equal an uninterrupted run's, bit for bit (training on CPU is deterministic;
+#    `tests/test_lesson_exercises.py` checks it at toy size).
+# 5. Sweep NES's β on the trained descriptors with `sweep_halves` (notebook 2 shows how, and
+#    imports it with `get_method`, `prepare`, `evaluate_prepared` and `load_features`): the
+#    method `get_method("iscnet+nes")`, the features `load_features(run_dir(NOTEBOOK,
+#    "trained+nes", results_dir, profile) / "features", split)` for the three splits, the values
+#    0, 0.1, 0.2, 0.35, 0.5, 0.8, 1.0 and the halves `tune_q, heldout_q` (the trained descriptors
+#    saw no pairs, so either half may tune). In the `cpu` run β = 1.0 is chosen on either half,
+#    the edge of the grid (extend it); on the other half it beats the default 0.35 by +0.030
+#    [−0.005, +0.068] (0.357 → 0.388: not separable) and, halves swapped, by +0.061 [+0.018,
+#    +0.109] (0.464 → 0.525: separable). The halves differ more than the values do: µAP 0.36-0.39
+#    on one, 0.46-0.53 on the other.

@@ -25,7 +25,7 @@ import numpy as np
 
 from .data import PairImages, TwoViewImages
 from .losses import XBMContrastiveLoss
-from .trainer import TrainConfig, TrainResult, train
+from .trainer import TrainConfig, TrainError, TrainResult, train
 from .views import STAGES, ViewStage
 
 PUBLISHED_BACKBONE = "tf_efficientnetv2_m.in21k_ft_in1k"
@@ -92,6 +92,23 @@ def model_args(backbone: str, size: int, dim: int = 256, weights_path: str | Pat
     return d
 
 
+def check_memory(out: str | Path, memory_size: int, batch_size: int, views: int) -> None:
+    """Refuse, before any step, a cross-batch memory that cannot hold one batch of embeddings.
+
+    Every loss call writes the whole (global) batch into the memory first
+    (:meth:`~imsim_lab.train.losses.XBMContrastiveLoss.enqueue`): ``batch_size`` images per
+    process x the processes x ``views`` embeddings per image (2 views, plus the extra negatives).
+    """
+    from ..distributed import dist_info
+
+    world = dist_info()[1]
+    n = batch_size * world * views
+    if memory_size < n:
+        procs = f" x {world} processes" if world > 1 else ""
+        raise TrainError(f"{out}: a memory of {memory_size} embeddings cannot hold one batch of {n} "
+                         f"({batch_size} images{procs} x {views} embeddings each); give memory_size >= {n}")
+
+
 def train_stage(bench, out: str | Path, cfg: StageConfig, init: str | Path | None = None,
                 on_step: Callable[[dict], None] | None = None, training_ids: Sequence[str] | None = None
                 ) -> TrainResult:
@@ -107,6 +124,7 @@ def train_stage(bench, out: str | Path, cfg: StageConfig, init: str | Path | Non
     negs = [bench.image_path(r) for r in bench.reference_ids] if cfg.reference_negatives else []
     ds = TwoViewImages([bench.image_path(i) for i in ids], st, model.config.mean, model.config.std,
                        seed=cfg.train.seed, ids=ids, negatives=negs, n_negatives=cfg.reference_negatives)
+    check_memory(out, cfg.memory_size, cfg.train.batch_size, 2 + min(ds.n_negatives, len(negs)))
     loss = XBMContrastiveLoss(cfg.dim, cfg.memory_size, cfg.pos_margin, cfg.neg_margin)
     info = {"recipe": "lyakaap", "stage": cfg.to_dict(), "view_stage": asdict(st), "benchmark": str(bench.root),
             "init": str(init) if init else None}
@@ -129,6 +147,7 @@ def finetune_pairs(bench, out: str | Path, init: str | Path, query_ids: Sequence
     ds = PairImages([bench.image_path(a) for a, _ in pairs], [bench.image_path(b) for _, b in pairs], size,
                     model.config.mean, model.config.std, seed=train_cfg.seed, negatives=negs,
                     n_negatives=n_negatives)
+    check_memory(out, memory_size, train_cfg.batch_size, 2 + min(ds.n_negatives, len(negs)))
     loss = XBMContrastiveLoss(dim, memory_size, 0.0, neg_margin)
     info = {"recipe": "lyakaap-finetune", "pairs": len(pairs), "benchmark": str(bench.root), "init": str(init),
             "backbone": backbone, "size": size, "memory_size": memory_size, "neg_margin": neg_margin}
