@@ -19,7 +19,8 @@ that way:
 2. **scoring** (:func:`imsim_lab.features.lvscore.verify`): both directions (``aq_or``, ``oq_ar``), each
    backbone's global top ``budget_per_query`` x queries view pairs per direction, the vote of
    ``vote_k`` backbones, the small-crop filter (``min_query_side``), the offset (-0.05) of query views
-   other than the original and the boxes, the max over view pairs and directions.
+   other than the original and the boxes, the max over view pairs and directions; with ``scales``,
+   AQ+OR again with every view embedded at each extra size, and the max over scales.
 3. A candidate pair with no view pair left scores below every verified pair: ``-2`` plus a tie-break
    in [0, 0.5) by its candidate score (:func:`~imsim_lab.methods.sift.rank_tie_break`), so D2LV's
    pairs come first and the rest keep the descriptor's order.
@@ -43,8 +44,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ImsimError
-from ..features.lvscore import DIRECTIONS, OFFSET_EXEMPT, QUERY_FAMILIES, LVConfig, verify, vote_rule
-from ..features.views import WHOLE, View, center, d2lv_halves, rotations
+from ..features.lvscore import DIRECTIONS, OFFSET_EXEMPT, LVConfig, verify, vote_rule
+from ..features.views import WHOLE, View, center, d2lv_halves, make_views, rotations
 from .matchers import MATCHERS, CandidatePairs, MatchContext, Matcher, MatchResult
 from .sift import rank_tie_break
 from .spec import METHODS, MethodSpec
@@ -108,6 +109,9 @@ class LocalVerification(Matcher):
             None: every view pair.
         min_side: views with a short side under this many pixels are not made (counted).
         view_cache: a folder for the view descriptors shared by runs (default: the run's matcher folder).
+        scales: extra input sizes at which AQ+OR is repeated (the side the model's resize rule targets:
+            SSCD's short side, a square model's side); each pair keeps its best scale (D2LV: 200 and
+            320 besides 256, OQ+AR not repeated).
     """
 
     def __init__(self, backbones: Sequence[str] | str = ("sscd",), backbone_args: dict | None = None,
@@ -115,7 +119,8 @@ class LocalVerification(Matcher):
                  reference_views: str = "d2lv_reference", directions: Sequence[str] | str = DIRECTIONS,
                  offset: float = -0.05, offset_exempt: Sequence[str] = OFFSET_EXEMPT, min_query_side: int = 100,
                  vote_k: int = 2, budget_per_query: float | None = 20.0, min_side: int = 32, detector: str = "",
-                 detector_threshold: float = 0.1, oracle: str = "", view_cache: str = ""):
+                 detector_threshold: float = 0.1, oracle: str = "", view_cache: str = "",
+                 scales: Sequence[int] = ()):
         from ..features.views import VIEWS
 
         names = [backbones] if isinstance(backbones, str) else list(backbones)
@@ -157,6 +162,12 @@ class LocalVerification(Matcher):
 
             self.oracle_bench = load_benchmark(oracle)
         self.view_cache = str(view_cache or "")
+        self.scales = [int(x) for x in ([scales] if isinstance(scales, (int, float)) else (scales or []))]
+        if any(x < 16 for x in self.scales) or len(set(self.scales)) != len(self.scales):
+            raise ImsimError(f"lv: scales must be distinct sizes of at least 16 pixels, got {scales}")
+        for x in self.scales:
+            for _, model_name, a in self.backbones:
+                _scale_args(model_name, a, x)
 
     # -- views ------------------------------------------------------------------------------------
 
@@ -235,57 +246,77 @@ class LocalVerification(Matcher):
         qsizes, qfail = parent_sizes(ctx.queries, qids)
         rsizes, rfail = parent_sizes(ctx.references, rids)
         boxes = self._boxes(ctx, qids, counts)
-        fixed = [WHOLE] + [v for f in self.families for v in FIXED_FAMILIES[f]()]
-        if "aq_or" not in self.config.directions:
-            fixed, boxes = [WHOLE], {q: [] for q in boxes}
+        # one store per family of views, so that a run with fewer families reuses what is embedded
+        qfams = {"whole": (lambda pid, size: [WHOLE], {})}
+        if "aq_or" in self.config.directions:
+            for f in self.families:
+                qfams[f] = (lambda pid, size, vs=tuple(FIXED_FAMILIES[f]()): list(vs), {})
+            for f in ("det", "oracle"):
+                fb = {k: [v for v in b if v.name.startswith(f)] for k, b in boxes.items()}
+                if any(fb.values()):
+                    qfams[f] = (lambda pid, size, fb=fb: fb.get(pid, []), {"boxes": _digest(
+                        {k: [v.box for v in b] for k, b in fb.items()})})
         ref_views = self.reference_views if "oq_ar" in self.config.directions else "identity"
-
-        def qgen(pid, size):
-            return fixed + boxes.get(pid, [])
-
-        qtag = {"views": [v.name for v in fixed], "boxes": _digest({k: [v.box for v in b] for k, b in boxes.items()})}
         seconds["views_plan"], cpu["views_plan"] = time.perf_counter() - t, _cpu() - c
         qfolder = Path(self.view_cache) / "query" if self.view_cache else ctx.folder("query")
         rfolder = Path(self.view_cache) / "reference" if self.view_cache else ctx.folder("reference")
-        qsets, rsets, per_backbone = [], [], []
-        for label, model_name, args in self.backbones:
-            model = create_model(model_name, device=ctx.device, **args)
-            t, c = time.perf_counter(), _cpu()
-            qs = self._extract(model, ctx.queries, qids, qgen, qsizes, qfolder, qtag, config)
-            seconds[f"extract_query_{label}"], cpu[f"extract_query_{label}"] = time.perf_counter() - t, _cpu() - c
-            t, c = time.perf_counter(), _cpu()
-            rs = self._extract(model, ctx.references, rids, ViewConfig((ref_views,), self.min_side), rsizes, rfolder,
-                               {"views": ref_views}, config)
-            seconds[f"extract_reference_{label}"], cpu[f"extract_reference_{label}"] = (time.perf_counter() - t,
-                                                                                        _cpu() - c)
-            qsets.append(qs)
-            rsets.append(rs)
-            per_backbone.append({"backbone": label, "model": model_name, "model_args": args, "dim": int(model.dim),
-                                 "device": model.device, "query_views": int(len(qs)), "reference_views": int(len(rs)),
-                                 "reference_bytes": int(np.asarray(rs.x).nbytes),
-                                 "skipped_query_views": qs.skipped, "skipped_reference_views": rs.skipped})
-        t, c = time.perf_counter(), _cpu()
-        qtab, rtab = qsets[0], rsets[0]
-        xq = [_aligned(qtab, s) for s in qsets]
-        xr = [_aligned(rtab, s) for s in rsets]
         budget = None if self.budget_per_query is None else max(1, int(np.ceil(self.budget_per_query * len(qids))))
-        cfg = LVConfig(self.config.directions, self.config.offset, self.config.offset_exempt,
-                       self.config.min_query_side, self.config.vote_k, budget)
-        v = verify(qall, rall, qtab, rtab, xq, xr, cfg)
-        ok = np.isfinite(v.scores)
-        scores = np.where(ok, v.scores, UNVERIFIED + rank_tie_break(pairs.scores))
-        seconds["verify"], cpu["verify"] = time.perf_counter() - t, _cpu() - c
-        qn, rn = np.asarray(qtab.view_names).astype(str), np.asarray(rtab.view_names).astype(str)
-        qb, rb = np.asarray(qtab.boxes), np.asarray(rtab.boxes)
-
-        def box(b, rows):
-            return np.array([",".join(f"{x:.4f}" for x in b[i]) if i >= 0 else "" for i in rows], dtype=object)
-
-        extras = {"view_q": np.where(ok, qn[np.maximum(v.q_row, 0)] if len(qn) else "", ""),
-                  "view_r": np.where(ok, rn[np.maximum(v.r_row, 0)] if len(rn) else "", ""),
-                  "box_q": box(qb, v.q_row).astype(str), "box_r": box(rb, v.r_row).astype(str),
-                  "direction": v.direction, "n_agree": v.n_agree, "lv_view_pairs": v.n_view_pairs,
-                  **{f"view_score_{f}": col for f, col in v.family.items()}}
+        per_backbone, results = [], []
+        # the model's own scale with every direction, then each extra scale with AQ+OR only (D2LV)
+        for scale in [None, *self.scales]:
+            directions = self.config.directions if scale is None else ("aq_or",)
+            rv = ref_views if scale is None else "identity"
+            qsets, rsets = [], []
+            for label, model_name, args in self.backbones:
+                btag = label if scale is None else f"{label}@{scale}"
+                model = create_model(model_name, device=ctx.device, **{**args, **_scale_args(model_name, args, scale)})
+                t, c = time.perf_counter(), _cpu()
+                qs = _concat([self._extract(model, ctx.queries, qids, gen, qsizes, qfolder, {"views": f, **tag}, config)
+                              for f, (gen, tag) in qfams.items()])
+                seconds[f"extract_query_{btag}"], cpu[f"extract_query_{btag}"] = time.perf_counter() - t, _cpu() - c
+                t, c = time.perf_counter(), _cpu()
+                rparts = [("identity", ViewConfig(("identity",), self.min_side))]
+                if rv != "identity":
+                    rparts.append((rv, lambda pid, size, rv=rv: [x for x in make_views(rv, size) if not x.is_whole]))
+                rs = _concat([self._extract(model, ctx.references, rids, gen, rsizes, rfolder, {"views": name}, config)
+                              for name, gen in rparts])
+                seconds[f"extract_reference_{btag}"], cpu[f"extract_reference_{btag}"] = (time.perf_counter() - t,
+                                                                                        _cpu() - c)
+                qsets.append(qs)
+                rsets.append(rs)
+                per_backbone.append({"backbone": btag, "model": model_name,
+                                     "model_args": {**args, **_scale_args(model_name, args, scale)},
+                                     "dim": int(model.dim), "device": model.device,
+                                     "query_views": int(len(qs)), "reference_views": int(len(rs)),
+                                     "reference_bytes": int(np.asarray(rs.x).nbytes),
+                                     "skipped_query_views": qs.skipped, "skipped_reference_views": rs.skipped})
+            t, c = time.perf_counter(), _cpu()
+            qtab, rtab = qsets[0], rsets[0]
+            cfg = LVConfig(directions, self.config.offset, self.config.offset_exempt, self.config.min_query_side,
+                           self.config.vote_k, budget)
+            v = verify(qall, rall, qtab, rtab, [_aligned(qtab, x) for x in qsets], [_aligned(rtab, x) for x in rsets],
+                       cfg)
+            results.append((scale, v, _described(v, qtab, rtab)))
+            key = "verify" if scale is None else f"verify@{scale}"
+            seconds[key], cpu[key] = time.perf_counter() - t, _cpu() - c
+        # max over scales: each pair keeps the scale whose verification scored it best
+        S = np.stack([np.where(np.isfinite(v.scores), v.scores, -np.inf) for _, v, _ in results])
+        win = S.argmax(0)
+        best = S.max(0)
+        ok = np.isfinite(best)
+        scores = np.where(ok, best, UNVERIFIED + rank_tie_break(pairs.scores))
+        pick = lambda arrays: np.choose(win, arrays) if len(arrays) > 1 else arrays[0]  # noqa: E731
+        described = [d for _, _, d in results]
+        extras = {k: np.where(ok, pick([d[k] for d in described]), "" if described[0][k].dtype.kind in "OUS" else 0)
+                  for k in described[0]}
+        families = sorted({f for _, v, _ in results for f in v.family})
+        for f in families:
+            cols = [v.family.get(f, np.full(len(qall), np.nan)) for _, v, _ in results]
+            extras[f"view_score_{f}"] = np.fmax.reduce(np.stack(cols), axis=0)
+        for k in ("view_q", "view_r", "box_q", "box_r", "direction"):
+            extras[k] = extras[k].astype(str)
+        extras["scale"] = np.where(ok, np.array([0 if s is None else int(s) for s, _, _ in results])[win], -1)
+        v = results[0][1]
         nq, nr = max(len(qids), 1), max(len(rids), 1)
         total_cpu = sum(cpu.values())
         report = {
@@ -296,9 +327,12 @@ class LocalVerification(Matcher):
             "reference_views": ref_views, "offset": self.config.offset,
             "offset_exempt": list(self.config.offset_exempt), "min_query_side": self.config.min_query_side,
             "min_side": self.min_side, "budget_per_query": self.budget_per_query, "budget": budget,
+            "scales": list(self.scales), "pairs_best_at_scale": {str(s or "model"): int(((win == i) & ok).sum())
+                                                                for i, (s, _, _) in enumerate(results)},
             "detector": self.detector_path or None, "detector_threshold": self.detector_threshold if self.detector else None,
             "oracle": str(self.oracle_bench.root) if self.oracle_bench is not None else None,
             "pairs": int(len(pairs)), "queries": int(len(qids)), "references": int(len(rids)), **counts, **v.counts,
+            "pairs_verified": int(ok.sum()), "pairs_unverified": int((~ok).sum()),
             "failed": {"query": [f["id"] for f in qfail], "reference": [f["id"] for f in rfail]},
             "cost": {
                 "images_embedded_per_query": round(sum(b["query_views"] for b in per_backbone) / nq, 3),
@@ -310,6 +344,55 @@ class LocalVerification(Matcher):
             "seconds": {k: round(x, 3) for k, x in seconds.items()},
         }
         return MatchResult(scores, extras, report)
+
+
+def _scale_args(model_name: str, args: dict, scale: int | None) -> dict:
+    """The model override that embeds at ``scale`` pixels: the side its resize rule targets."""
+    from ..features.models import get_config
+
+    if scale is None:
+        return {}
+    rule = get_config(model_name, **args).resize
+    key = {"square": "input_size", "short_side": "short_side", "long_side": "long_side"}.get(rule)
+    if key is None:
+        raise ImsimError(f"lv: scales= needs a model that resizes its input; {model_name!r} has resize {rule!r}")
+    return {key: int(scale)}
+
+
+def _described(v, qtab, rtab) -> dict:
+    """The per-pair columns of one verification: names and boxes of its best view pair."""
+    ok = np.isfinite(v.scores)
+    qn, rn = np.asarray(qtab.view_names).astype(str), np.asarray(rtab.view_names).astype(str)
+    qb, rb = np.asarray(qtab.boxes), np.asarray(rtab.boxes)
+
+    def names(n, rows):
+        return np.where(ok, n[np.maximum(rows, 0)] if len(n) else "", "").astype(object)
+
+    def box(b, rows):
+        return np.array([",".join(f"{x:.4f}" for x in b[i]) if i >= 0 else "" for i in rows], dtype=object)
+
+    return {"view_q": names(qn, v.q_row), "view_r": names(rn, v.r_row), "box_q": box(qb, v.q_row),
+            "box_r": box(rb, v.r_row), "direction": v.direction.astype(object), "n_agree": v.n_agree,
+            "lv_view_pairs": v.n_view_pairs}
+
+
+def _concat(sets):
+    """One :class:`~imsim_lab.features.viewstore.ViewSet` from several (rows in order; skipped counts summed)."""
+    from ..features.viewstore import ViewSet
+
+    if len(sets) == 1:
+        return sets[0]
+    skipped, failed, seen = {}, [], set()
+    for vs in sets:
+        for k, n in vs.skipped.items():
+            skipped[k] = skipped.get(k, 0) + n
+        for f in vs.failed:
+            if f["id"] not in seen:
+                seen.add(f["id"])
+                failed.append(f)
+    cat = lambda name: np.concatenate([np.asarray(getattr(vs, name)) for vs in sets])  # noqa: E731
+    return ViewSet(cat("parent_ids"), cat("view_names"), cat("boxes"), cat("rotations"), cat("sizes"),
+                   np.concatenate([np.asarray(vs.x, np.float32) for vs in sets]), skipped, failed)
 
 
 def _aligned(table, vs) -> np.ndarray:
@@ -331,7 +414,7 @@ _DEFAULTS = {"candidates.k": 10, "candidates.budget": None, "backbone_args": {},
              "query_views": ["rotations", "center", "halves"], "reference_views": "d2lv_reference",
              "directions": list(DIRECTIONS), "offset": -0.05, "offset_exempt": list(OFFSET_EXEMPT),
              "min_query_side": 100, "vote_k": 2, "budget_per_query": 20.0, "min_side": 32, "detector": "",
-             "detector_threshold": 0.1, "oracle": "", "view_cache": ""}
+             "detector_threshold": 0.1, "oracle": "", "view_cache": "", "scales": []}
 
 METHODS.add("sscd+lv", MethodSpec(
     "sscd+lv", track="matching", matcher="lv",
