@@ -257,6 +257,14 @@ EOF
     not_run "pytest gpu: overlay detector, keypoint search" "torch sees no CUDA device"
   fi
 
+  if ((CUDA > 0)); then  # D2LV local verification (issue 13): sub-image views embedded on CUDA agree with the CPU
+    run_section "pytest gpu: local verification views on CUDA" 90 \
+      "$PY" -m pytest -q -p no:xdist -p no:cacheprovider -m gpu -ra --tb=short --junitxml="$WORK/pytest_lv.xml" \
+      tests/test_lv.py
+  else
+    not_run "pytest gpu: local verification views on CUDA" "torch sees no CUDA device"
+  fi
+
   if ((CUDA > 0)); then
     local models=(resnet50)
     ((SSCD_ONNX)) && models+=(sscd)

@@ -20,6 +20,7 @@ from . import catalog  # noqa: F401  (registers the methods)
 from . import sift  # noqa: F401  (registers the "sift" matcher)
 from . import pairvit  # noqa: F401  (registers the "pairvit" matcher and method)
 from . import imgfp  # noqa: F401  (registers the imgFp matchers and methods)
+from . import lv  # noqa: F401  (registers the "lv" matcher and the methods sscd+lv, d2lv)
 
 __all__ = ["MATCHERS", "METHODS", "POST", "TRACKS", "CandidatePairs", "CandidateSource", "MatchContext",
            "MatchResult", "Matcher", "MethodSpec", "Prepared", "create_matcher", "get_method", "list_methods",
