@@ -14,7 +14,9 @@ the last stage's network and ``OUT/drip.json`` the class count and losses per st
 
 **Ensemble** (:func:`whitened_ensemble`): concatenate several models' descriptors, PCA-whiten to 256
 fitted on the training images' descriptors, L2; then the query shift
-(:func:`imsim_lab.methods.postprocess.ssquare_shift`) as the method ``ssquare`` does.
+(:func:`imsim_lab.methods.postprocess.ssquare_shift`) as the method ``ssquare`` does. The registered
+method ``ssquare_ensemble`` is the same on run folders (its model,
+:mod:`imsim_lab.features.models.ensemble`, takes the trained runs as ``members``).
 Taught in ``notebooks/04_descriptor_2nd_ssquare``.
 """
 
