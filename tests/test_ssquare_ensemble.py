@@ -114,10 +114,13 @@ def test_bad_members_and_bad_weights_are_one_line_and_write_nothing(tiny_bench, 
 def test_a_single_trained_net_with_weights_of_another_architecture_is_refused_before_the_run(
         tiny_bench, members, tmp_path, capsys):
     w = members["a"] / "weights.pt"
-    for extra, msg in ((["model.backbone=test_efficientnet", "model.dim=16"], "does not fit test_efficientnet"),
-                       (["model.backbone=test_resnet", "model.dim=32"], "with a 32-d embedding")):
+    for method, extra, msg in (
+            ("ssquare", ["model.backbone=test_efficientnet", "model.dim=16"], "does not fit test_efficientnet"),
+            ("ssquare", ["model.backbone=test_resnet", "model.dim=32"], "with a 32-d embedding"),
+            # S-square weights (neck without bias, trainable p) given to the SSCD net (linear with bias)
+            ("sscd_repro", ["model.backbone=test_resnet", "model.dim=16"], "does not fit test_resnet")):
         fresh = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
-        args = ["run", "ssquare", "--bench", str(tiny_bench), "--out", str(fresh), "-p", f"model.weights_path={w}",
+        args = ["run", method, "--bench", str(tiny_bench), "--out", str(fresh), "-p", f"model.weights_path={w}",
                 "--workers", "0"]
         for p in extra:
             args += ["-p", p]
