@@ -2,13 +2,20 @@
 against the bare forward + loss + backward + optimiser step of its model on preloaded tensors.
 
     .venv/bin/python benchmarks/bench_train.py [--recipes ssquare sscd] [--backbone resnet18] [--size 64]
-        [--batch-size 32] [--steps 12] [--workers 1] [--device cpu|cuda] [--amp auto]
+        [--batch-size 32] [--steps 6] [--rounds 3] [--workers 1] [--device cpu|cuda] [--amp auto]
 
 Target: the pipeline keeps at least 80 % of the bare step's throughput (training images per
 second; an SSCD image is two views). Images are synthetic JPEGs of DISC21-like sizes (640 x 480)
 in a temp folder. The first steps of each measurement are a warm-up (DataLoader start, allocator,
 cuDNN autotune) and are not counted. On CUDA the bare step and the trainer both run with the
 trainer's AMP (``--amp``).
+
+On a machine shared with other jobs the load changes within a minute, so the two are measured in
+``--rounds`` alternating rounds (bare, then trainer, then bare...) and the ratio is taken per round
+(the median is printed with the range). The CPU seconds per image of each (this process and its
+DataLoader workers) are printed too: they change far less with the load than the wall time, and
+``bare / trainer`` CPU per image is what the pipeline would keep on an idle machine whose cores the
+bare step already fills.
 """
 
 from __future__ import annotations
@@ -79,6 +86,21 @@ def trainer_step(net, criterion, ds, cfg, steps: int, out: Path) -> float:
     return float(np.median(np.diff(t[WARMUP - 1:])))
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (DataLoader workers), user + system."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn, *args):
+    """(fn's result, CPU seconds it took, this process and its workers)."""
+    c = cpu_seconds()
+    out = fn(*args)
+    return out, cpu_seconds() - c
+
+
 def setups(recipe: str, paths, a, cfg):
     """(net, criterion, dataset, preloaded x, y, images per step) of a recipe at the bench's size."""
     if recipe == "ssquare":
@@ -102,6 +124,12 @@ def setups(recipe: str, paths, a, cfg):
     return m.module, SSCDLoss(0.05, 10.0), ds, x, y, a.batch_size
 
 
+def _load() -> tuple[float, float, float]:
+    import os
+
+    return os.getloadavg()
+
+
 def main() -> None:
     from imsim_lab.train.trainer import TrainConfig
 
@@ -111,7 +139,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=12, help="measured steps (after 3 of warm-up)")
+    ap.add_argument("--steps", type=int, default=6, help="measured steps per round (after 3 of warm-up)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of bare and trainer measurements")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--amp", default="auto")
@@ -120,7 +149,8 @@ def main() -> None:
     opt = {"ssquare": dict(optimizer="adam", lr=1e-3, lr_schedule="plateau", weight_decay=0.0, grad_clip=1.0),
            "sscd": dict(optimizer="lars", lr=0.3 * a.batch_size / 256, lr_schedule="cosine", weight_decay=1e-6)}
     print(f"{a.backbone} at {a.size} px, batch {a.batch_size}, {a.workers} worker(s), {a.device}, amp {a.amp}; "
-          f"{torch.get_num_threads()} torch threads; median of {a.steps} steps after {WARMUP} of warm-up")
+          f"{torch.get_num_threads()} torch threads; {a.rounds} rounds, each the median of {a.steps} steps after "
+          f"{WARMUP} of warm-up; load average {' '.join(f'{v:.2f}' for v in _load())}")
     if a.device.startswith("cuda"):
         print(f"  GPU: {torch.cuda.get_device_name()}")
     with tempfile.TemporaryDirectory() as d:
@@ -128,14 +158,26 @@ def main() -> None:
         for recipe in a.recipes:
             cfg = TrainConfig(batch_size=a.batch_size, num_workers=a.workers, amp=a.amp, device=a.device, seed=0,
                               **opt[recipe])
-            net, crit, ds, x, y, per_step = setups(recipe, paths, a, cfg)
-            bare = per_step / bare_step(net, crit, x, y, cfg, a.steps)
-            net, crit, ds, x, y, per_step = setups(recipe, paths, a, cfg)
-            full = per_step / trainer_step(net, crit, ds, cfg, a.steps, Path(d) / f"run_{recipe}")
+            bare, full, cpu_b, cpu_f = [], [], [], []
+            n_steps = WARMUP + a.steps
+            for r in range(a.rounds):
+                net, crit, ds, x, y, per_step = setups(recipe, paths, a, cfg)
+                t, c = timed(bare_step, net, crit, x, y, cfg, a.steps)
+                bare.append(per_step / t)
+                cpu_b.append(c / (n_steps * per_step))
+                net, crit, ds, x, y, per_step = setups(recipe, paths, a, cfg)
+                t, c = timed(trainer_step, net, crit, ds, cfg, a.steps, Path(d) / f"run_{recipe}_{r}")
+                full.append(per_step / t)
+                cpu_f.append(c / (n_steps * per_step))
+            kept = [100 * f / b for f, b in zip(full, bare)]
             print(f"{recipe}:")
-            print(f"  bare forward + backward + step on preloaded tensors {bare:8.1f} img/s")
-            print(f"  whole trainer (files -> views -> loader -> step)    {full:8.1f} img/s   kept "
-                  f"{100 * full / bare:5.1f} % (target 80 %)")
+            print(f"  bare forward + backward + step on preloaded tensors {np.median(bare):8.1f} img/s   "
+                  f"{1000 * np.median(cpu_b):6.1f} ms CPU/img")
+            print(f"  whole trainer (files -> views -> loader -> step)    {np.median(full):8.1f} img/s   "
+                  f"{1000 * np.median(cpu_f):6.1f} ms CPU/img")
+            print(f"  kept {np.median(kept):5.1f} % (rounds {min(kept):.1f}-{max(kept):.1f} %; target 80 %); "
+                  f"by CPU per image {100 * np.median(cpu_b) / np.median(cpu_f):5.1f} %; "
+                  f"load now {' '.join(f'{v:.2f}' for v in _load())}")
 
 
 if __name__ == "__main__":

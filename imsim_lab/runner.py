@@ -128,6 +128,10 @@ def resolve_config(spec: MethodSpec, bench, overrides: dict | None, opts: RunOpt
         from .features.models import get_config
 
         mcfg = get_config(spec.model, **model_args)
+        # weights of another architecture or embedding size: one line before the run folder is written
+        from .features.models.fitcheck import check_weights_fit
+
+        check_weights_fit(mcfg)
         config |= {"post": spec.post, "model": mcfg.to_dict(), "model_args": model_args,
                    "model_fingerprint": mcfg.fingerprint(),
                    "weights": mcfg.weights if not mcfg.weights_path else f"path:{mcfg.weights_path}"}

@@ -59,12 +59,11 @@ from IPython.display import display
 
 from imsim_lab.analysis.intervals import family_interval_table, interval_table
 from imsim_lab.features import ExtractConfig
-from imsim_lab.features.models.weights import sha256_file
 from imsim_lab.features.store import load_features
 from imsim_lab.lessons import check_profile, contact_sheet, evaluate_prepared, lesson_benchmark, run_dir
-from imsim_lab.methods import MethodSpec, prepare
-from imsim_lab.methods.postprocess import l2_normalize, ssquare_shift
-from imsim_lab.runfolder import read_predictions
+from imsim_lab.methods import MethodSpec, get_method, prepare
+from imsim_lab.methods.postprocess import ssquare_shift
+from imsim_lab.runfolder import read_config, read_predictions
 from imsim_lab.runner import RunOptions, run_method
 from imsim_lab.train.data import to_array
 from imsim_lab.train.arcface import ArcFaceHead, arcface_loss, margin_degrees
@@ -116,6 +115,8 @@ display(contact_sheet([im for q, r in zip(pos["query_id"], pos["reference_id"])
 
 # %%
 backbone0, size0, dim0 = PLAN["models"][0]
+NAMES = [f"{b} {s}px" for b, s, _ in PLAN["models"]]   # an ensemble may hold one backbone at two sizes
+name0 = NAMES[0]
 model = ssquare_net(backbone0, size0, dim0)
 net = model.module.eval()
 print(net.gem, "| neck:", net.fc, "| p trainable:", net.gem.p.requires_grad)
@@ -222,8 +223,8 @@ for backbone, size, dim in PLAN["models"]:
         subprocess.run(cmd, check=True)
     else:
         train_drip(train_paths, out, cfg)
-    trained[backbone] = out / "weights.pt"
-    drip_rows += [dict(r, model=backbone) for r in drip_history(out)]
+    trained[f"{backbone} {size}px"] = out / "weights.pt"
+    drip_rows += [dict(r, model=f"{backbone} {size}px") for r in drip_history(out)]
 train_seconds = time.perf_counter() - t_train
 hist = pd.DataFrame(drip_rows)
 hist["stage"] = hist["stage"].astype(str) + ": " + hist["classes"].astype(str) + " classes"
@@ -267,50 +268,55 @@ display(pd.Series(boundary, name=f"ArcFace loss of the {n_new - n_old} new class
 # %% [markdown]
 # ## Step 5: single models, the whitened ensemble, the query shift
 #
-# Run folders (the explorer shows them): each trained network alone (raw descriptors), the first
-# one with **random weights** (the floor training must beat: random convolutional features already
-# match mild edits), and the first one through the method `ssquare` (PCA whitening fitted on the
-# training images, L2, query shift). The ensemble is computed from the extracted descriptors:
-# concatenate, PCA-whiten to 256 (here at most the `pca` of the plan) on the training images, L2.
+# The ensemble is the registered method `ssquare_ensemble`: its model runs every trained network
+# (its *members*, named by their training folders) on each image and puts the descriptors side by
+# side; its post-processing is PCA whitening fitted on the training images (256 dimensions; here
+# the `pca` of the plan), L2, then the query shift (`a`; `a = 0` turns it off). On the command line:
+# `imsim-lab run ssquare_ensemble --bench B --out R -p 'model.members=["RUN1", "RUN2"]'`.
+#
+# Each member's descriptors are a slice of the ensemble's features (its part of the concatenation,
+# exactly what the network gives alone), so the single models are evaluated from the same run
+# without extracting again: raw, and through the method `ssquare` (one network + PCAW + L2 + shift).
+# The floor is the first network with **random weights** (random convolutional features already
+# match mild edits).
 
 # %%
 # a shared feature cache: the same model on the same images is extracted once for all run folders
 opts = RunOptions(extract=ExtractConfig(batch_size=64, num_workers=PLAN["workers"]),
                   feature_cache=str(run_dir(NOTEBOOK, "feature_cache", results_dir, profile)))
-runs, feats = {}, {}
+t_eval = time.perf_counter()
+runs = {}
 floor = MethodSpec("ssquare_random", "ssquare_net", "none", model_args=dict(backbone=backbone0, input_size=size0, dim=dim0),
                    description="S-square net, RANDOM weights (floor)")
 out = run_dir(NOTEBOOK, "random", results_dir, profile)
 run_method(floor, bench.root, out, opts=opts)
-runs[f"{backbone0} random weights"] = read_predictions(out)
-for backbone, size, dim in PLAN["models"]:
-    spec = MethodSpec(f"ssquare_{backbone}", "ssquare_net", "none",
-                      model_args=dict(backbone=backbone, input_size=size, dim=dim, weights_path=str(trained[backbone]),
-                                      weights_sha256=sha256_file(trained[backbone])),
-                      needs_training=True, description=f"S-square net on {backbone}, drip-trained here")
-    out = run_dir(NOTEBOOK, f"single_{backbone}", results_dir, profile)
-    run_method(spec, bench.root, out, opts=opts)
-    runs[f"{backbone} trained"] = read_predictions(out)
-    feats[backbone] = {s: load_features(out / "features", s) for s in ("query", "reference", "training")}
-spec = MethodSpec("ssquare_pcaw_shift", "ssquare_net", "pca_ssquare",
-                  model_args=dict(backbone=backbone0, input_size=size0, dim=dim0, weights_path=str(trained[backbone0]),
-                                  weights_sha256=sha256_file(trained[backbone0])),
-                  params={"dim": PLAN["pca"], "eigen_power": -0.5, "a": 1.8, "K": 100, "top": 3}, needs_training=True,
-                  description="S-square single model + PCAW + L2 + query shift (method ssquare)")
-out = run_dir(NOTEBOOK, f"ssquare_{backbone0}", results_dir, profile)
-run_method(spec, bench.root, out, opts=opts)
-runs[f"{backbone0} + PCAW + shift (method ssquare)"] = read_predictions(out)
+runs[f"{name0} random weights"] = read_predictions(out)
+members = [str(trained[n].parent) for n in NAMES]
+ens_params = {"model.members": members, "dim": PLAN["pca"]}
+ens_out = run_dir(NOTEBOOK, "ensemble_pcaw", results_dir, profile)
+run_method("ssquare_ensemble", bench.root, ens_out, {**ens_params, "a": 0.0}, opts=opts)
+out = run_dir(NOTEBOOK, "ensemble_pcaw_shift", results_dir, profile)     # features from the cache
+run_method("ssquare_ensemble", bench.root, out, {**ens_params, "a": 1.8}, opts=opts)
+runs["ensemble PCAW + L2 + shift a=1.8 (run folder)"] = read_predictions(out)
+eval_seconds = time.perf_counter() - t_eval
 
-names = list(feats)
-qids, rids = feats[names[0]]["query"].ids, feats[names[0]]["reference"].ids
-assert all((feats[n]["query"].ids == qids).all() and (feats[n]["reference"].ids == rids).all() for n in names)
-yq, yb, yt = whitened_ensemble([feats[n]["query"].x for n in names], [feats[n]["reference"].x for n in names],
-                               [feats[n]["training"].x for n in names], dim=PLAN["pca"])
-dims = [feats[n]["query"].x.shape[1] for n in names]
-print(f"ensemble: {' + '.join(map(str, dims))} = {sum(dims)} dims -> PCAW {yq.shape[1]} + L2")
-ens = MethodSpec("ens", "ssquare_net", "none")
-_, runs["ensemble PCAW + L2"] = evaluate_prepared(bench, qids, rids, prepare(ens, yq, yb, None, {}))
-table = interval_table(bench.gt, runs, baseline=f"{backbone0} random weights")
+fs = {s: load_features(ens_out / "features", s) for s in ("query", "reference", "training")}
+qids, rids = fs["query"].ids, fs["reference"].ids
+dims = [d for _, _, d in PLAN["models"]]
+edges = np.cumsum([0] + dims)
+feats = {n: {s: np.asarray(fs[s].x[:, lo:hi]) for s in fs} for n, lo, hi in zip(NAMES, edges, edges[1:])}
+print(f"ensemble: {' + '.join(map(str, dims))} = {sum(dims)} dims -> PCAW {read_config(ens_out)['notes']['pca_dim']} "
+      f"+ L2; evaluation runs {eval_seconds:.0f} s")
+raw = MethodSpec("raw", "ssquare_net", "none")
+for b in feats:
+    _, runs[f"{b} trained"] = evaluate_prepared(bench, qids, rids, prepare(raw, feats[b]["query"], feats[b]["reference"], None, {}))
+ssq = get_method("ssquare")
+_, p_ssq = ssq.resolve({"dim": PLAN["pca"]})
+f0 = feats[name0]
+_, runs[f"{name0} + PCAW + shift (method ssquare)"] = evaluate_prepared(
+    bench, qids, rids, prepare(ssq, f0["query"], f0["reference"], f0["training"], p_ssq))
+runs["ensemble PCAW + L2"] = read_predictions(ens_out)
+table = interval_table(bench.gt, runs, baseline=f"{name0} random weights")
 display(table.round(4))
 
 # %% [markdown]
@@ -319,11 +325,11 @@ display(table.round(4))
 # is not separable on this benchmark.
 
 # %%
-gain = table.loc[f"{backbone0} trained", "Δ µAP"]
-print(f"µAP trained - random ({backbone0}) = {gain:+.4f} [{table.loc[f'{backbone0} trained', 'Δ lo']:+.4f}, "
-      f"{table.loc[f'{backbone0} trained', 'Δ hi']:+.4f}]")
+gain = table.loc[f"{name0} trained", "Δ µAP"]
+print(f"µAP trained - random ({name0}) = {gain:+.4f} [{table.loc[f'{name0} trained', 'Δ lo']:+.4f}, "
+      f"{table.loc[f'{name0} trained', 'Δ hi']:+.4f}]")
 if profile == "cpu":
-    assert table.loc[f"{backbone0} trained", "Δ lo"] > 0, "the cpu lesson must show learning above random weights"
+    assert table.loc[f"{name0} trained", "Δ lo"] > 0, "the cpu lesson must show learning above random weights"
 
 # %% [markdown]
 # ## Step 6: the query shift, tuned on one half and reported on the other
@@ -335,6 +341,13 @@ if profile == "cpu":
 # From scratch for one query first:
 
 # %%
+ens = get_method("ssquare_ensemble")
+_, p_ens = ens.resolve({"dim": PLAN["pca"], "a": 0.0})
+plain = prepare(ens, fs["query"].x, fs["reference"].x, fs["training"].x, p_ens)      # whitened, no shift
+yq, yb = plain.xq, plain.xb
+wq, wb, yt = whitened_ensemble([feats[b]["query"] for b in feats], [feats[b]["reference"] for b in feats],
+                               [feats[b]["training"] for b in feats], dim=PLAN["pca"])
+assert np.allclose(yq, wq, atol=1e-4) and np.allclose(yb, wb, atol=1e-4)   # the method == the library function
 K = min(100, len(yt))
 q0 = yq[0]
 d2 = ((yt - q0) ** 2).sum(1)
@@ -348,7 +361,8 @@ print("query shift by hand == library")
 tune_q, report_q = split_queries(bench.gt.query_ids, 0.5, seed)
 sweep, shifted = [], {}
 for a in (0.0, 0.5, 1.0, 1.5, 1.8, 2.5, 3.5):
-    _, preds = evaluate_prepared(bench, qids, rids, prepare(ens, ssquare_shift(yq, yt, a, K, 3), yb, None, {}))
+    _, pa = ens.resolve({"dim": PLAN["pca"], "a": a, "K": K})
+    _, preds = evaluate_prepared(bench, qids, rids, prepare(ens, fs["query"].x, fs["reference"].x, fs["training"].x, pa))
     shifted[a] = preds
     m = interval_table(bench.gt, {a: preds}, n_boot=1, queries=tune_q)
     sweep.append({"a": a, "µAP (tuning half)": m.loc[a, "µAP"]})
@@ -366,7 +380,7 @@ display(held.round(4))
 # ## Step 7: per transformation family, with intervals
 
 # %%
-fam = family_interval_table(bench, {k: runs[k] for k in (f"{backbone0} random weights", f"{backbone0} trained",
+fam = family_interval_table(bench, {k: runs[k] for k in (f"{name0} random weights", f"{name0} trained",
                                                           "ensemble PCAW + L2")} | {"+ shift (published a)": shifted[1.8]})
 fig = px.bar(fam, x="family", y="micro_ap", color="run", barmode="group", error_y=fam["hi"] - fam["micro_ap"],
              error_y_minus=fam["micro_ap"] - fam["lo"], title="µAP per family (95 % bootstrap intervals)")

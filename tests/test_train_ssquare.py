@@ -212,9 +212,12 @@ def test_command_trains_prints_the_evaluation_and_refuses_bad_input(bench, tmp_p
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and msg in err, err
         assert not fresh.exists()
-    # the class count of a checkpoint at resume
+    # the class count of a checkpoint at resume: refused, and nothing of the run is rewritten
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert _cli(bench, out, "--classes", "8,12", "--max-steps", "1") == 2
-    assert "holds 16 ArcFace classes" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds 16 ArcFace classes" in err, err
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
 
 
 @pytest.mark.gpu

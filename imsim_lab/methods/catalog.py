@@ -64,6 +64,11 @@ _add(MethodSpec("ssquare", "ssquare_net", "pca_ssquare",
                 description="S-square net (timm + trainable GeM + ArcFace-trained 384-d) + PCAW 256 (fit on training) "
                 "+ L2 + query shift: weights from `imsim-lab train ssquare` (model.weights_path=)",
                 paper="Papadakis & Addicam, arXiv 2112.03415"))
+_add(MethodSpec("ssquare_ensemble", "ssquare_ensemble", "pca_ssquare",
+                params={"dim": 256, "eigen_power": -0.5, "a": 1.8, "K": 100, "top": 3}, needs_training=True,
+                description="S-square's ensemble: several `imsim-lab train ssquare` nets (model.members=[RUN, ...]), "
+                "descriptors concatenated, PCAW 256 fitted on training + L2, then the query shift (a=0: none)",
+                paper="Papadakis & Addicam, arXiv 2112.03415"))
 _add(MethodSpec("sscd_repro", "sscd_repro", description="SSCD trained here (ResNet + GeM p=3 + linear 512, L2, short "
                 "side 288): weights from `imsim-lab train sscd` (model.weights_path=)", paper=_SSCD))
 _add(MethodSpec("multigrain", "multigrain_resnet50", "pca", params={"dim": 1500, "eigen_power": -0.5, "l2": True},

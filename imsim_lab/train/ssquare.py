@@ -14,7 +14,9 @@ the last stage's network and ``OUT/drip.json`` the class count and losses per st
 
 **Ensemble** (:func:`whitened_ensemble`): concatenate several models' descriptors, PCA-whiten to 256
 fitted on the training images' descriptors, L2; then the query shift
-(:func:`imsim_lab.methods.postprocess.ssquare_shift`) as the method ``ssquare`` does.
+(:func:`imsim_lab.methods.postprocess.ssquare_shift`) as the method ``ssquare`` does. The registered
+method ``ssquare_ensemble`` is the same on run folders (its model,
+:mod:`imsim_lab.features.models.ensemble`, takes the trained runs as ``members``).
 Taught in ``notebooks/04_descriptor_2nd_ssquare``.
 """
 
@@ -128,6 +130,16 @@ def checkpoint_classes(folder: Path) -> int | None:
     return None if w is None else int(w.shape[0])
 
 
+def check_resume_classes(out: str | Path, cfg: SSquareConfig) -> None:
+    """Refuse a schedule whose class count differs from a stage checkpoint already in ``out``."""
+    out = Path(out)
+    for k, st in enumerate(cfg.stages):
+        got = checkpoint_classes(out / f"stage{k + 1}")
+        if got is not None and got != st.classes:
+            raise ImsimError(f"{out / f'stage{k + 1}' / CHECKPOINT}: holds {got} ArcFace classes, this schedule asks "
+                             f"for {st.classes} at stage {k + 1}; use another --out or the same --classes")
+
+
 @dataclass(frozen=True, eq=False)
 class DripResult:
     """The stages' trainer results, their class counts, and the final weights."""
@@ -160,11 +172,7 @@ def train_drip(paths: Sequence[str | Path], out: str | Path, cfg: SSquareConfig,
     out = Path(out)
     paths = [str(p) for p in paths]
     check_classes(len(paths), cfg, out)
-    for k, st in enumerate(cfg.stages):
-        got = checkpoint_classes(out / f"stage{k + 1}")
-        if got is not None and got != st.classes:
-            raise ImsimError(f"{out / f'stage{k + 1}' / CHECKPOINT}: holds {got} ArcFace classes, this schedule asks "
-                             f"for {st.classes} at stage {k + 1}; use another --out or the same --classes")
+    check_resume_classes(out, cfg)
     model = ssquare_net(cfg.backbone, cfg.size, cfg.dim, pretrained=cfg.pretrained and init is None)
     net, mc = model.module, model.config
     if init is not None:

@@ -84,6 +84,10 @@ def _register_all() -> None:
     # classical
     _entry("gist", gist_config, GistModel)
     _entry("pdq", pdq_config, PdqModel)
+    # S-square's ensemble of trained ssquare_net members (its config resolves and checks the members)
+    from .ensemble import register as register_ensemble
+
+    register_ensemble(MODELS)
 
 
 _register_all()

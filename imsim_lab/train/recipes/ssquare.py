@@ -125,13 +125,14 @@ def training_paths(bench_root: str | Path, recipe: str):
 def run(args: argparse.Namespace, session: TrainSession) -> dict:
     """Drip-train as ``args`` say; returns the summary (:func:`training_summary`)."""
     from ...features.models import get_config
-    from ..ssquare import check_classes, train_drip
+    from ..ssquare import check_classes, check_resume_classes, train_drip
 
     cfg = config(args)
     _check_backbone(cfg.backbone)
     bench, paths = training_paths(args.bench, "ssquare")
     check_classes(len(paths), cfg, Path(bench.root) / "training")
     out = Path(args.out)
+    check_resume_classes(out, cfg)  # before the start line: a refusal is one line
     if args.init and not (out / "stage1" / "checkpoint.pt").is_file():
         from ..initcheck import check_fits
 
