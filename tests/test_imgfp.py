@@ -201,6 +201,7 @@ def test_crop_local_branch(paste_bench, tmp_path):
     cand = read_candidates(tmp_path / "crop").set_index(["query_id", "reference_id"])
     row = cand.loc[("Q00000", "R000000")]
     assert row.crop_local and row.n_matches_crop > 0
+    assert ((cand.votes > 3) == cand.local).all()  # the local branch's votes are kept per pair
     # the merge: each branch that recalled the pair adds its pair score (the crop's for crop-local)
     want = cand.n_matches * (cand["global"].astype(int) + cand.local.astype(int)) + cand.n_matches_crop
     np.testing.assert_array_equal(cand.score.to_numpy(), want.to_numpy())

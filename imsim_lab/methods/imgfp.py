@@ -406,7 +406,8 @@ class ImgfpMatcher(VoteMatcher):
                   "recalled": {"global": int(glob.sum()), "local": int(local.sum()),
                                "crop_local": int(crop_local.sum()), "both": int((glob & local).sum())},
                   "skipped": v["skipped"], "keypoints": v["keypoints"], "crops": crop_report, "seconds": seconds}
-        extras = {"n_matches": counts, "global": glob, "local": local}
+        votes = _lookup(pairs, v["query_ids"], v["reference_ids"], v["votes"]).astype(np.int64)
+        extras = {"n_matches": counts, "global": glob, "local": local, "votes": votes}
         if self.detector:
             # the explorer's pair view draws the crop (the query view of the crop-local branch)
             box_q = np.array([crop_box.get(q, "") if c else "" for q, c in zip(pairs.query_ids, crop_local)], object)
