@@ -462,12 +462,15 @@ def bench_images(bench, config: dict, split: str):
 def _matching_track(spec, params, bench, config, out, opts, progress, timings, stale: bool = False):
     from .eval.protocols import get_protocol, protocol_names
     from .methods import MatchContext, prepare
-    from .methods.matching import candidate_pairs, rescore
+    from .methods.matching import candidate_pairs, rescore, shortlist_for
 
     cctx = open_candidates(spec, params, bench, out, opts, progress)  # a run of its own, with its own timings
+    source = spec.candidate_source(params)
+    # candidates.k = "all": a matcher that searches the references itself gets only its shortlist
+    shortlist = shortlist_for(spec.matcher, params) if source.all_references else None
     with _Phase(timings, "candidates"):
         prep = prepare(cctx.spec, cctx.xq, cctx.xb, cctx.xt, cctx.params, opts.backend)
-        pairs = candidate_pairs(prep, cctx.qids, cctx.rids, spec.candidate_source(params), opts.backend)
+        pairs = candidate_pairs(prep, cctx.qids, cctx.rids, source, opts.backend, shortlist)
     if stale:  # the images changed since the matcher's work was done: it is redone
         import shutil
 
@@ -477,7 +480,8 @@ def _matching_track(spec, params, bench, config, out, opts, progress, timings, s
                         progress=progress)
     with _Phase(timings, "rescore"):
         final, table, report = rescore(spec.matcher, params, pairs, mctx, get_protocol("isc2021").max_rows)
-    source = spec.candidate_source(params)
-    cand = {**asdict(source), "run": str(Path(cctx.path).resolve()), "pairs": int(len(pairs)),
-            "queries_with_candidates": int(len(np.unique(pairs.query_ids)))}
+    cand = {**asdict(source), "run": str(Path(cctx.path).resolve()), "pairs": int(len(table)),
+            "queries_with_candidates": int(table["query_id"].nunique())}
+    if shortlist is not None:  # the matcher found its pairs itself among all references
+        cand["shortlist"] = {"per_query": shortlist, "pairs": int(len(pairs))}
     return {p: final for p in protocol_names()}, table, {"candidates": cand, "matcher_report": report}

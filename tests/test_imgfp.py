@@ -123,7 +123,9 @@ def test_methods_run_end_to_end(bench, tmp_path, method, over):
     res = run_method(method, bench, tmp_path / method, overrides={"max_keypoints": 300, **over}, opts=FAST)
     cand = read_candidates(tmp_path / method)
     q = pd.read_parquet(bench / "queries.parquet")
-    assert len(cand) == len(q) * 8  # every reference is a candidate
+    # every reference is a candidate (candidates.k = "all"), yet only the recalled pairs are listed
+    assert res.config["candidates"]["k"] == "all" and len(cand) < len(q) * 8
+    assert len(cand) == res.config["candidates"]["pairs"] and len(cand) <= (2 if method == "imgfp" else 1) * len(q)
     best = cand.sort_values("score", ascending=False).groupby("query_id").head(1)
     truth = dict(zip(q.query_id, q.reference_id))
     hits = sum(truth[a] == b for a, b, s in zip(best.query_id, best.reference_id, best.score) if s > 0)
@@ -132,7 +134,18 @@ def test_methods_run_end_to_end(bench, tmp_path, method, over):
     report = res.config["matcher_report"]
     assert "seconds" in report and "skipped" in report
     if method == "imgfp":
-        assert report["recalled"]["global"] == len(q)
+        assert report["recalled"]["global"] == len(q) and report["crops"] is None
+        assert res.config["candidates"]["shortlist"] == {"per_query": 1, "pairs": len(q)}
+    else:
+        assert (cand.candidate_rank == -1).all()  # found by the matcher's own search
+
+
+def test_explicit_candidates_are_rescored(bench, tmp_path):
+    """With an integer candidates.k the matcher rescores the given list; unrecalled pairs get 0."""
+    res = run_method("sift_vote", bench, tmp_path / "k3", opts=FAST,
+                     overrides={"max_keypoints": 300, "candidates.k": 3})
+    cand = read_candidates(tmp_path / "k3")
+    assert len(cand) == 7 * 3 and "shortlist" not in res.config["candidates"] and (cand.score == 0).any()
 
 
 def test_vote_pairs_reuses_a_search(stores):
@@ -143,3 +156,74 @@ def test_vote_pairs_reuses_a_search(stores):
     D, I = exact_knn(kept_descriptors(fq), kept_descriptors(fb), 1, dtype="float16")
     a, b = F_vote(fq, fb), F_vote(fq, fb, neighbours=(D, I))
     assert a["query_ids"].tolist() == b["query_ids"].tolist() and a["votes"].tolist() == b["votes"].tolist()
+
+
+def _fixed_box_detector(path, box):
+    """An OverlayNet whose output ignores the image: ``box`` with confidence ~1 (a detector of known output)."""
+    import torch
+
+    from imsim_lab.features.detector import DetectorConfig, OverlayNet
+
+    det = OverlayNet(DetectorConfig(input_size=32, width=4, head="global"))
+    last = det.net[-1]
+    x0, y0, x1, y1 = box
+    logit = lambda v: float(np.log(v / (1 - v)))  # noqa: E731
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([8.0, logit((x0 + x1) / 2), logit((y0 + y1) / 2), logit(x1 - x0),
+                                      logit(y1 - y0)]))
+    det.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def paste_bench(tmp_path_factory):
+    """The toy benchmark with query 0 a half-size copy of R0 pasted in the middle of another texture."""
+    root = make_bench(tmp_path_factory.mktemp("pbench") / "b", n_ref=8, n_train=2, n_pos=5, n_neg=2)
+    for i in range(8):
+        smooth(i).save(root / "references" / f"R{i:06d}.jpg", quality=95)
+    for q in range(7):
+        if q == 0:
+            im = smooth(200)
+            im.paste(smooth(0).resize((120, 90)), (60, 45))  # box (0.25, 0.25, 0.75, 0.75)
+        else:
+            im = smooth(q).rotate(8) if q < 5 else smooth(100 + q)
+        im.save(root / "queries" / f"Q{q:05d}.jpg", quality=90)
+    return root
+
+
+def test_crop_local_branch(paste_bench, tmp_path):
+    det = _fixed_box_detector(tmp_path / "det.pt", (0.25, 0.25, 0.75, 0.75))
+    over = {"max_keypoints": 300, "candidates.method": "pdq", "detector": str(det)}
+    res = run_method("imgfp", paste_bench, tmp_path / "crop", overrides=over, opts=FAST)
+    rep = res.config["matcher_report"]
+    assert rep["crops"]["crops"] == 7 and rep["recalled"]["crop_local"] >= 1
+    cand = read_candidates(tmp_path / "crop").set_index(["query_id", "reference_id"])
+    row = cand.loc[("Q00000", "R000000")]
+    assert row.crop_local and row.n_matches_crop > 0
+    assert ((cand.votes > 3) == cand.local).all()  # the local branch's votes are kept per pair
+    # the merge: each branch that recalled the pair adds its pair score (the crop's for crop-local)
+    want = cand.n_matches * (cand["global"].astype(int) + cand.local.astype(int)) + cand.n_matches_crop
+    np.testing.assert_array_equal(cand.score.to_numpy(), want.to_numpy())
+    assert list((tmp_path / "crop" / "matcher" / "query").glob("crops_*_local.json"))
+    # the crop is what voted: the same method without the detector has no crop-local column
+    plain = run_method("imgfp", paste_bench, tmp_path / "plain", overrides={**over, "detector": ""}, opts=FAST)
+    assert plain.config["matcher_report"]["crops"] is None
+    assert "crop_local" not in read_candidates(tmp_path / "plain").columns
+
+
+def test_crop_local_refuses_a_detector_of_another_shape(paste_bench, tmp_path, capsys):
+    import torch
+
+    from imsim_lab.cli import main
+
+    ck = torch.load(_fixed_box_detector(tmp_path / "d.pt", (0.2, 0.2, 0.8, 0.8)), weights_only=True)
+    ck["config"]["width"] = 8
+    torch.save(ck, tmp_path / "bad.pt")
+    argv = ["run", "imgfp", "--bench", str(paste_bench), "--out", str(tmp_path / "r"), "--workers", "0",
+            "--device", "cpu", "-p", "candidates.method=pdq", "-p", "max_keypoints=100", "-p",
+            f"detector={tmp_path / 'bad.pt'}"]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "not an overlay detector" in line]
+    assert len(err) == 1 and "bad.pt: not an overlay detector checkpoint of this shape" in err[0]
+    assert "Traceback" not in err[0]

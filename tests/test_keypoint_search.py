@@ -171,3 +171,24 @@ def test_faiss_gpu_sharded_float16_keypoint_search_matches_numpy():
     D0, I0 = exact_knn(xq, xb, 1)
     D, I = exact_knn(xq, xb, 1, backend="faiss", dtype="float16", device="cuda")
     assert (I[:, 0] == I0[:, 0]).mean() > 0.97
+
+
+def test_benchmark_peak_memory_counts_faiss_allocations():
+    """benchmarks/bench_keypoints.py's PeakMemory sees memory that faiss allocates (tracemalloc does not)."""
+    import importlib.util
+    from pathlib import Path
+
+    import faiss
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_keypoints.py"
+    spec = importlib.util.spec_from_file_location("bench_keypoints", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    x = np.random.default_rng(0).random((100_000, 128), dtype=np.float32)  # 51 MB, allocated before
+    with bench.PeakMemory() as pm:
+        index = faiss.IndexFlatL2(128)
+        index.add(x)  # faiss copies the vectors into its own buffer
+    if pm.how != "VmHWM":
+        pytest.skip("the peak resident set cannot be reset here (/proc/self/clear_refs)")
+    assert pm.bytes >= 40e6, pm.bytes
+    del index

@@ -201,7 +201,7 @@ def _matching_predictions(ctx: RunContext, q_new, x_new, distractors: set, image
     from ..eval.formats import Predictions
     from ..eval.protocols import get_protocol, protocol_names
     from ..methods import MatchContext, prepare
-    from ..methods.matching import candidate_pairs, rescore
+    from ..methods.matching import candidate_pairs, rescore, shortlist_for
     from ..runfolder import read_candidates
     from ..runner import bench_images
 
@@ -210,7 +210,9 @@ def _matching_predictions(ctx: RunContext, q_new, x_new, distractors: set, image
                               "images and a work folder")
     d = ctx.descriptor
     prep = prepare(d.spec, x_new, d.xb, d.xt, d.params, opts.backend)
-    pairs = candidate_pairs(prep, q_new, d.rids.astype(object), ctx.spec.candidate_source(ctx.params), opts.backend)
+    source = ctx.spec.candidate_source(ctx.params)
+    shortlist = shortlist_for(ctx.spec.matcher, ctx.params) if source.all_references else None
+    pairs = candidate_pairs(prep, q_new, d.rids.astype(object), source, opts.backend, shortlist)
     mctx = MatchContext(queries=images, references=bench_images(ctx.bench, ctx.config, "reference"), work=Path(work), device=opts.device, extract=opts.extract,
                         backend=opts.backend, folders={"reference": ctx.path / "matcher" / "reference"})
     new, _, _ = rescore(ctx.spec.matcher, ctx.params, pairs, mctx)

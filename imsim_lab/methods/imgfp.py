@@ -8,16 +8,19 @@ matches, summed over the branches:
   (:mod:`imsim_lab.features.keypoint_search`), votes for the image owning its neighbour, and the
   top reference is accepted by :class:`~imsim_lab.features.keypoint_search.VoteRules`;
 * **global**: the nearest reference of a global descriptor (here: rank 0 of the candidate run);
-* **crop-local**: the local branch on the overlay detector's crop (not in this module yet);
+* **crop-local**: the local branch on the query views cut by the overlay detector
+  (:mod:`imsim_lab.features.detector`; ``imgfp``'s parameter ``detector``: a checkpoint path);
 * **pair scoring**: 2-NN ratio matching on squared distances (``1.8 d1^2 < d2^2``), again with the
   query's descriptors re-ordered as if the image were mirrored; the count is the larger of the two
   (:func:`flip_descriptors`, :func:`pair_counts`).
 
 The clean functions :func:`vote_pairs` and :func:`bow_pairs` generate a branch's own pairs from the
-features alone (what a runner path for self-candidate methods would call). Under the present runner
-a matcher only rescores the pairs it is given, so ``sift_vote``, ``bow_tfidf`` and ``imgfp`` ask for
-every reference as a candidate (``candidates.k`` is cut to the number of references) and give the
-pairs their branch did not recall the score 0.0, the lowest.
+features alone. The three methods take every reference as a candidate (``candidates.k = "all"``):
+their matchers search the references themselves (``own_search``) and return the pairs their
+branches recalled (:class:`~imsim_lab.methods.matchers.MatchResult` ``pairs``), so no all-pairs
+list is built; ``imgfp`` also gets the candidate run's top ``global_k`` references per query (its
+global branch). Given an explicit candidate list (an integer ``candidates.k``), they rescore it
+instead: a pair their branches did not recall gets 0.0, the lowest score.
 """
 
 from __future__ import annotations
@@ -32,12 +35,11 @@ from ..features.local import create_local_model
 from ..features.localmatch import ransac_inliers, verify_pairs
 from ..features.localstore import extract_local
 from ..features.vocabulary import InvertedFile, Vocabulary, WordSet, train_vocabulary, word_matches
-from .matchers import MATCHERS, CandidatePairs, MatchContext, Matcher, MatchResult
-from .spec import METHODS, MethodSpec
+from .matchers import MATCHERS, CandidatePairs, MatchContext, Matcher, MatchResult, found_pairs
+from .spec import ALL, METHODS, MethodSpec
 
 #: imgFp's ratio test ``1.8 d1^2 < d2^2`` as Lowe's ratio on distances
 IMGFP_RATIO = float(1.0 / np.sqrt(1.8))
-ALL_REFERENCES = 1_000_000_000
 _PAPER = "Sun et al., A Global and Local Dual Retrieval Solution, arXiv 2112.02373"
 
 
@@ -72,7 +74,7 @@ def features_for(model, pairs: CandidatePairs, ctx: MatchContext, seconds: dict)
     """The local features of the queries in ``pairs`` and of every reference (resumable stores)."""
     config = ctx.extract if ctx.extract is not None else ExtractConfig()
     out = {}
-    for split, source, ids in (("query", ctx.queries, np.unique(np.asarray(pairs.query_ids).astype(str))),
+    for split, source, ids in (("query", ctx.queries, pairs.queries()),
                                ("reference", ctx.references, None)):
         t = time.perf_counter()
         n = len(source) if ids is None else len(ids)
@@ -146,6 +148,16 @@ def _lookup(pairs: CandidatePairs, q: np.ndarray, r: np.ndarray, values: np.ndar
                     dtype=np.float64)
 
 
+def _scored_pairs(pairs: CandidatePairs, q, r) -> CandidatePairs:
+    """The pairs a matcher scores: under ``candidates.k = "all"`` the shortlist plus the pairs its
+    branches recalled (``q``, ``r``), else the candidate list it was given."""
+    return found_pairs(pairs, q, r) if pairs.all_references else pairs
+
+
+def _own(given: CandidatePairs, scored: CandidatePairs):
+    return scored if given.all_references else None
+
+
 def _rules(min_votes, single_min_votes, max_mean_distance) -> VoteRules:
     return VoteRules(int(min_votes), int(single_min_votes), float(max_mean_distance))
 
@@ -173,11 +185,15 @@ class VoteMatcher(Matcher):
         self.search, self.backend, self.dtype = search, backend, dtype
         self.min_keypoints, self.verify, self.ratio, self.flip = int(min_keypoints), bool(verify), float(ratio), flip
 
+    own_search = True
+
     def score(self, pairs: CandidatePairs, ctx: MatchContext) -> MatchResult:
         seconds: dict = {}
         fq, fb = features_for(self.model, pairs, ctx, seconds)
         v = vote_pairs(fq, fb, self.rules, self.search, self.backend, self.dtype, self.min_keypoints)
         seconds.update(v["seconds"])
+        given = pairs
+        pairs = _scored_pairs(pairs, v["query_ids"], v["reference_ids"])
         votes = _lookup(pairs, v["query_ids"], v["reference_ids"], v["votes"])
         scores = votes.copy()
         counts = np.zeros(len(pairs), np.int64)
@@ -192,7 +208,8 @@ class VoteMatcher(Matcher):
         report = {"features": self.model.config.name, "rules": vars(self.rules), "search": self.search,
                   "accepted": int(len(v["votes"])), "recalled_pairs": int(rec.sum()), "skipped": v["skipped"],
                   "keypoints": v["keypoints"], "seconds": seconds}
-        return MatchResult(scores, {"votes": votes.astype(np.int64), "n_matches": counts}, report)
+        return MatchResult(scores, {"votes": votes.astype(np.int64), "n_matches": counts}, report,
+                           _own(given, pairs))
 
 
 def bow_pairs(voc: Vocabulary, inv: InvertedFile, wq, top: int = 1) -> dict:
@@ -237,6 +254,8 @@ class BowMatcher(Matcher):
         self.min_keypoints, self.words, self.niter = int(min_keypoints), int(words), int(niter)
         self.max_train, self.seed, self.top, self.spatial = int(max_train), int(seed), int(top), bool(spatial)
 
+    own_search = True
+
     def vocabulary(self, fb, folder) -> Vocabulary:
         """Trained once per reference store and vocabulary setting, cached in ``folder``."""
         name = (f"{self.model.config.fingerprint()}_k{self.words}_s{self.seed}_i{self.niter}_t{self.max_train}"
@@ -265,6 +284,8 @@ class BowMatcher(Matcher):
         inv = InvertedFile.build(wb_kept, voc.k)
         res = bow_pairs(voc, inv, _keep_words(wq, kq), self.top)
         seconds["search"] = round(time.perf_counter() - t, 3)
+        given = pairs
+        pairs = _scored_pairs(pairs, res["query_ids"], res["reference_ids"])
         cos = _lookup(pairs, res["query_ids"], res["reference_ids"], res["scores"], fill=-1.0)
         rec = cos >= 0
         scores = np.where(rec, cos, 0.0)
@@ -276,7 +297,7 @@ class BowMatcher(Matcher):
         report = {"features": self.model.config.name, "words": voc.k, "top": self.top, "spatial": self.spatial,
                   "recalled_pairs": int(rec.sum()), "index_bytes": inv.nbytes,
                   "skipped": {"query": int((~kq).sum()), "reference": int((~kb).sum())}, "seconds": seconds}
-        return MatchResult(scores, {"cosine": np.maximum(cos, 0.0), "inliers": inl}, report)
+        return MatchResult(scores, {"cosine": np.maximum(cos, 0.0), "inliers": inl}, report, _own(given, pairs))
 
 
 def _keep_words(ws, keep: np.ndarray):
@@ -285,43 +306,117 @@ def _keep_words(ws, keep: np.ndarray):
     return WordSet(np.asarray(ws.ids)[keep], np.r_[0, np.cumsum(counts[keep])].astype(np.int64), ws.words[rows])
 
 
+def crop_features(model, ctx: MatchContext, query_ids, det, digest: str, threshold: float, seconds: dict):
+    """The overlay detector's crops of the queries as a local-feature set (crop-local branch).
+
+    The detector ``det`` (an :class:`~imsim_lab.features.detector.OverlayNet`; ``digest``: its
+    checkpoint's sha256, :func:`~imsim_lab.features.detector.checkpoint_digest`) runs on every
+    query; imgFp's filter (:func:`~imsim_lab.features.detector.keep_boxes`, confidence over
+    ``threshold``) keeps at most one box per query, and the kept crops' features are extracted into
+    the query folder (a split named after the checkpoint's sha256 and the threshold: resumable, never
+    mixed with another detector's). Returns (features of the crops, ids are the query ids; the
+    (n, 4) kept boxes, NaN where none; detection counts).
+    """
+    from ..features import detector as D
+
+    t = time.perf_counter()
+    qids = np.asarray(query_ids).astype(str)
+    boxes, conf, sizes = D.detect_source(det, ctx.queries, qids)
+    ok = ~np.isnan(boxes).any(1)
+    keep = np.zeros(len(qids), bool)
+    if ok.any():
+        keep[ok] = D.keep_boxes(boxes[ok], conf[ok], threshold, sizes[ok])
+    seconds["detect"] = round(time.perf_counter() - t, 3)
+    tag = f"{digest[:16]}_t{float(threshold):g}"
+    config = ctx.extract if ctx.extract is not None else ExtractConfig()
+    src = D.crop_source(ctx.queries, qids[keep], boxes[keep], tag)
+    t = time.perf_counter()
+    fc = extract_local(model, src, None, ctx.folder("query"), f"crops_{tag}", config,
+                       progress=ctx.bar("local features (crops)", int(keep.sum())))
+    seconds["extract_crops"] = round(time.perf_counter() - t, 3)
+    kept = np.where(keep[:, None], boxes, np.nan)
+    return fc, kept, {"queries": int(len(qids)), "crops": int(keep.sum()), "sha256": digest,
+                      "threshold": float(threshold)}
+
+
 @MATCHERS.register("imgfp")
 class ImgfpMatcher(VoteMatcher):
-    """imgFp's merge of the global and local branches: the global branch recalls the candidate run's
-    top ``global_k`` reference(s) of each query (rank < ``global_k``; imgFp: 1), the local branch its
-    accepted vote; each recalled pair's score is its pair score (ratio-test matches, flip) times the
-    number of branches that recalled it, the sum of their merge (``match_score/merge_score.py``).
-    Pairs recalled by no branch score 0.0. The crop-local branch needs the overlay detector (not
-    here)."""
+    """imgFp's merge of its three recall branches (``match_score/merge_score.py``):
 
-    def __init__(self, global_k: int = 1, **kw):
+    * **global**: the candidate run's top ``global_k`` reference(s) of each query (imgFp: 1);
+    * **local**: the accepted vote of the query's keypoints (:func:`vote_pairs`);
+    * **crop-local** (when ``detector`` names a checkpoint of
+      :class:`~imsim_lab.features.detector.OverlayNet`): the same vote on the detector's crop of the
+      query (``crop_threshold``: imgFp's 0.50 for its local branch).
+
+    A recalled pair's score is the sum over the branches that recalled it of its pair score
+    (ratio-test matches with the flip check): the original query's features for the global and
+    local branches, the crop's for the crop-local branch. Pairs recalled by no branch score 0.0.
+    """
+
+    def __init__(self, global_k: int = 1, detector: str = "", crop_threshold: float = 0.5, **kw):
         super().__init__(**kw)
         self.global_k = int(global_k)
+        self.detector, self.crop_threshold = str(detector or ""), float(crop_threshold)
+        self.shortlist = self.global_k
+        self._det = self._digest = None
+        if self.detector:  # a checkpoint that is missing or of another shape: one line, before any work
+            from ..features.detector import OverlayNet, checkpoint_digest
+
+            self._digest = checkpoint_digest(self.detector)
+            self._det = OverlayNet.load(self.detector)
 
     def score(self, pairs: CandidatePairs, ctx: MatchContext) -> MatchResult:
         seconds: dict = {}
         fq, fb = features_for(self.model, pairs, ctx, seconds)
         v = vote_pairs(fq, fb, self.rules, self.search, self.backend, self.dtype, self.min_keypoints)
-        seconds.update(v["seconds"])
+        seconds["search"] = v["seconds"]["search"]
+        fc, crop_report, crop_box = None, None, {}
+        cq, cr = np.zeros(0, str), np.zeros(0, str)
+        if self.detector:
+            fc, kept, crop_report = crop_features(self.model, ctx, pairs.queries(), self._det, self._digest,
+                                               self.crop_threshold, seconds)
+            vc = vote_pairs(fc, fb, self.rules, self.search, self.backend, self.dtype, self.min_keypoints)
+            seconds["search_crops"] = vc["seconds"]["search"]
+            cq, cr = vc["query_ids"], vc["reference_ids"]
+            crop_box = {q: ",".join(f"{v:.4f}" for v in b) for q, b in zip(pairs.queries(), kept)
+                        if not np.isnan(b).any()}
+            crop_report |= {"accepted": int(len(cq)), "skipped": vc["skipped"]["query"]}
+        given = pairs
+        pairs = _scored_pairs(pairs, np.r_[v["query_ids"].astype(str), cq.astype(str)],
+                              np.r_[v["reference_ids"].astype(str), cr.astype(str)])
         local = _lookup(pairs, v["query_ids"], v["reference_ids"], np.ones(len(v["votes"]))) > 0
-        glob = np.asarray(pairs.ranks) < self.global_k
-        branches = local.astype(np.int64) + glob
-        idx = np.flatnonzero(branches > 0)
+        crop_local = _lookup(pairs, cq, cr, np.ones(len(cq))) > 0
+        ranks = np.asarray(pairs.ranks)
+        glob = (ranks >= 0) & (ranks < self.global_k)
         t = time.perf_counter()
         counts = np.zeros(len(pairs), np.int64)
+        idx = np.flatnonzero(glob | local)
         if len(idx):
             counts[idx] = pair_counts(fq, fb, fq.positions(pairs.query_ids[idx]),
                                       fb.positions(pairs.reference_ids[idx]), self.ratio, self.flip)
+        crop_counts = np.zeros(len(pairs), np.int64)
+        idx = np.flatnonzero(crop_local)
+        if len(idx):
+            crop_counts[idx] = pair_counts(fc, fb, fc.positions(pairs.query_ids[idx]),
+                                           fb.positions(pairs.reference_ids[idx]), self.ratio, self.flip)
         seconds["verify"] = round(time.perf_counter() - t, 3)
-        scores = (counts * branches).astype(np.float64)
+        scores = (counts * (glob.astype(np.int64) + local) + crop_counts).astype(np.float64)
         report = {"features": self.model.config.name, "rules": vars(self.rules), "global_k": self.global_k,
-                  "recalled": {"global": int(glob.sum()), "local": int(local.sum()), "both": int((glob & local).sum())},
-                  "skipped": v["skipped"], "keypoints": v["keypoints"], "seconds": seconds}
-        return MatchResult(scores, {"n_matches": counts, "global": glob, "local": local}, report)
+                  "recalled": {"global": int(glob.sum()), "local": int(local.sum()),
+                               "crop_local": int(crop_local.sum()), "both": int((glob & local).sum())},
+                  "skipped": v["skipped"], "keypoints": v["keypoints"], "crops": crop_report, "seconds": seconds}
+        votes = _lookup(pairs, v["query_ids"], v["reference_ids"], v["votes"]).astype(np.int64)
+        extras = {"n_matches": counts, "global": glob, "local": local, "votes": votes}
+        if self.detector:
+            # the explorer's pair view draws the crop (the query view of the crop-local branch)
+            box_q = np.array([crop_box.get(q, "") if c else "" for q, c in zip(pairs.query_ids, crop_local)], object)
+            extras |= {"crop_local": crop_local, "n_matches_crop": crop_counts, "box_q": box_q}
+        return MatchResult(scores, extras, report, _own(given, pairs))
 
 
 def _cands(method: str) -> dict:
-    return {"candidates.method": method, "candidates.k": ALL_REFERENCES, "candidates.budget": None}
+    return {"candidates.method": method, "candidates.k": ALL, "candidates.budget": None}
 
 
 _VOTE = {"features": "rootsift", "max_keypoints": 0, "search": "exact", "backend": "numpy", "dtype": "float16",
@@ -331,7 +426,8 @@ METHODS.add("sift_vote", MethodSpec(
     "sift_vote", track="matching", matcher="sift_vote", params={**_cands("pdq"), **_VOTE, "verify": True},
     description="imgFp's local branch: every RootSIFT keypoint (short side 300) searched among all reference "
                 "keypoints, votes accepted by imgFp's rules, accepted pairs scored by ratio-test matches with "
-                "the flip check; every reference is a candidate (candidates.method is not used for recall)",
+                "the flip check; every reference is a candidate (candidates.k='all'; candidates.method is not "
+                "used for recall)",
     paper=_PAPER))
 METHODS.add("bow_tfidf", MethodSpec(
     "bow_tfidf", track="matching", matcher="bow_tfidf",
@@ -341,7 +437,9 @@ METHODS.add("bow_tfidf", MethodSpec(
                 "query by tf-idf cosine, optional RANSAC on shared words",
     paper="Sivic & Zisserman, Video Google, ICCV 2003; open question of " + _PAPER))
 METHODS.add("imgfp", MethodSpec(
-    "imgfp", track="matching", matcher="imgfp", params={**_cands("sscd"), **_VOTE, "global_k": 1},
-    description="imgFp without the overlay detector: global top-1 (candidates.method, SSCD) and local voting "
-                "branches, each recalled pair scored by ratio-test matches (flip) summed over branches",
+    "imgfp", track="matching", matcher="imgfp",
+    params={**_cands("sscd"), **_VOTE, "global_k": 1, "detector": "", "crop_threshold": 0.5},
+    description="imgFp: global top-1 (candidates.method, SSCD), local voting and, with detector= an overlay "
+                "detector checkpoint, crop-local voting on its crops; each recalled pair scored by ratio-test "
+                "matches (flip) summed over the branches",
     paper=_PAPER))

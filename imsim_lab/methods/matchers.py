@@ -18,6 +18,14 @@ stores, view descriptors; :meth:`MatchContext.folder` per side), the device and 
 image without keypoints, gets the lowest score it gives, never an exception), per-pair columns that
 the run folder keeps in ``candidates.parquet`` for the explorer's pair view, and a report (counts of
 what was skipped, throughput) that goes into ``config.json``.
+
+**Every reference as a candidate** (``candidates.k = "all"``): a matcher that searches the
+references itself sets :attr:`Matcher.own_search`; the runner then never lists the all-pairs
+product. It hands the matcher the descriptor method's best :attr:`Matcher.shortlist` references
+per query (often none) as :class:`CandidatePairs` with ``all_queries`` set (every reference is a
+candidate of those queries), and the matcher returns the pairs it found and scored in
+:attr:`MatchResult.pairs` (:func:`found_pairs` builds them; every pair left out has the lowest
+score). A matcher without ``own_search`` gets the dense list of every (query, reference) pair.
 """
 
 from __future__ import annotations
@@ -38,13 +46,18 @@ class CandidatePairs:
     """Candidate (query, reference) pairs with the descriptor score that proposed them.
 
     Shapes: all (n,). ``scores`` higher = more similar; ``ranks``: 0-based rank of the pair inside
-    its query's candidate list (by descriptor score).
+    its query's candidate list (by descriptor score). A pair that the descriptor method did not
+    propose (found by a matcher's own search) has score NaN and rank -1.
+
+    ``all_queries``: None, or (nq,) the queries of which every reference is a candidate
+    (``candidates.k = "all"``); the listed pairs are then only the descriptor method's shortlist.
     """
 
     query_ids: np.ndarray
     reference_ids: np.ndarray
     scores: np.ndarray
     ranks: np.ndarray
+    all_queries: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.query_ids)
@@ -53,6 +66,16 @@ class CandidatePairs:
 
     def __len__(self) -> int:
         return len(self.query_ids)
+
+    @property
+    def all_references(self) -> bool:
+        """Every reference is a candidate of each of :attr:`all_queries`."""
+        return self.all_queries is not None
+
+    def queries(self) -> np.ndarray:
+        """(nq,) str: the queries these candidates are for (sorted; with ``all_queries``, those)."""
+        q = self.query_ids if self.all_queries is None else self.all_queries
+        return np.unique(np.asarray(q).astype(str))
 
     @classmethod
     def from_predictions(cls, preds) -> "CandidatePairs":
@@ -107,11 +130,35 @@ class MatchContext:
 @dataclass(frozen=True, eq=False)
 class MatchResult:
     """A matcher's output. ``scores`` (n,) float64, higher = more similar; ``extras``: name -> (n,)
-    array kept per pair in ``candidates.parquet``; ``report``: JSON-able counts and figures."""
+    array kept per pair in ``candidates.parquet``; ``report``: JSON-able counts and figures.
+
+    ``pairs``: None (the scores are those of the pairs the matcher was given), or, only when it was
+    given every reference (``CandidatePairs.all_queries``), the :class:`CandidatePairs` it found
+    and scored itself (n of them; :func:`found_pairs`)."""
 
     scores: np.ndarray
     extras: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
+    pairs: CandidatePairs | None = None
+
+
+def found_pairs(shortlist: CandidatePairs, query_ids, reference_ids) -> CandidatePairs:
+    """The union of the ``shortlist`` pairs and the pairs (``query_ids``, ``reference_ids``) a
+    matcher found itself, each once, shortlist first: the pairs of a :class:`MatchResult` under
+    ``candidates.k = "all"``. A found pair keeps its descriptor score and rank when the shortlist
+    has it, NaN and -1 otherwise."""
+    q0, r0 = np.asarray(shortlist.query_ids).astype(str), np.asarray(shortlist.reference_ids).astype(str)
+    seen = set(zip(q0.tolist(), r0.tolist()))
+    extra = []
+    for a, b in zip(np.asarray(query_ids).astype(str).tolist(), np.asarray(reference_ids).astype(str).tolist()):
+        if (a, b) not in seen:
+            seen.add((a, b))
+            extra.append((a, b))
+    qa, ra = np.array([a for a, _ in extra], dtype=str), np.array([b for _, b in extra], dtype=str)
+    return CandidatePairs(np.concatenate([q0, qa]).astype(str), np.concatenate([r0, ra]).astype(str),
+                          np.r_[np.asarray(shortlist.scores, np.float64), np.full(len(extra), np.nan)],
+                          np.r_[np.asarray(shortlist.ranks, np.int64), np.full(len(extra), -1, np.int64)],
+                          shortlist.all_queries)
 
 
 class Matcher:
@@ -119,6 +166,11 @@ class Matcher:
 
     #: registry name, set by :data:`MATCHERS` registration
     name: str = ""
+    #: the matcher searches all references itself: under ``candidates.k = "all"`` it gets only a
+    #: shortlist and returns the pairs it found (:attr:`MatchResult.pairs`)
+    own_search: bool = False
+    #: with ``own_search``: the descriptor method's best references per query it wants to see
+    shortlist: int = 0
 
     def score(self, pairs: CandidatePairs, ctx: MatchContext) -> MatchResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -6,8 +6,9 @@ A method produces scored (query, reference) pairs, on one of the two tracks of I
   post-processing (:data:`imsim_lab.methods.post.POST`) and a search; the scores come from the
   search;
 * **matching**: candidate pairs from a descriptor method named in its parameters
-  (``candidates.method``, a per-query ``candidates.k`` and/or a global ``candidates.budget``),
-  rescored by a registered matcher (:data:`imsim_lab.methods.matchers.MATCHERS`) that may look at the
+  (``candidates.method``, a per-query ``candidates.k`` and/or a global ``candidates.budget``;
+  ``candidates.k = "all"``: every reference is a candidate of every query), rescored by a
+  registered matcher (:data:`imsim_lab.methods.matchers.MATCHERS`) that may look at the
   images, their local features or their sub-images.
 
 Both run through the same runner (:func:`imsim_lab.runner.run_method`) and write the same run folder.
@@ -22,6 +23,9 @@ from ..registry import Registry
 TRACKS = ("descriptor", "matching")
 #: the parameters of a matching method that name its candidate source
 CANDIDATE_KEYS = ("candidates.method", "candidates.k", "candidates.budget")
+#: ``candidates.k`` of a method whose candidates are every reference (a matcher that searches the
+#: references itself returns the pairs it found; see :mod:`imsim_lab.methods.matching`)
+ALL = "all"
 
 
 @dataclass(frozen=True)
@@ -30,21 +34,35 @@ class CandidateSource:
 
     Attributes:
         method: a registered descriptor method.
-        k: neighbours per query (None: no per-query cut).
+        k: neighbours per query (None: no per-query cut), or :data:`ALL` (``"all"``): every
+            reference is a candidate of every query; the runner never lists those pairs when the
+            matcher searches the references itself (:attr:`~imsim_lab.methods.matchers.Matcher.own_search`).
         budget: pairs kept over all queries, best scores first (None: no global cut). With both,
-            the k-NN lists are cut to the ``budget`` best pairs overall.
+            the k-NN lists are cut to the ``budget`` best pairs overall. Not with ``k="all"``.
     """
 
     method: str = "sscd"
-    k: int | None = 10
+    k: int | str | None = 10
     budget: int | None = None
 
     def __post_init__(self):
         if self.k is None and self.budget is None:
             raise ValueError("a candidate source needs candidates.k or candidates.budget (or both)")
+        if self.k == ALL:
+            if self.budget is not None:
+                raise ValueError(f"candidates.k={ALL!r} (every reference) takes no candidates.budget, "
+                                 f"not {self.budget!r}")
+            return
         for name, v in (("candidates.k", self.k), ("candidates.budget", self.budget)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"{name} must be a positive integer or None, not {v!r}")
+                raise ValueError(f"{name} must be a positive integer or None"
+                                 + (f" (or {ALL!r} for candidates.k)" if name == "candidates.k" else "")
+                                 + f", not {v!r}")
+
+    @property
+    def all_references(self) -> bool:
+        """Every reference is a candidate of every query (``candidates.k = "all"``)."""
+        return self.k == ALL
 
     @classmethod
     def from_params(cls, params: dict) -> "CandidateSource":
