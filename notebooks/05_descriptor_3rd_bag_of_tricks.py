@@ -35,7 +35,7 @@
 # * µAP per family with paired bootstrap intervals, and the calibration pictures.
 #
 # **What it costs** (measured, `notebooks/README.md`): `smoke` about a minute; `cpu` (a ResNet-18
-# trained **from random weights** and from a short Barlow Twins pretraining, at 80 px, on the
+# trained **from random weights** and from a short Barlow Twins pretraining, at 64 px, on the
 # `small` benchmark) at most 15 minutes on 2 cores; `full` (the published recipe on DISC21, 4 GPUs)
 # not run here: its commands are printed and tested at toy size.
 
@@ -84,13 +84,18 @@ torch.manual_seed(seed)
 t_notebook = time.perf_counter()
 
 # The plan of each profile. CPU plans: a small trunk from random weights (or a short Barlow Twins
-# pretraining on the same 1,000 training images), 80 px, K = 4, two epochs: stated next to the results.
+# pretraining on the same training images), 64 px, K = 4, two epochs over the first 500 training
+# images as classes, three test scales: stated next to the results.
 PLAN = {
-    "smoke": dict(trunk="test_resnet", size=32, k=2, p=4, epochs=1, bt_epochs=1, bt_batch=8, workers=0),
-    "cpu": dict(trunk="resnet18", size=80, k=4, p=16, epochs=2, bt_epochs=2, bt_batch=32, workers=1),
-    "full": dict(trunk="resnet50", size=256, k=4, p=32 // n_gpus, epochs=25, bt_epochs=0, bt_batch=0, workers=8),
+    "smoke": dict(trunk="test_resnet", size=32, k=2, p=4, epochs=1, classes=None, bt_epochs=1, bt_batch=8, workers=0,
+                  scales=None),
+    "cpu": dict(trunk="resnet18", size=64, k=4, p=16, epochs=2, classes=500, bt_epochs=1, bt_batch=32, workers=1,
+                scales=[48, 64, 80]),
+    "full": dict(trunk="resnet50", size=256, k=4, p=32 // n_gpus, epochs=25, classes=None, bt_epochs=0, bt_batch=0,
+                 workers=8, scales=None),
 }[profile]
-SCALES = scaled_scales(PLAN["size"])     # 200/256/320/400 at 256 px, the same ratios at other sizes
+# the test scales: 200/256/320/400 at 256 px, the same ratios at other sizes (cpu: three of them, for time)
+SCALES = PLAN["scales"] or scaled_scales(PLAN["size"])
 
 # %% [markdown]
 # ## The data
@@ -122,9 +127,9 @@ import timm
 
 stock = timm.create_model(PLAN["trunk"], num_classes=0, global_pool="").eval()
 net = BoTNet(PLAN["trunk"]).eval()
-x = torch.randn(1, 3, PLAN["size"], PLAN["size"])
+x = torch.randn(1, 3, 128, 128)
 with torch.no_grad():
-    print("stock last feature map:", tuple(stock.forward_features(x).shape),
+    print("128-px input; stock last feature map:", tuple(stock.forward_features(x).shape),
           "| last stride 1:", tuple(net.forward_features(x).shape))
     assert net.forward_features(x).shape[-1] == 2 * stock.forward_features(x).shape[-1]
 
@@ -159,6 +164,7 @@ assert torch.equal(WaveBlock().eval()(fmap), fmap)
 # BN (no shift) gives BoT's descriptor. By hand, in eval mode, against the library:
 
 # %%
+x = torch.randn(2, 3, PLAN["size"], PLAN["size"])
 with torch.no_grad():
     f = net.forward_features(x)
     g = f.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3)
@@ -276,8 +282,9 @@ print(f"Barlow Twins: {barlow_seconds:.0f} s")
 # %%
 tc = replace(PUBLISHED_TRAIN, batch_size=PLAN["p"], epochs=PLAN["epochs"], num_workers=PLAN["workers"],
              checkpoint_every=50, seed=seed)
-sched = schedule_steps(tc, len(train_paths))
-total = PLAN["epochs"] * (len(train_paths) // PLAN["p"])
+n_classes = len(train_paths[:PLAN["classes"]])
+sched = schedule_steps(tc, n_classes)
+total = PLAN["epochs"] * (n_classes // PLAN["p"])
 px.line(x=list(range(total)), y=[lr_at(s, total, sched) for s in range(total)],
         labels={"x": "step", "y": "learning rate"}, title="warm-up, constant, cosine").show()
 
@@ -297,7 +304,7 @@ for name, init in (("from random", None), ("from Barlow Twins", init_trunk)):
         subprocess.run(cmd, check=True)
         weights[name] = out / "weights.pt"
         continue
-    res = train_bot(train_paths, out, cfg, init_trunk=init)
+    res = train_bot(train_paths[:PLAN["classes"]], out, cfg, init_trunk=init)
     weights[name] = res.weights
     hist += [dict(r, run=name) for r in res.history]
 train_seconds = time.perf_counter() - t_train
@@ -429,7 +436,8 @@ print(f"notebook time: {time.perf_counter() - t_notebook:.0f} s (Barlow Twins {b
 # 20 offline copies each, at 256 px, plus a YOLOv5 overlay detector on the queries (not used here:
 # no detector is trained in this lesson) and multi-scale at 200-400 px. The `cpu` lesson trains a
 # ResNet-18 **from random weights**, or from a Barlow Twins pretraining of a few epochs on the same
-# 1,000 images, for two epochs at 80 px with views made on the fly. Expect the trained networks
+# 1,000 images, for two epochs over 500 of them as classes at 64 px, with views made on the fly,
+# and three test scales instead of four. Expect the trained networks
 # clearly above random weights, the Barlow Twins gain small and possibly inside its interval (a
 # few epochs on 1,000 images are not ImageNet), multi-scale and stretching each a small gain, and
 # disc-synth's absolute µAP not comparable with DISC21 (1,000 references instead of 1M).
