@@ -438,3 +438,25 @@ def test_cuda_training_with_amp_and_multiscale_extraction(bench, tmp_path, amp):
     img = Image.new("RGB", (50, 40), (120, 30, 200))
     y = m.embed([m.preprocess(img)] * 2)
     assert y.shape == (2, 256) and np.allclose(np.linalg.norm(y, axis=1), 1, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_of_the_command(bench, tmp_path):
+    """``torchrun`` with 2 gloo processes: each rank trains on its half of every batch of classes, rank 0
+    writes the run (DDP is not equal to one process here: BatchNorm and the batch-hard triplet see a
+    rank's own half)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(31500 + os.getpid() % 1000), "-m", "imsim_lab.train", "bot", "--bench", str(bench), "--out", str(out),
+           *TINY[:-4], "--batch-size", "2", "--workers", "0", "--max-steps", "2", "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = json.loads((out / "train_config.json").read_text())
+    assert cfg["world_size"] == 2 and cfg["train"]["batch_size"] == 2
+    hist = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in hist] == [1, 2] and (out / "weights.pt").is_file()
