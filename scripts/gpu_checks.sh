@@ -11,6 +11,7 @@
 #      (imsim_lab.distributed), torchrun extraction with nccl,
 #      training with AMP (off, bf16, fp16);
 #   1b. pytest -m gpu of the S-square and SSCD recipes (AMP), then their training throughput
+#      (and of Bag of Tricks: AMP training, multi-scale extraction on CUDA)
 #      (bench_train: trainer against the bare forward + backward);
 #   2. pytest -m gpu on faiss: GPU flat index against the CPU, float16 storage, sharded index,
 #      GPU block search, the k limit;
@@ -263,6 +264,14 @@ EOF
       tests/test_lv.py
   else
     not_run "pytest gpu: local verification views on CUDA" "torch sees no CUDA device"
+  fi
+
+  if ((CUDA > 0)); then  # Bag of Tricks / D2LV (issue 13): training with AMP, multi-scale extraction on CUDA
+    run_section "pytest gpu: Bag of Tricks training with AMP, multi-scale extraction" 90 \
+      "$PY" -m pytest -q -p no:xdist -p no:cacheprovider -m gpu -ra --tb=short --junitxml="$WORK/pytest_bot.xml" \
+      tests/test_train_bot.py
+  else
+    not_run "pytest gpu: Bag of Tricks training" "torch sees no CUDA device"
   fi
 
   if ((CUDA > 0)); then

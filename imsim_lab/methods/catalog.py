@@ -71,6 +71,16 @@ _add(MethodSpec("ssquare_ensemble", "ssquare_ensemble", "pca_ssquare",
                 paper="Papadakis & Addicam, arXiv 2112.03415"))
 _add(MethodSpec("sscd_repro", "sscd_repro", description="SSCD trained here (ResNet + GeM p=3 + linear 512, L2, short "
                 "side 288): weights from `imsim-lab train sscd` (model.weights_path=)", paper=_SSCD))
+# VisionForce's Bag of Tricks (issue 13): multi-scale 256-d head of `imsim-lab train bot`, PCA 256, stretching
+_BOT = "Wang, Zhang, Sun, Yang, Bag of Tricks and A Strong Baseline for Image Copy Detection, arXiv 2111.08004"
+_add(MethodSpec("bot", "bot_net", "pca", params={"dim": 256, "eigen_power": 0.0, "l2": True}, needs_training=True,
+                description="Bag of Tricks net (ResNet last stride 1 + GeM + projector + 256-d head), descriptors "
+                "averaged over square resizes 200/256/320/400, PCA to 256 fitted on training + L2: weights from "
+                "`imsim-lab train bot` (model.weights_path=)", paper=_BOT))
+_add(MethodSpec("bot+stretch", "bot_net", "pca_stretch",
+                params={"dim": 256, "eigen_power": 0.0, "c": 2.5, "n": 5}, needs_training=True,
+                description="bot + descriptor stretching of the queries q' = 2.5 mean top-5 q.t q (references "
+                "unchanged): BoT's submission", paper=_BOT))
 _add(MethodSpec("multigrain", "multigrain_resnet50", "pca", params={"dim": 1500, "eigen_power": -0.5, "l2": True},
                 needs_training=True, description="MultiGrain-like GeM ResNet-50 + PCAW 1500 (weights: "
                 "model.weights_path=)", paper="Berman et al., arXiv 1902.05509"))

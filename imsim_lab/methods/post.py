@@ -137,6 +137,16 @@ def _pca_ssquare(xq, xb, xt, p, backend) -> Prepared:
     return replace(prep, notes={**prep.notes, "pca_dim": k, "pca_fit_on": len(xt)})
 
 
+@POST.register("pca_stretch")
+def _pca_stretch(xq, xb, xt, p, backend) -> Prepared:
+    # Bag of Tricks: PCA (fitted on the training descriptors) + L2, then the queries stretched
+    k = _n_components(p["dim"], xq.shape[1], len(xt))
+    pca = pp.fit_pca(xt, k, eigen_power=p["eigen_power"])
+    yq, yb, yt = (pp.l2_normalize(pca.apply(a)) for a in (xq, xb, xt))
+    prep = _stretch(yq, yb, yt, {"c": p["c"], "n": p["n"]}, backend)
+    return replace(prep, notes={**prep.notes, "pca_dim": k, "pca_fit_on": len(xt)})
+
+
 def prepare(spec, xq, xb, xt, params: dict, backend: str = "auto") -> Prepared:
     """Apply the post-processing of ``spec`` (pure: inputs unchanged)."""
     xq = np.asarray(xq, np.float32)

@@ -65,7 +65,9 @@ class TrainConfig:
         accum_steps: micro-batches per optimiser step.
         lr, lr_schedule (``constant``, ``linear`` = lr (1 - t/T) as lyakaap's v98, ``cosine``,
         ``plateau`` = S-square's ReduceLROnPlateau from the epoch losses, :mod:`.schedules`),
-        warmup_steps (linear warm-up from 0).
+        warmup_steps (linear warm-up from ``warmup_start`` x lr, default 0), hold_steps (then the
+        constant lr for this many steps before the schedule starts: Bag of Tricks' warm-up,
+        constant, cosine).
         optimizer: ``sgd`` (momentum), ``adam``, ``adamw`` or ``lars`` (SSCD, :mod:`.lars`);
             weight_decay, not applied to 1-D parameters (biases, norms) when ``no_decay_1d``.
         grad_clip: max global gradient norm (None: off).
@@ -97,6 +99,8 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     sync_bn: bool = True
+    hold_steps: int = 0
+    warmup_start: float = 0.0
 
     def __post_init__(self):
         for name, value, allowed in (("amp", self.amp, AMP_MODES), ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
@@ -105,9 +109,19 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.accum_steps < 1 or self.log_every < 1:
             raise ValueError("epochs, batch_size, accum_steps and log_every must be >= 1")
+        if self.hold_steps < 0 or not 0.0 <= self.warmup_start <= 1.0:
+            raise ValueError("hold_steps must be >= 0 and warmup_start in [0, 1]")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for k, default in _LATER_FIELDS.items():  # recorded only when set: older run folders still resume
+            if d[k] == default:
+                del d[k]
+        return d
+
+
+#: fields added after run folders existed, with their defaults (left out of ``to_dict`` at the default)
+_LATER_FIELDS = {"hold_steps": 0, "warmup_start": 0.0}
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,8 +144,12 @@ class TrainResult:
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """The learning rate of optimiser step ``step`` (0-based) out of ``total``."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        f = (step + 1) / cfg.warmup_steps
+        return cfg.lr * (cfg.warmup_start + (1.0 - cfg.warmup_start) * f) if cfg.warmup_start else cfg.lr * f
+    flat = cfg.warmup_steps + cfg.hold_steps
+    if step < flat:
+        return cfg.lr
+    t = (step - flat) / max(1, total - flat)
     if cfg.lr_schedule == "linear":
         return cfg.lr * (1.0 - t)
     if cfg.lr_schedule == "cosine":

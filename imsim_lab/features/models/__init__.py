@@ -75,6 +75,11 @@ def _register_all() -> None:
     _entry("multigrain_resnet50", multigrain_config, build_timm_descriptor)
     _entry("ssquare_net", ssquare_config, build_timm_descriptor)  # trained by `imsim-lab train ssquare`
     _entry("sscd_repro", sscd_repro_config, build_timm_descriptor)  # trained by `imsim-lab train sscd`
+    # VisionForce: Bag of Tricks (256-d head) and D2LV (wide feature); trained by `imsim-lab train bot|d2lv`
+    from .bot import bot_config, build_bot_descriptor, d2lv_config
+
+    _entry("bot_net", bot_config, build_bot_descriptor)
+    _entry("d2lv_net", d2lv_config, build_bot_descriptor)
     # SSCD
     _entry("sscd_disc_mixup_onnx", onnx_config, SSCDOnnx)
     _entry("sscd_distilled_onnx", lambda: onnx_config("sscd_distilled_onnx", "sscd_distilled.onnx"), SSCDOnnx)

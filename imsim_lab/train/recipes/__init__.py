@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ...errors import ImsimError
 from ...registry import Registry
-from . import lyakaap, pairvit, sscd, ssquare
+from . import bot, lyakaap, pairvit, sscd, ssquare
 from .base import PublishedStep, Recipe, RunStart, TrainSession, training_summary
 
 RECIPES: Registry[Recipe] = Registry("recipe")
@@ -46,6 +46,10 @@ register_recipe(lyakaap.RECIPE)
 register_recipe(pairvit.RECIPE)
 register_recipe(ssquare.RECIPE)
 register_recipe(sscd.RECIPE)
+# VisionForce (issue 13): Bag of Tricks, D2LV's backbones, Barlow Twins pretraining
+register_recipe(bot.BOT_RECIPE)
+register_recipe(bot.D2LV_RECIPE)
+register_recipe(bot.BARLOW_RECIPE)
 
 __all__ = ["PublishedStep", "RECIPES", "Recipe", "RunStart", "TrainSession", "get_recipe", "list_recipes",
            "register_recipe", "training_summary"]
