@@ -75,6 +75,9 @@ def _register_all() -> None:
     _entry("multigrain_resnet50", multigrain_config, build_timm_descriptor)
     _entry("ssquare_net", ssquare_config, build_timm_descriptor)  # trained by `imsim-lab train ssquare`
     _entry("sscd_repro", sscd_repro_config, build_timm_descriptor)  # trained by `imsim-lab train sscd`
+    from .ntxent import build_ntxent, ntxent_config
+
+    _entry("ntxent_vit", ntxent_config, build_ntxent)  # trained by `imsim-lab train ntxent`
     # SSCD
     _entry("sscd_disc_mixup_onnx", onnx_config, SSCDOnnx)
     _entry("sscd_distilled_onnx", lambda: onnx_config("sscd_distilled_onnx", "sscd_distilled.onnx"), SSCDOnnx)
