@@ -73,8 +73,8 @@ from imsim_lab.runfolder import read_candidates
 from imsim_lab.runner import RunOptions, bench_images, run_method
 from imsim_lab.train.infonce import SSCDLoss
 from imsim_lab.train.ntxent import CPU_MODEL, TAU, GroupViews, NTXentConfig, init_groups, ntxent_net, train_ntxent
-from imsim_lab.train.pairvit import (CPU_CONFIG, PairGroups, PairTrainConfig, PairViTConfig, held_out_split,
-                                     load_pairvit, pair_half, pair_scores, random_groups, roc,
+from imsim_lab.train.pairvit import (CPU_CONFIG, PairGroups, PairTrainConfig, PairViTConfig, auc_interval,
+                                     held_out_split, load_pairvit, pair_half, pair_scores, random_groups, roc,
                                      seam_attention, train_pairvit)
 from imsim_lab.train.recipes import get_recipe
 from imsim_lab.train.trainer import TrainConfig
@@ -91,12 +91,14 @@ TINY_DESC = {"backbone": "vit_tiny_patch16_224", "input_size": 32, "dim": 32,
 PLAN = {
     "smoke": dict(desc=TINY_DESC, desc_group=4, desc_batch=2, desc_steps=4, desc_lr=1e-3,
                   pair=PairViTConfig("vit_tiny_patch16_224", 32, 16, depth=1, embed_dim=64, num_heads=2),
-                  pair_group=4, pair_batch=4, pair_epochs=1, pair_lr=1e-3, holdout=6, views="smoke", top=3),
-    "cpu": dict(desc=CPU_MODEL, desc_group=16, desc_batch=2, desc_steps=120, desc_lr=3e-4,
-                pair=CPU_CONFIG, pair_group=8, pair_batch=8, pair_epochs=3, pair_lr=3e-4, holdout=200, views="cpu",
-                top=10),
+                  pair_group=4, pair_batch=4, pair_epochs=1, pair_lr=1e-3, holdout=6, views="smoke", cand_k=None,
+                  top=3, workers=0),
+    "cpu": dict(desc=CPU_MODEL, desc_group=16, desc_batch=1, desc_steps=60, desc_lr=3e-4,
+                pair=CPU_CONFIG, pair_group=4, pair_batch=8, pair_epochs=2, pair_lr=3e-4, holdout=200, views="cpu",
+                cand_k=20, top=5, workers=1),
     "full": dict(desc={}, desc_group=56, desc_batch=1, desc_steps=15500, desc_lr=1e-5, pair=PairViTConfig(),
-                 pair_group=8, pair_batch=3, pair_epochs=1, pair_lr=1e-5, holdout=2000, views="full", top=100),
+                 pair_group=8, pair_batch=3, pair_epochs=1, pair_lr=1e-5, holdout=2000, views="full", cand_k=None,
+                 top=100, workers=8),
 }[profile]
 opts = RunOptions(device="cpu" if profile != "full" else None, feature_cache=feature_cache(results_dir),
                   extract=ExtractConfig(batch_size=64, num_workers=0, shard_size=4096),
@@ -172,7 +174,7 @@ else:
     cfg = NTXentConfig(model_args=PLAN["desc"], group_size=PLAN["desc_group"],
                        train=TrainConfig(optimizer="adam", lr=PLAN["desc_lr"], weight_decay=1e-6,
                                          batch_size=PLAN["desc_batch"], max_steps=PLAN["desc_steps"],
-                                         checkpoint_every=50, device="cpu", seed=seed))
+                                         checkpoint_every=50, device="cpu", seed=seed, num_workers=PLAN["workers"]))
     res = train_ntxent(bench, desc_dir, cfg, groups=groups, groups_source="init")
     desc_weights = res.weights
     hist = pd.DataFrame(res.history)
@@ -239,7 +241,8 @@ else:
     pcfg = PairTrainConfig(model=cfg_pair, group_size=PLAN["pair_group"],
                            train=TrainConfig(optimizer="adam", lr=PLAN["pair_lr"], weight_decay=1e-6,
                                              batch_size=PLAN["pair_batch"], epochs=PLAN["pair_epochs"],
-                                             checkpoint_every=100, device="cpu", seed=seed))
+                                             checkpoint_every=100, device="cpu", seed=seed,
+                                             num_workers=PLAN["workers"]))
     pres = train_pairvit(bench, pair_dir, pcfg, groups=pgroups, groups_source="ntxent descriptor",
                          holdout=PLAN["holdout"])
     pair_weights = pres.weights
@@ -259,7 +262,9 @@ held_ds = PairGroups([train_paths[i] for i in held], random_groups(len(held), mi
                      cfg_pair, seed=seed + 1, ids=[str(bench.training_ids[i]) for i in held])
 labels, scores = pair_scores(net, held_ds)
 fpr, tpr, auc = roc(labels, scores)
-print(f"held-out pairs: {labels.sum()} positive, {(1 - labels).sum()} negative; AUC {auc:.3f} (chance 0.5)")
+_, auc_lo, auc_hi = auc_interval(labels, scores, seed=seed)
+print(f"held-out pairs: {labels.sum()} positive, {(1 - labels).sum()} negative; AUC {auc:.3f} "
+      f"[{auc_lo:.3f}, {auc_hi:.3f}] (95 % bootstrap; chance 0.5)")
 px.line(pd.DataFrame({"false-positive rate": fpr, "true-positive rate": tpr}), x="false-positive rate",
         y="true-positive rate", title=f"ROC on held-out training pairs, AUC {auc:.3f}", height=320,
         width=380).show()
@@ -307,11 +312,12 @@ display(contact_sheet([apply_view(img, v) for k in ("half_strips",) for v in VIE
 # %% [markdown]
 # The pair classifier scores the merged candidates (matcher `pairvit`, `-p candidates.views=...`); the
 # view descriptors are extracted once (cached under the feature cache) and every candidate remembers the
-# list and the query view that proposed it (`candidates.parquet`, read by the explorer's pair view). Here
-# without `best_only` first (step 4 adds it):
+# list and the query view that proposed it (`candidates.parquet`, read by the explorer's pair view). In
+# `cpu` the merged list is cut to its 20 best pairs per query (`candidates.k`) to fit the CPU budget. The
+# run is made without `best_only`; step 4 applies it with the matcher's own function (`best_only_scores`).
 
 # %%
-pv_over = {"candidates.method": "ntxent", "candidates.views": PLAN["views"], "candidates.k": None,
+pv_over = {"candidates.method": "ntxent", "candidates.views": PLAN["views"], "candidates.k": PLAN["cand_k"],
            "weights_path": str(pair_weights), "backbone": cfg_pair.backbone, "height": cfg_pair.height,
            "width": cfg_pair.width, "gray": cfg_pair.gray, "depth": cfg_pair.depth, "embed_dim": cfg_pair.embed_dim,
            "num_heads": cfg_pair.num_heads, "top": PLAN["top"], "best_only": False}
@@ -359,9 +365,7 @@ runs = {
     "re-scored + best only": Predictions(table.query_id.to_numpy(object), table.reference_id.to_numpy(object),
                                          best_only_scores(qcodes, table.score.to_numpy(float))),
 }
-pv_best = run_method("pairvit", bench.root, folder("pairvit"), {**pv_over, "best_only": True},
-                     opts=replace(opts, candidates=cand_run))
-assert abs(pv_best.metrics["isc2021"]["micro_ap"] - evaluate(bench.gt, runs["re-scored + best only"]).micro_ap) < 1e-6
+best_metrics = evaluate(bench.gt, runs["re-scored + best only"])  # what the matcher gives with best_only=True
 N_BOOT = 200 if profile == "smoke" else 1000
 gains = gains_table(bench.gt, runs, "candidates alone", n_boot=N_BOOT, seed=seed)
 display(gains.round(3))
@@ -394,7 +398,7 @@ print("share of true pairs at or below the median best wrong pair:", {k: round(v
                                                                       cal.attrs["overlap"].items()})
 pr_figure(pr_curves(bench.gt, shown)).show()
 sheet, cases = failure_gallery(bench, runs["re-scored + best only"],
-                               pv_best.metrics["isc2021"]["threshold_at_p90"], n=3)
+                               best_metrics.threshold_at_p90, n=3)
 if sheet is not None:
     display(sheet)
 display(cases)
@@ -403,13 +407,16 @@ display(cases)
 # **Reading the result** (re-read after each run; the numbers change with the profile). In `cpu` both
 # networks are tiny ViTs from random weights at 64 px (the descriptor) and 64 × 32 halves (the
 # classifier), trained for minutes on 800 training images: whether re-scoring helps **at this scale** is
-# what the table above says, interval included. The lesson's `notebooks/README.md` row records the
-# measured verdict. The published classifier is a ViT-L/16 from ImageNet weights trained for about 100k
+# what the table above says, interval included; and read it next to the held-out AUC of step 2: a
+# classifier whose AUC interval holds 0.5 is not separable from chance at this budget, and its re-scoring
+# can only reorder the candidates at random, so a loss against the candidates alone is the expected
+# outcome, not a bug. The lesson's `notebooks/README.md` row records the measured verdict. The published classifier is a ViT-L/16 from ImageNet weights trained for about 100k
 # steps on 8 GPUs: its pairs are far better separated than a 2-block network's can be.
 
 # %%
 summary = gains.set_index(["label", "metric"])
-print(f"profile {profile}: descriptor {t_desc:.0f} s, classifier {t_pair:.0f} s, held-out AUC {auc:.3f}")
+print(f"profile {profile}: descriptor {t_desc:.0f} s, classifier {t_pair:.0f} s, held-out AUC {auc:.3f} "
+      f"[{auc_lo:.3f}, {auc_hi:.3f}]")
 for label in runs:
     if label != "candidates alone":
         g = summary.loc[(label, "micro_ap")]

@@ -265,3 +265,48 @@ def test_ntxent_training_with_amp_on_cuda(tmp_path):
                                              device="cuda", checkpoint_every=0))
         res = train_ntxent(bench, tmp_path / amp, cfg, groups="random")
         assert res.steps == 2 and all(np.isfinite(h["loss"]) for h in res.history)
+
+
+def test_the_published_schedules_run_at_toy_size(tmp_path, capsys):
+    """The ``full`` profile's commands (each recipe's published steps) run as written, with the data, the
+    output and the size replaced by toy ones (later options override earlier ones)."""
+    from imsim_lab.cli import main
+    from imsim_lab.train.recipes import get_recipe
+    from support import make_bench
+
+    bench = make_bench(tmp_path / "bench", n_ref=4, n_train=6, n_pos=2, n_neg=1)
+    desc = tmp_path / "desc" / "features"  # a descriptor run's training features, for --groups
+    desc.mkdir(parents=True)
+    np.save(desc / "training.npy", np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32))
+    np.save(desc / "training_ids.npy", np.array([f"T{i:06d}" for i in range(6)]))
+    toy = {"ntxent": ["--profile", "cpu", "--size", "32", "--dim", "16", "--group-size", "3"],
+           "pairvit": ["--profile", "cpu", "--height", "32", "--width", "16", "--group-size", "2"]}
+    ran = 0
+    for name in ("ntxent", "pairvit"):
+        for k, step in enumerate(get_recipe(name).schedule()):
+            if not step.argv:
+                continue
+            argv = list(step.argv[step.argv.index("train"):])
+            assert argv[:2] == ["train", name] and "--pretrained" in argv
+            argv.remove("--pretrained")  # timm hub weights: no internet here
+            argv[argv.index("--bench") + 1] = str(bench)
+            argv[argv.index("--out") + 1] = str(tmp_path / f"{name}{k}")
+            argv[argv.index("--groups") + 1] = str(tmp_path / "desc")
+            assert main(argv + toy[name] + ["--max-steps", "1", "--batch-size", "2", "--workers", "0",
+                                            "--device", "cpu"]) == 0, capsys.readouterr().err
+            assert (tmp_path / f"{name}{k}" / "weights.pt").is_file()
+            ran += 1
+    assert ran == 2
+
+
+def test_auc_interval_holds_the_auc_and_narrows_with_more_pairs():
+    from imsim_lab.train.pairvit import auc_interval
+
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(50), np.zeros(150)].astype(bool)
+    s = np.round(rng.normal(y * 0.7, 1.0), 1)
+    auc, lo, hi = auc_interval(y, s, n_boot=300)
+    assert auc == pytest.approx(roc(y, s)[2]) and lo < auc < hi
+    y4, s4 = np.tile(y, 4), np.round(rng.normal(np.tile(y, 4) * 0.7, 1.0), 1)
+    a4, lo4, hi4 = auc_interval(y4, s4, n_boot=300)
+    assert hi4 - lo4 < hi - lo

@@ -376,6 +376,23 @@ def roc(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return fpr, tpr, auc
 
 
+def auc_interval(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float, float]:
+    """(AUC, low, high): the :func:`roc` area with a percentile bootstrap interval, positives and
+    negatives resampled separately (their counts stay those measured)."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, np.float64)
+    auc = roc(y, s)[2]
+    pos, neg = s[y], s[~y]
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    lab = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
+    for b in range(n_boot):
+        boot[b] = roc(lab, np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])[2]
+    a = (1 - level) / 2
+    return auc, float(np.quantile(boot, a)), float(np.quantile(boot, 1 - a))
+
+
 def last_block_attention(net: PairViT, x: torch.Tensor) -> torch.Tensor:
     """Attention weights of the classifier's last transformer block: (b, heads, tokens, tokens),
     computed from that block's own query and key projections (the class token first, then the
