@@ -105,7 +105,10 @@ def _stable(d: dict) -> dict:
         d["extract"] = {k: v for k, v in d["extract"].items() if k not in _EXECUTION_ONLY}
     if isinstance(d.get("candidates"), dict):
         # the source's definition decides; where it ran and what it gave are records
-        d["candidates"] = {k: v for k, v in d["candidates"].items() if k in ("method", "k", "budget")}
+        # (``views`` only when set, so that runs made before it existed keep their configuration)
+        keys = ("method", "k", "budget") + tuple(k for k in ("views", "model_fingerprint")
+                                                 if d["candidates"].get(k) is not None)
+        d["candidates"] = {k: v for k, v in d["candidates"].items() if k in keys}
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
 
@@ -137,7 +140,8 @@ def resolve_config(spec: MethodSpec, bench, overrides: dict | None, opts: RunOpt
                    "weights": mcfg.weights if not mcfg.weights_path else f"path:{mcfg.weights_path}"}
     else:
         source = spec.candidate_source(params)
-        config |= {"matcher": spec.matcher, "candidates": {**asdict(source), "run": None}}
+        config |= {"matcher": spec.matcher, "candidates": {**asdict(source), "run": None,
+                                                           **_candidate_model(source, opts)}}
     config |= {
         "extract": asdict(opts.extract) | {"device": opts.device},
         "search": {"backend": opts.backend, "isc2021_max_results": opts.max_results or get_protocol("isc2021").budget(0),
@@ -146,6 +150,25 @@ def resolve_config(spec: MethodSpec, bench, overrides: dict | None, opts: RunOpt
         "provenance": dict(opts.provenance),
     }
     return config
+
+
+def _candidate_model(source, opts: RunOptions) -> dict:
+    """``{"model_fingerprint": ...}`` when the candidate run given with ``opts.candidates`` describes with
+    another model configuration than its method's default (trained weights, another size: part of the
+    matching run's configuration), else ``{}``."""
+    from .runfolder import CONFIG, read_json
+
+    if not opts.candidates or not (Path(opts.candidates) / CONFIG).is_file():
+        return {}
+    try:
+        from .features.models import get_config
+
+        cand = get_method(source.method)
+        default = get_config(cand.model, **cand.model_args).fingerprint() if cand.track == "descriptor" else None
+    except (KeyError, TypeError, ValueError):
+        return {}  # refused with its own message by open_candidates
+    got = read_json(Path(opts.candidates) / CONFIG).get("model_fingerprint")
+    return {"model_fingerprint": got} if got and got != default else {}
 
 
 def process_cpu() -> float:
@@ -436,11 +459,14 @@ def open_candidates(spec: MethodSpec, params: dict, bench, out: Path, opts: RunO
                              f"`imsim-lab run {source.method} --bench {bench.root} --out {run}`")
         ctx = open_run(run, bench)
         want = resolve_config(cand_spec, bench, None, opts, run)
+        # the same method and post-processing parameters; its model may differ from the method's default
+        # (trained weights: ``-p model.weights_path=``), which the matching run records
+        # (config.json candidates.model_fingerprint, :func:`_candidate_model`)
         if ctx.config.get("method") != source.method or _stable(ctx.config).get("params") != _stable(want).get(
-                "params") or ctx.config.get("model_fingerprint") != want.get("model_fingerprint"):
+                "params"):
             raise ImsimError(f"{run}: the candidate source is a run of {ctx.config.get('method')!r} with another "
-                             f"configuration than {spec.name}'s candidates.method={source.method!r} (method, "
-                             "parameters or model differ); pass a run of that method or set -p candidates.method=")
+                             f"configuration than {spec.name}'s candidates.method={source.method!r} (method or "
+                             "parameters differ); pass a run of that method or set -p candidates.method=")
         return ctx
     sub = out / CANDIDATE_RUN
     run_method(cand_spec, bench.root, sub, None, opts, progress)
@@ -468,20 +494,63 @@ def _matching_track(spec, params, bench, config, out, opts, progress, timings, s
     source = spec.candidate_source(params)
     # candidates.k = "all": a matcher that searches the references itself gets only its shortlist
     shortlist = shortlist_for(spec.matcher, params) if source.all_references else None
+    queries, references = bench_images(bench, config, "query"), bench_images(bench, config, "reference")
+    merged, views_record = None, {}
     with _Phase(timings, "candidates"):
-        prep = prepare(cctx.spec, cctx.xq, cctx.xb, cctx.xt, cctx.params, opts.backend)
-        pairs = candidate_pairs(prep, cctx.qids, cctx.rids, source, opts.backend, shortlist)
+        if source.views is None:
+            prep = prepare(cctx.spec, cctx.xq, cctx.xb, cctx.xt, cctx.params, opts.backend)
+            pairs = candidate_pairs(prep, cctx.qids, cctx.rids, source, opts.backend, shortlist)
+        else:
+            merged, views_record = _view_candidates(cctx, source, queries, references, config, out, opts)
+            pairs = merged.pairs()
     if stale:  # the images changed since the matcher's work was done: it is redone
         import shutil
 
         shutil.rmtree(out / "matcher", ignore_errors=True)
-    mctx = MatchContext(queries=bench_images(bench, config, "query"), references=bench_images(bench, config, "reference"),
-                        work=out / "matcher", device=opts.device, extract=opts.extract, backend=opts.backend,
-                        progress=progress)
+    mctx = MatchContext(queries=queries, references=references, work=out / "matcher", device=opts.device,
+                        extract=opts.extract, backend=opts.backend, progress=progress)
     with _Phase(timings, "rescore"):
         final, table, report = rescore(spec.matcher, params, pairs, mctx, get_protocol("isc2021").max_rows)
+    if merged is not None:  # which list and query view proposed each pair (the explorer's pair view)
+        table["candidate_list"] = merged.lists
+        table["candidate_view"] = merged.views
+        table["candidate_n_lists"] = merged.n_lists
     cand = {**asdict(source), "run": str(Path(cctx.path).resolve()), "pairs": int(len(table)),
-            "queries_with_candidates": int(table["query_id"].nunique())}
+            "queries_with_candidates": int(table["query_id"].nunique()), **views_record}
     if shortlist is not None:  # the matcher found its pairs itself among all references
         cand["shortlist"] = {"per_query": shortlist, "pairs": int(len(pairs))}
     return {p: final for p in protocol_names()}, table, {"candidates": cand, "matcher_report": report}
+
+
+def view_cache_folder(cctx, config: dict, out: Path, opts: RunOptions) -> Path:
+    """Where the sub-image view descriptors of a matching run's candidates are kept: under the shared
+    feature cache when there is one (keyed on the model's configuration, the storage dtype and the
+    listings of the images, so runs with other matchers on the same images reuse them), else in the
+    run folder (``candidate_views/``)."""
+    if not opts.feature_cache:
+        return out / "candidate_views"
+    listing = config.get("images") or {}
+    return (Path(opts.feature_cache) / f"views-{cctx.descriptor.spec.model}-{cctx.model_fingerprint()}-"
+            f"{opts.extract.dtype}" / f"{listing.get('query', '')}-{listing.get('reference', '')}")
+
+
+def _view_candidates(cctx, source, queries, references, config: dict, out: Path, opts: RunOptions):
+    """The merged sub-image view lists of ``source.views``
+    (:func:`imsim_lab.features.pair_candidates.crop_candidates`, the candidate method's model, its view
+    descriptors cached by :func:`view_cache_folder`), cut by ``source.k`` / ``source.budget``.
+    Returns (MergedCandidates, record for config.json)."""
+    from .features.pair_candidates import SIZES, crop_lists, cut_merged, merge_candidates
+
+    sizes = SIZES[source.views]
+    folder = view_cache_folder(cctx, config, out, opts)
+    model = cctx.create_model(opts.device)
+    t = time.perf_counter()
+    lists = crop_lists(model, queries, references, folder, sizes, opts.extract, backend=opts.backend)
+    merged = merge_candidates(lists, sizes, queries.ids, references.ids)
+    before = len(merged)
+    merged = cut_merged(merged, source.k, source.budget)
+    names, counts = np.unique(merged.lists, return_counts=True)
+    record = {"sizes": sizes.as_dict(), "view_cache": str(folder), "merged_pairs": int(before),
+              "pairs_by_list": {str(n): int(c) for n, c in zip(names, counts)},
+              "view_seconds": round(time.perf_counter() - t, 3)}
+    return merged, record

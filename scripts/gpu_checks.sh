@@ -13,6 +13,7 @@
 #   1b. pytest -m gpu of the S-square and SSCD recipes (AMP), then their training throughput
 #      (and of Bag of Tricks: AMP training, multi-scale extraction on CUDA)
 #      (bench_train: trainer against the bare forward + backward);
+#   1c. pytest -m gpu of the pair ViT: scoring with AMP against the CPU, NT-Xent training with AMP;
 #   2. pytest -m gpu on faiss: GPU flat index against the CPU, float16 storage, sharded index,
 #      GPU block search, the k limit;
 #   3. extraction throughput on CUDA (bench_extract: pipeline against forward only);
@@ -236,6 +237,16 @@ EOF
       "$PY" benchmarks/bench_train.py --backbone resnet50 --size 224 --batch-size 64 --steps 10 --workers 8
   else
     not_run "pytest gpu: S-square and SSCD training with AMP" "torch sees no CUDA device"
+  fi
+
+  # SeungKee Jeon's pair ViT (issue 15): pair scoring with AMP on CUDA against the CPU, the NT-Xent
+  # candidate descriptor trained with AMP on CUDA
+  if ((CUDA > 0)); then
+    run_section "pytest gpu: pair ViT scoring and NT-Xent training (AMP)" 60 \
+      "$PY" -m pytest -q -p no:xdist -p no:cacheprovider -m gpu -ra --tb=short --junitxml="$WORK/pytest_pairvit.xml" \
+      tests/test_pairvit.py tests/test_pairvit_candidates.py
+  else
+    not_run "pytest gpu: pair ViT scoring and NT-Xent training (AMP)" "torch sees no CUDA device"
   fi
 
   if ((FAISS_GPUS > 0)); then

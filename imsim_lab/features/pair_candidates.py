@@ -22,7 +22,14 @@ The view sets are those of :mod:`imsim_lab.features.views`. The sizes are parame
   against reference crops keeping k distinct parent references per row;
 * :func:`merge_candidates` (pure, on arrays) merges lists into :class:`MergedCandidates`: each
   (query, reference) pair once, with its best score, the list and the query view that proposed it
-  at that score, and its 0-based rank inside its query.
+  at that score, and its 0-based rank inside its query;
+* :func:`crop_lists` / :func:`crop_candidates` make the lists from a descriptor model (view descriptors
+  cached per side and view set) and merge them; :func:`cut_merged` cuts a merged list per query and
+  overall. A matching method uses them with ``-p candidates.views=full|cpu|smoke``
+  (:class:`~imsim_lab.methods.spec.CandidateSource`; the runner keeps the list and the view of each
+  candidate in ``candidates.parquet``: ``candidate_list``, ``candidate_view``, ``candidate_n_lists``);
+* :func:`list_recall` (copies found by each list and added to those before it, per family) and
+  :func:`recall_at_k` (of a merged list) measure the candidates.
 """
 
 from __future__ import annotations
@@ -228,19 +235,21 @@ def view_neighbours(name: str, query_ids: Sequence[str], view_names: Sequence[st
                           out_r.astype(str), out_s)
 
 
-def crop_candidates(model, queries, references, folder, sizes: CandidateSizes = CandidateSizes(),
-                    config=None, min_side: int = 8, metric: str = "ip", backend: str = "auto") -> MergedCandidates:
-    """The five lists of the module table from a descriptor ``model``, merged.
+def crop_lists(model, queries, references, folder, sizes: CandidateSizes = CandidateSizes(), config=None,
+               min_side: int = 8, metric: str = "ip", backend: str = "auto") -> list[ViewNeighbours]:
+    """The lists of the module table from a descriptor ``model``, before merging.
 
     Args:
         model: a :class:`~imsim_lab.features.models.base.DescriptorModel` (unit descriptors for ``"ip"``).
         queries, references: :class:`~imsim_lab.features.dataset.ImageSource` of the images.
-        folder: where the view descriptors are kept (resumable, :func:`~imsim_lab.features.viewstore.extract_views`).
-        sizes: neighbours per view row of each list (a list of size 0 is not searched).
+        folder: where the view descriptors are kept, one split per side and view set (resumable,
+            :func:`~imsim_lab.features.viewstore.extract_views`): a second call on the same folder
+            searches the stored descriptors again and decodes no image.
+        sizes: neighbours per view row of each list (a list of size 0 is neither extracted nor searched).
         config: :class:`~imsim_lab.features.extract.ExtractConfig`. min_side: smallest view made, in pixels.
 
     Returns:
-        :class:`MergedCandidates` over the ids of ``queries`` and ``references``.
+        one :class:`ViewNeighbours` per list of non-zero size, in the order of :data:`LIST_VIEWS`.
     """
     from pathlib import Path
 
@@ -269,4 +278,111 @@ def crop_candidates(model, queries, references, folder, sizes: CandidateSizes = 
         else:
             lists.append(view_neighbours(name, qv.parent_ids, qv.view_names, np.asarray(qv.x), rid, xb, k, metric,
                                          backend))
+    return lists
+
+
+def crop_candidates(model, queries, references, folder, sizes: CandidateSizes = CandidateSizes(),
+                    config=None, min_side: int = 8, metric: str = "ip", backend: str = "auto") -> MergedCandidates:
+    """The lists of :func:`crop_lists` (same arguments), merged (:func:`merge_candidates`) over the
+    ids of ``queries`` and ``references``."""
+    lists = crop_lists(model, queries, references, folder, sizes, config, min_side, metric, backend)
     return merge_candidates(lists, sizes, queries.ids, references.ids)
+
+
+def cut_merged(merged: MergedCandidates, k: int | None = None, budget: int | None = None) -> MergedCandidates:
+    """The ``k`` best pairs of each query (by merged score; ranks kept) and/or the ``budget`` best
+    pairs overall (ties: the earlier pair). None: no cut of that kind."""
+    keep = np.ones(len(merged), bool)
+    if k is not None:
+        keep &= np.asarray(merged.ranks) < k
+    if budget is not None and keep.sum() > budget:
+        idx = np.flatnonzero(keep)
+        best = idx[np.argsort(-np.asarray(merged.scores)[idx], kind="stable")[:budget]]
+        keep = np.zeros(len(merged), bool)
+        keep[best] = True
+    return MergedCandidates(*(np.asarray(getattr(merged, f))[keep] for f in
+                              ("query_ids", "reference_ids", "scores", "ranks", "lists", "views", "n_lists")))
+
+
+# ------------------------------------------------------------------------------------------------
+# candidate recall
+
+
+def _truth(queries) -> dict:
+    """query id -> its original (reference id) for the queries with a match; ``queries``: a
+    benchmark's query table (query_id, has_match, reference_id)."""
+    q = queries[queries["has_match"].astype(bool)]
+    return dict(zip(q["query_id"].astype(str), q["reference_id"].astype(str)))
+
+
+def list_recall(lists: Sequence[ViewNeighbours], queries, sizes: CandidateSizes | dict | None = None) -> "pd.DataFrame":
+    """How many copies each list finds, and how many it adds to the lists before it.
+
+    Args:
+        lists: :class:`ViewNeighbours` in merge order (:func:`crop_lists`).
+        queries: the benchmark's query table (query_id, family, has_match, reference_id).
+        sizes: neighbours kept per view row of each list (as :func:`merge_candidates`).
+
+    Returns:
+        one row per (family, list), families plus ``"all"``: ``n_copies``, ``found`` (copies whose
+        original the list proposes), ``recall`` = found / n_copies, ``cumulative`` (the recall of this
+        list and those before it merged), ``added`` (copies first found by this list).
+    """
+    import pandas as pd
+
+    if isinstance(sizes, CandidateSizes):
+        sizes = sizes.as_dict()
+    sizes = dict(sizes or {})
+    truth = _truth(queries)
+    fam = dict(zip(queries["query_id"].astype(str), queries["family"].astype(str)))
+    found_by = []
+    for nb in lists:
+        k = sizes.get(nb.name, np.shape(nb.reference_ids)[1])
+        rs = np.asarray(nb.reference_ids).astype(str)[:, :k]
+        qs = np.asarray(nb.query_ids).astype(str)
+        hit = {q for q, row in zip(qs, rs) if q in truth and truth[q] in set(row)}
+        found_by.append(hit)
+    rows = []
+    families = ["all", *sorted({fam[q] for q in truth})]
+    for f in families:
+        copies = {q for q in truth if f == "all" or fam[q] == f}
+        seen: set = set()
+        for nb, hit in zip(lists, found_by):
+            h = hit & copies
+            added = h - seen
+            seen |= h
+            n = len(copies)
+            rows.append({"family": f, "list": nb.name, "n_copies": n, "found": len(h),
+                         "recall": len(h) / n if n else np.nan, "cumulative": len(seen) / n if n else np.nan,
+                         "added": len(added)})
+    return pd.DataFrame(rows)
+
+
+def recall_at_k(query_ids, reference_ids, ranks, queries, ks: Sequence[int] = (1, 5, 10, 20, 50, 100),
+                by_family: bool = True) -> "pd.DataFrame":
+    """Candidate recall@k of a merged candidate list (a matching run's ``candidates.parquet``: its
+    ``query_id``, ``reference_id`` and ``candidate_rank`` columns): the share of copies whose
+    original is among their query's ``k`` best candidates.
+
+    Returns:
+        columns family (``"all"`` and each family when ``by_family``), k, n_copies, recall.
+    """
+    import pandas as pd
+
+    truth = _truth(queries)
+    fam = dict(zip(queries["query_id"].astype(str), queries["family"].astype(str)))
+    q, r = np.asarray(query_ids).astype(str), np.asarray(reference_ids).astype(str)
+    rk = np.asarray(ranks, np.int64)
+    best: dict = {}  # copy -> rank of its original among its candidates
+    for qi, ri, k in zip(q, r, rk):
+        if truth.get(qi) == ri:
+            best[qi] = min(best.get(qi, k), k)
+    families = ["all", *sorted({fam[x] for x in truth})] if by_family else ["all"]
+    rows = []
+    for f in families:
+        copies = [x for x in truth if f == "all" or fam[x] == f]
+        for k in ks:
+            got = sum(1 for x in copies if x in best and best[x] < k)
+            rows.append({"family": f, "k": int(k), "n_copies": len(copies),
+                         "recall": got / len(copies) if copies else np.nan})
+    return pd.DataFrame(rows)

@@ -100,3 +100,13 @@ _add(MethodSpec("sift_verify", track="matching", matcher="sift",
                             "matching at short side 300: score = matches passing Lowe's ratio test (or RANSAC "
                             "inliers) + a descriptor-rank tie-break in [0, 0.5); features=rootsift as imgFp",
                 paper="Lowe, IJCV 2004 (SIFT, ratio test); local verification of the ISC2021 matching track"))
+
+# ------------------------------------------------------------------------------------------------
+# SeungKee Jeon's candidate descriptor (matching track 2nd): `imsim-lab train ntxent`
+
+_add(MethodSpec("ntxent", "ntxent_vit",
+                description="SeungKee Jeon's candidate descriptor: timm ViT class token + linear 256 (no bias) + L2 on "
+                            "grayscale input, NT-Xent (tau 0.1) on hard-negative groups: weights from `imsim-lab "
+                            "train ntxent` (model.weights_path=); the candidates.method of pairvit",
+                paper="Jeon, 2nd Place Solution to Facebook AI Image Similarity Challenge: Matching Track, "
+                      "arXiv 2111.09113"))

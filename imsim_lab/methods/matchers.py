@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 
 from ..registry import Registry
-from .spec import CANDIDATE_KEYS
+from .spec import CANDIDATE_KEYS, OPTIONAL_CANDIDATE_KEYS
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,7 +181,7 @@ MATCHERS: Registry = Registry("matcher")
 
 def matcher_params(params: dict) -> dict:
     """The parameters of a matching method that belong to its matcher (not ``candidates.*``)."""
-    return {k: v for k, v in params.items() if k not in CANDIDATE_KEYS}
+    return {k: v for k, v in params.items() if k not in CANDIDATE_KEYS and k not in OPTIONAL_CANDIDATE_KEYS}
 
 
 def create_matcher(name: str, params: dict) -> Matcher:

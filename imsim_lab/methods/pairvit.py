@@ -66,6 +66,24 @@ def best_only_scores(query_codes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.where(keep, scores, np.asarray(scores, np.float64) - 1.0)
 
 
+class _Halves:
+    """The matcher's preprocessing of one image: its halves (:func:`~imsim_lab.train.pairvit.pair_half`),
+    of each of ``views`` (stacked, (v, h, w, 3)) or of the whole image ((h, w, 3)). A grayscale classifier
+    asks for JPEGs decoded straight to luma (``decode_mode``, :func:`imsim_lab.features.dataset.read_image`):
+    the chroma planes are neither decoded nor converted."""
+
+    def __init__(self, config, views=None):
+        self.config, self.views = config, views
+        self.decode_mode = "L" if config.gray else "RGB"
+
+    def __call__(self, img):
+        from ..train.pairvit import pair_half
+
+        if self.views is None:
+            return pair_half(img, self.config)
+        return np.stack([pair_half(apply_view(img, v), self.config) for v in self.views])
+
+
 @MATCHERS.register("pairvit")
 class PairViTMatcher(Matcher):
     """Re-scoring by the pair classifier (see the module docstring).
@@ -151,14 +169,10 @@ class PairViTMatcher(Matcher):
         return [arr for _, arr, _ in got], failed
 
     def _query_views(self, img):
-        from ..train.pairvit import pair_half
-
-        return np.stack([pair_half(apply_view(img, v), self.config) for v in self.views])
+        return _Halves(self.config, self.views)(img)
 
     def _reference(self, img):
-        from ..train.pairvit import pair_half
-
-        return pair_half(img, self.config)
+        return _Halves(self.config)(img)
 
     # -- scoring ----------------------------------------------------------------------------------------
 
@@ -198,8 +212,8 @@ class PairViTMatcher(Matcher):
             t = time.perf_counter()
             cq = qu[c0:c0 + self.query_chunk]
             cr = np.unique(rids[chunk])
-            qarr, qfail = self._decode(ctx.queries, cq, self._query_views)
-            rarr, rfail = self._decode(ctx.references, cr, self._reference)
+            qarr, qfail = self._decode(ctx.queries, cq, _Halves(self.config, self.views))
+            rarr, rfail = self._decode(ctx.references, cr, _Halves(self.config))
             decoded["query"] += len(cq)
             decoded["reference"] += len(cr)
             failed["query"].update(qfail)
@@ -256,6 +270,7 @@ class PairViTMatcher(Matcher):
             "first_views": [names[k] for k in self.first], "views": names,
             "pairs": n, "pairs_rescored": int(rescored.sum()), "pairs_unscored": int((~valid).sum()),
             "classifier_pairs": int(forwards),
+            "classifier_pairs_per_query": round(forwards / max(len(qu), 1), 2),
             "pairs_per_second": round(forwards / total, 1) if total > 0 else None,
             "candidate_pairs_per_second": round(n / total, 1) if total > 0 else None,
             "images_decoded": decoded,
@@ -268,7 +283,8 @@ class PairViTMatcher(Matcher):
 
 METHODS.add("pairvit", MethodSpec(
     "pairvit", track="matching", matcher="pairvit",
-    params={"candidates.method": "sscd", "candidates.k": 100, "candidates.budget": None, "weights_path": "",
+    params={"candidates.method": "sscd", "candidates.k": 100, "candidates.budget": None, "candidates.views": None,
+            "weights_path": "",
             "backbone": "vit_large_patch16_224", "height": 224, "width": 112, "gray": True, "depth": None,
             "embed_dim": None, "num_heads": None, "top": 100, "first_views": list(FIRST_VIEWS),
             "views": "pairvit_query", "best_only": True, "batch_size": 64, "amp": "auto", "query_chunk": 64,
@@ -276,5 +292,6 @@ METHODS.add("pairvit", MethodSpec(
     description="top-k candidates of a descriptor run rescored by a ViT pair classifier on [reference | query] "
                 "(each 224x112, grayscale): whole + vertical halves first, the top 100 per query again over 8 "
                 "query views (max over views, mean over models), best reference per query kept; give "
-                "weights_path= (imsim-lab train pairvit)",
+                "weights_path= (imsim-lab train pairvit); crop candidates as published: -p candidates.views=full "
+                "-p candidates.k=null (cpu, smoke: shorter lists)",
     paper="Jeon, 2nd Place Solution to Facebook AI Image Similarity Challenge: Matching Track, arXiv 2111.09113"))

@@ -26,6 +26,8 @@ CANDIDATE_KEYS = ("candidates.method", "candidates.k", "candidates.budget")
 #: ``candidates.k`` of a method whose candidates are every reference (a matcher that searches the
 #: references itself returns the pairs it found; see :mod:`imsim_lab.methods.matching`)
 ALL = "all"
+#: candidate-source parameters a matching method may leave out (their default keeps the plain k-NN)
+OPTIONAL_CANDIDATE_KEYS = ("candidates.views",)
 
 
 @dataclass(frozen=True)
@@ -39,25 +41,40 @@ class CandidateSource:
             matcher searches the references itself (:attr:`~imsim_lab.methods.matchers.Matcher.own_search`).
         budget: pairs kept over all queries, best scores first (None: no global cut). With both,
             the k-NN lists are cut to the ``budget`` best pairs overall. Not with ``k="all"``.
+        views: None (the k-NN of the descriptor run, cut by ``k`` and ``budget``), or the name of a
+            size set of :data:`imsim_lab.features.pair_candidates.SIZES` (``"full"``, ``"cpu"``,
+            ``"smoke"``): the candidates are then the merged lists of sub-image views of
+            :mod:`imsim_lab.features.pair_candidates` (whole query, half strips, half grid, third
+            grid, reference half-grid crops), made with the descriptor method's model; ``k`` and
+            ``budget`` then cut the merged list (per query, overall). Not with ``k="all"``.
     """
 
     method: str = "sscd"
     k: int | str | None = 10
     budget: int | None = None
+    views: str | None = None
 
     def __post_init__(self):
-        if self.k is None and self.budget is None:
-            raise ValueError("a candidate source needs candidates.k or candidates.budget (or both)")
+        if self.k is None and self.budget is None and self.views is None:
+            raise ValueError("a candidate source needs candidates.k or candidates.budget (or both), or candidates.views")
         if self.k == ALL:
             if self.budget is not None:
                 raise ValueError(f"candidates.k={ALL!r} (every reference) takes no candidates.budget, "
                                  f"not {self.budget!r}")
+            if self.views is not None:
+                raise ValueError(f"candidates.k={ALL!r} (every reference) takes no candidates.views, "
+                                 f"not {self.views!r}")
             return
         for name, v in (("candidates.k", self.k), ("candidates.budget", self.budget)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or None"
                                  + (f" (or {ALL!r} for candidates.k)" if name == "candidates.k" else "")
                                  + f", not {v!r}")
+        if self.views is not None:
+            from ..features.pair_candidates import SIZES
+
+            if self.views not in SIZES:
+                raise ValueError(f"candidates.views must be None or one of {', '.join(SIZES)}, not {self.views!r}")
 
     @property
     def all_references(self) -> bool:
@@ -66,10 +83,14 @@ class CandidateSource:
 
     @classmethod
     def from_params(cls, params: dict) -> "CandidateSource":
-        return cls(params["candidates.method"], params.get("candidates.k"), params.get("candidates.budget"))
+        return cls(params["candidates.method"], params.get("candidates.k"), params.get("candidates.budget"),
+                   params.get("candidates.views"))
 
     def to_params(self) -> dict:
-        return {"candidates.method": self.method, "candidates.k": self.k, "candidates.budget": self.budget}
+        out = {"candidates.method": self.method, "candidates.k": self.k, "candidates.budget": self.budget}
+        if self.views is not None:
+            out["candidates.views"] = self.views
+        return out
 
 
 @dataclass(frozen=True)
@@ -120,7 +141,7 @@ class MethodSpec:
         for k, v in (overrides or {}).items():
             if k.startswith("model.") and self.track == "descriptor":
                 model_args[k[len("model."):]] = v
-            elif k in params:
+            elif k in params or (self.track == "matching" and k in OPTIONAL_CANDIDATE_KEYS):
                 params[k] = v
             else:
                 known = sorted(params) + (["model.<setting>"] if self.track == "descriptor" else [])

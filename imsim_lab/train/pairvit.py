@@ -96,11 +96,17 @@ def layout_text(layout) -> str:
 
 def pair_half(img, config: PairViTConfig) -> np.ndarray:
     """A PIL image as one half of the input: resized to (height, width), grayscale in 3 channels when
-    ``config.gray``. Returns (height, width, 3) uint8."""
+    ``config.gray``. Returns (height, width, 3) uint8.
+
+    Grayscale halves are resized as one luma plane and then repeated: PIL filters every channel alike,
+    so this is the same array as resizing the 3-channel gray image, for a third of the work."""
     from PIL import Image
 
-    img = img.convert("L").convert("RGB") if config.gray else img.convert("RGB")
-    return np.array(img.resize((config.width, config.height), Image.BILINEAR), np.uint8)
+    size = (config.width, config.height)
+    if config.gray:
+        small = np.asarray(img.convert("L").resize(size, Image.BILINEAR), np.uint8)
+        return np.repeat(small[:, :, None], 3, axis=2)
+    return np.array(img.convert("RGB").resize(size, Image.BILINEAR), np.uint8)
 
 
 def pair_tensor(refs: torch.Tensor, queries: torch.Tensor, config: PairViTConfig) -> torch.Tensor:
@@ -297,20 +303,128 @@ class PairTrainConfig:
 
 def train_pairvit(bench, out: str | Path, cfg: PairTrainConfig, groups: np.ndarray | None = None,
                   init: str | Path | None = None, on_step: Callable[[dict], None] | None = None,
-                  groups_source: str = "random") -> TrainResult:
+                  groups_source: str = "random", holdout: int = 0) -> TrainResult:
     """Train the pair classifier on the training images of ``bench`` (never a query) into ``out``.
 
     Args:
-        groups: (n, g) hard-negative groups over ``bench.training_ids`` (None: :func:`random_groups`).
+        groups: (n, g) hard-negative groups over the trained images (None: :func:`random_groups`).
         groups_source: what the groups were made from (kept in ``train_config.json``).
+        holdout: the last ``holdout`` training images are not trained on (:func:`held_out_split`), so
+            that pairs made from them measure the classifier (:func:`pair_scores`, :func:`roc`).
     """
     ids = [str(i) for i in bench.training_ids]
     if not ids:
         raise PairViTError(f"{Path(bench.root) / 'training'}: no training images")
+    if holdout:
+        ids = [ids[i] for i in held_out_split(len(ids), holdout)[0]]
     if groups is None:
         groups = random_groups(len(ids), min(cfg.group_size, len(ids)), cfg.train.seed)
     ds = PairGroups([bench.image_path(i) for i in ids], groups, cfg.model, cfg.train.seed, cfg.families,
                     cfg.strength, ids=ids)
     info = {"recipe": "pairvit", "config": cfg.to_dict(), "benchmark": str(bench.root), "groups": groups_source,
-            "group_size": int(groups.shape[1]), "init": str(init) if init else None}
+            "group_size": int(groups.shape[1]), "init": str(init) if init else None,
+            **({"held_out": int(holdout)} if holdout else {})}
     return train(PairViT(cfg.model), PairBCE(), ds, cfg.train, out, init=init, on_step=on_step, run_info=info)
+
+
+# ------------------------------------------------------------------------------------------------
+# held-out pairs, ROC, attention across the seam
+
+
+def held_out_split(n: int, holdout: int) -> tuple[np.ndarray, np.ndarray]:
+    """(trained, held out) positions of ``n`` training images: the last ``holdout`` are held out."""
+    if not 0 <= holdout < n - 1:
+        raise PairViTError(f"--holdout {holdout}: keep at least 2 of the {n} training images to train on")
+    return np.arange(n - holdout), np.arange(n - holdout, n)
+
+
+def pair_scores(net: PairViT, dataset: "PairGroups", items: Sequence[int] | None = None, epoch: int = 0,
+                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid scores and labels of the pairs of ``dataset`` items (default: all), in eval mode.
+
+    Returns (labels (m,) int64, scores (m,) float64)."""
+    items = range(len(dataset)) if items is None else items
+    ys, ss = [], []
+    was = net.training
+    net.eval()
+    dev = next(net.parameters()).device
+    with torch.inference_mode():
+        for i in items:
+            x, y = dataset[(int(i), epoch)]
+            xt = torch.from_numpy(x).to(dev)
+            for a in range(0, len(xt), batch_size):
+                ss.append(torch.sigmoid(net(xt[a:a + batch_size]).float()).reshape(-1).cpu().numpy())
+            ys.append(y)
+    net.train(was)
+    return np.concatenate(ys).astype(np.int64), np.concatenate(ss).astype(np.float64)
+
+
+def roc(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """ROC curve and its area: (false-positive rates, true-positive rates, AUC). Ties share their rank
+    (the AUC is the Mann-Whitney probability that a positive outscores a negative, ties counting half)."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, np.float64)
+    npos, nneg = int(y.sum()), int((~y).sum())
+    if not npos or not nneg:
+        raise PairViTError("ROC needs positive and negative pairs")
+    order = np.argsort(-s, kind="stable")
+    ys, ss = y[order], s[order]
+    last = np.r_[np.flatnonzero(ss[1:] != ss[:-1]), len(ss) - 1]  # the end of each run of equal scores
+    tpr = np.r_[0.0, np.cumsum(ys)[last] / npos]
+    fpr = np.r_[0.0, np.cumsum(~ys)[last] / nneg]
+    auc = float(np.sum((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1]) / 2))
+    return fpr, tpr, auc
+
+
+def auc_interval(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float, float]:
+    """(AUC, low, high): the :func:`roc` area with a percentile bootstrap interval, positives and
+    negatives resampled separately (their counts stay those measured)."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, np.float64)
+    auc = roc(y, s)[2]
+    pos, neg = s[y], s[~y]
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    lab = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
+    for b in range(n_boot):
+        boot[b] = roc(lab, np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])[2]
+    a = (1 - level) / 2
+    return auc, float(np.quantile(boot, a)), float(np.quantile(boot, 1 - a))
+
+
+def last_block_attention(net: PairViT, x: torch.Tensor) -> torch.Tensor:
+    """Attention weights of the classifier's last transformer block: (b, heads, tokens, tokens),
+    computed from that block's own query and key projections (the class token first, then the
+    patches row by row over the (h, 2w) input: reference patches left of the seam, query right)."""
+    blocks = net.backbone.blocks
+    got = {}
+    attn = blocks[-1].attn
+    handle = attn.register_forward_pre_hook(lambda m, args: got.__setitem__("x", args[0]))
+    try:
+        with torch.inference_mode():
+            net(x)
+            t = got["x"]
+            b, n, c = t.shape
+            qkv = attn.qkv(t).reshape(b, n, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
+            q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+            return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1)
+    finally:
+        handle.remove()
+
+
+def seam_attention(net: PairViT, x: torch.Tensor) -> dict:
+    """What the last block looks at across the seam, for inputs ``x`` (b, 3, h, 2w).
+
+    Returns ``cls_map`` (b, gh, 2gw): the class token's attention over the patch grid (mean over
+    heads); ``cross`` (b,): the share of the query patches' attention that goes to reference patches
+    (mean over heads and query patches); ``grid`` (gh, gw) patches per half.
+    """
+    a = last_block_attention(net, x).float().mean(1)  # (b, n, n)
+    prefix = a.shape[-1] - np.prod(net.backbone.patch_embed.grid_size)
+    gh, gw2 = net.backbone.patch_embed.grid_size
+    patches = a[:, prefix:, prefix:].reshape(len(x), gh, gw2, gh, gw2)
+    query_rows = patches[:, :, gw2 // 2:]  # attention from the query half ...
+    cross = query_rows[..., : gw2 // 2].sum((-1, -2)) / query_rows.sum((-1, -2)).clamp_min(1e-12)
+    cls_map = a[:, 0, prefix:].reshape(len(x), gh, gw2)
+    return {"cls_map": cls_map.cpu().numpy(), "cross": cross.mean((1, 2)).cpu().numpy(), "grid": (gh, gw2 // 2)}

@@ -80,6 +80,9 @@ def _register_all() -> None:
 
     _entry("bot_net", bot_config, build_bot_descriptor)
     _entry("d2lv_net", d2lv_config, build_bot_descriptor)
+    from .ntxent import build_ntxent, ntxent_config
+
+    _entry("ntxent_vit", ntxent_config, build_ntxent)  # trained by `imsim-lab train ntxent`
     # SSCD
     _entry("sscd_disc_mixup_onnx", onnx_config, SSCDOnnx)
     _entry("sscd_distilled_onnx", lambda: onnx_config("sscd_distilled_onnx", "sscd_distilled.onnx"), SSCDOnnx)

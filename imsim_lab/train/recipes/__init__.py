@@ -15,6 +15,7 @@ from __future__ import annotations
 from ...errors import ImsimError
 from ...registry import Registry
 from . import bot, lyakaap, pairvit, sscd, ssquare
+from . import ntxent  # SeungKee Jeon's candidate descriptor (issue 15)
 from .base import PublishedStep, Recipe, RunStart, TrainSession, training_summary
 
 RECIPES: Registry[Recipe] = Registry("recipe")
@@ -50,6 +51,7 @@ register_recipe(sscd.RECIPE)
 register_recipe(bot.BOT_RECIPE)
 register_recipe(bot.D2LV_RECIPE)
 register_recipe(bot.BARLOW_RECIPE)
+register_recipe(ntxent.RECIPE)
 
 __all__ = ["PublishedStep", "RECIPES", "Recipe", "RunStart", "TrainSession", "get_recipe", "list_recipes",
            "register_recipe", "training_summary"]

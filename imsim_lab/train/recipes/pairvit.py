@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a descriptor run folder whose features/training.npy gives the hard-negative groups "
                         "(default: random groups)")
     p.add_argument("--group-size", type=int, default=8, help="pairs per training image: itself + negatives")
+    p.add_argument("--holdout", type=int, default=0, metavar="N",
+                   help="the last N training images are not trained on (held-out pairs measure the classifier)")
     p.add_argument("--init", default=None, metavar="WEIGHTS", help="weights.pt of an earlier run")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=None)
@@ -74,7 +76,7 @@ def model_config(args: argparse.Namespace):
         raise ImsimError(str(e)) from None
 
 
-def _groups(run: str | None, bench, size: int):
+def _groups(run: str | None, bench, size: int, n: int | None = None):
     import numpy as np
 
     from ..pairvit import hard_negative_groups
@@ -92,7 +94,8 @@ def _groups(run: str | None, bench, size: int):
         raise ImsimError(f"{ids}: the run's training images are not this benchmark's ({len(tid)} vs {len(want)})")
     xt = xt[np.argsort(tid)][np.argsort(np.argsort(want))].astype(np.float32)
     xt /= np.maximum(np.linalg.norm(xt, axis=1, keepdims=True), 1e-12)
-    return hard_negative_groups(xt, min(size, len(want))), str(run)
+    xt = xt[:n] if n is not None else xt  # the trained images only (the held-out ones are the last)
+    return hard_negative_groups(xt, min(size, len(xt))), str(run)
 
 
 def run(args: argparse.Namespace, session: TrainSession) -> dict:
@@ -123,15 +126,22 @@ def run(args: argparse.Namespace, session: TrainSession) -> dict:
     bench = load_benchmark(args.bench)
     if len(bench.training_ids) < 2:
         raise ImsimError(f"{Path(bench.root) / 'training'}: fewer than 2 training images; pairvit trains on them")
-    groups, source = _groups(args.groups, bench, args.group_size)
-    cfg = PairTrainConfig(model=mc, group_size=min(args.group_size, len(bench.training_ids)), train=tc)
+    from ..pairvit import held_out_split
+
+    try:
+        n_train = len(held_out_split(len(bench.training_ids), args.holdout)[0])
+    except ImsimError as e:
+        raise ImsimError(f"{Path(bench.root) / 'training'}: {e}") from None
+    groups, source = _groups(args.groups, bench, args.group_size, n_train)
+    cfg = PairTrainConfig(model=mc, group_size=min(args.group_size, n_train), train=tc)
     per_step = args.batch_size * args.accum_steps * session.world
     out = Path(args.out)
     on_step = session.start(RunStart(f"pair classifier {mc.backbone} on {mc.height}x{mc.width} halves "
                                      f"({'grayscale' if mc.gray else 'colour'}), {len(bench.training_ids):,} training "
                                      f"images, groups of {cfg.group_size} ({source}) -> {out}",
                                      per_step, args.epochs, args.max_steps))
-    res = train_pairvit(bench, out, cfg, groups=groups, init=args.init, on_step=on_step, groups_source=source)
+    res = train_pairvit(bench, out, cfg, groups=groups, init=args.init, on_step=on_step, groups_source=source,
+                        holdout=args.holdout)
     evaluate = None
     if res.weights is not None:
         evaluate = ["imsim-lab", "run", "pairvit", "--bench", str(args.bench), "--out", str(out / "eval"),
