@@ -15,14 +15,16 @@ from .weights import WeightsError, check_sha256, state_dict_mismatch
 
 def check_weights_fit(cfg, where: str = "model.weights_path") -> None:
     """Raise :class:`WeightsError` (one line naming the file) unless ``cfg.weights_path`` fits the
-    network of ``cfg`` (a :class:`~imsim_lab.features.models.config.ModelConfig` of a timm descriptor:
-    ``extra`` has ``backbone``). No weights path, or another kind of model: nothing to check."""
+    network of ``cfg`` (a :class:`~imsim_lab.features.models.config.ModelConfig` of a timm descriptor,
+    :func:`~imsim_lab.features.models.timm_descriptor.timm_config`: ``extra`` has ``backbone`` and
+    ``head``). No weights path, or another kind of model (Bag of Tricks' network, an ensemble, ONNX):
+    nothing to check here; those check their weights when they load them."""
     import torch
 
     from .timm_descriptor import TimmDescriptorNet
 
     e = cfg.extra
-    if not cfg.weights_path or "backbone" not in e:
+    if not cfg.weights_path or "backbone" not in e or "head" not in e:
         return
     path = Path(cfg.weights_path)
     if not path.is_file():

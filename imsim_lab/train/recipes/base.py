@@ -149,3 +149,26 @@ def add_trainer_arguments(p) -> None:
     p.add_argument("--checkpoint-every", type=int, default=200, help="optimiser steps between checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda (default: CUDA if present)")
+
+
+def check_backbone(name: str) -> None:
+    """Refuse a ``--backbone`` that timm does not know (hub and local-folder names pass through)."""
+    import timm
+
+    from ...errors import ImsimError
+
+    if not name.startswith(("hf-hub:", "hf_hub:", "local-dir:")) and not timm.is_model(name):
+        raise ImsimError(f"--backbone {name!r}: not a timm model (list them with timm.list_models('pattern*'))")
+
+
+def check_global_batch(bench_root, n_images: int, batch_size: int, world: int, unit: str = "images") -> None:
+    """Refuse a training folder with fewer images than one global batch (``batch_size`` per process
+    times ``world`` processes); ``unit`` names what one batch counts (images, classes)."""
+    from pathlib import Path
+
+    from ...errors import ImsimError
+
+    glob = batch_size * world
+    if n_images < glob:
+        raise ImsimError(f"{Path(bench_root) / 'training'}: {n_images} training images cannot fill one global batch "
+                         f"of {glob} {unit}; lower --batch-size")

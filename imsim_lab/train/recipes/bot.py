@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ...errors import ImsimError
 from .base import PublishedStep, Recipe, RunStart, TrainSession, add_trainer_arguments, training_summary
-from .ssquare import _check_backbone, evaluate_command, training_paths
+from .base import check_backbone, check_global_batch
+from .ssquare import evaluate_command, training_paths
 
 BOT_DESCRIPTION = (
     "Bag of Tricks (VisionForce, descriptor track 3rd, arXiv 2111.08004): a ResNet with last stride 1, WaveBlocks "
@@ -90,12 +91,10 @@ def _run_variant(variant: str, args: argparse.Namespace, session: TrainSession) 
     from ..bot import MODEL_OF, train_bot
 
     cfg = bot_config(args, variant)
-    _check_backbone(cfg.backbone)
+    check_backbone(cfg.backbone)
     bench, paths = training_paths(args.bench, variant)
+    check_global_batch(bench.root, len(paths), args.batch_size, session.world, "classes")
     glob = args.batch_size * session.world
-    if len(paths) < glob:
-        raise ImsimError(f"{Path(bench.root) / 'training'}: {len(paths)} training images (classes) cannot fill one "
-                         f"global batch of {glob} classes; lower --batch-size")
     if cfg.offline and session.rank == 0:
         from ..bot_data import write_offline_copies
 
@@ -199,11 +198,9 @@ def run_barlow(args: argparse.Namespace, session: TrainSession) -> dict:
     barlow_config(args)
     bench, paths = training_paths(args.bench, "barlow")
     cfg = barlow_config(args, session.world, len(paths))
-    _check_backbone(cfg.backbone)
+    check_backbone(cfg.backbone)
+    check_global_batch(bench.root, len(paths), args.batch_size, session.world)
     glob = args.batch_size * session.world
-    if len(paths) < glob:
-        raise ImsimError(f"{Path(bench.root) / 'training'}: {len(paths)} training images cannot fill one global batch "
-                         f"of {glob}; lower --batch-size")
     out = Path(args.out)
     on_step = session.start(RunStart(f"Barlow Twins (lambda {cfg.lambd}), {cfg.backbone} at {cfg.size} px, "
                                      f"{len(paths):,} training images, {session.world} process(es) -> {out}",

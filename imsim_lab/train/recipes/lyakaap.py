@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from ...errors import ImsimError
-from .base import PublishedStep, Recipe, RunStart, TrainSession, add_trainer_arguments, training_summary
+from .base import (PublishedStep, Recipe, RunStart, TrainSession, add_trainer_arguments, check_backbone,
+                   training_summary)
 
 #: the registered method that evaluates a trained ISCNet (timm trunk + GeM p=1 + linear-BN head)
 EVAL_METHOD = "iscnet"
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace, session: TrainSession) -> dict:
     from ..trainer import CHECKPOINT
 
     cfg = stage_config(args)
-    _check_backbone(cfg.backbone)
+    check_backbone(cfg.backbone)
     bench = load_benchmark(args.bench)
     if len(bench.training_ids) == 0:
         raise ImsimError(f"{Path(bench.root) / 'training'}: no training images; lyakaap trains on the benchmark's "
@@ -154,12 +155,6 @@ def run(args: argparse.Namespace, session: TrainSession) -> dict:
         evaluate = evaluate_command(args.bench, res.out, cfg.backbone, size, cfg.dim, res.weights)
     return training_summary("lyakaap", res, session.world, per_step, evaluate)
 
-
-def _check_backbone(name: str) -> None:
-    import timm
-
-    if not name.startswith(("hf-hub:", "hf_hub:", "local-dir:")) and not timm.is_model(name):
-        raise ImsimError(f"--backbone {name!r}: not a timm model (list them with timm.list_models('pattern*'))")
 
 
 def check_init(path: str | Path, backbone: str, dim: int) -> None:

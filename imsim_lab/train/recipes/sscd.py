@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ...errors import ImsimError
 from .base import PublishedStep, Recipe, RunStart, TrainSession, add_trainer_arguments, training_summary
-from .ssquare import _check_backbone, evaluate_command, training_paths
+from .base import check_backbone, check_global_batch
+from .ssquare import evaluate_command, training_paths
 
 DESCRIPTION = (
     "SSCD (Pizzi et al., CVPR 2022, arXiv 2202.10261): a ResNet + GeM (p 3) + linear 512 + L2 learns from two "
@@ -100,11 +101,9 @@ def run(args: argparse.Namespace, session: TrainSession) -> dict:
     config(args)  # refuse bad options before reading the benchmark
     bench, paths = training_paths(args.bench, "sscd")
     cfg = config(args, session.world, len(paths))
-    _check_backbone(cfg.backbone)
+    check_backbone(cfg.backbone)
+    check_global_batch(bench.root, len(paths), args.batch_size, session.world)
     glob = args.batch_size * session.world
-    if len(paths) < glob:
-        raise ImsimError(f"{Path(bench.root) / 'training'}: {len(paths)} training images cannot fill one global batch "
-                         f"of {glob}; lower --batch-size")
     out = Path(args.out)
     if args.init and not (out / "checkpoint.pt").is_file():
         from ..initcheck import check_fits

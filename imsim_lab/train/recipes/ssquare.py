@@ -13,7 +13,8 @@ import argparse
 from pathlib import Path
 
 from ...errors import ImsimError
-from .base import PublishedStep, Recipe, RunStart, TrainSession, add_trainer_arguments, training_summary
+from .base import (PublishedStep, Recipe, RunStart, TrainSession, add_trainer_arguments, check_backbone,
+                   training_summary)
 
 DESCRIPTION = (
     "S-square's drip training (descriptor track 2nd, arXiv 2112.03415): a timm trunk + trainable GeM + linear "
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace, session: TrainSession) -> dict:
     from ..ssquare import check_classes, check_resume_classes, train_drip
 
     cfg = config(args)
-    _check_backbone(cfg.backbone)
+    check_backbone(cfg.backbone)
     bench, paths = training_paths(args.bench, "ssquare")
     check_classes(len(paths), cfg, Path(bench.root) / "training")
     out = Path(args.out)
@@ -155,12 +156,6 @@ def run(args: argparse.Namespace, session: TrainSession) -> dict:
                     "seconds": round(sum(r.seconds for r in res.stages), 2)})
     return summary
 
-
-def _check_backbone(name: str) -> None:
-    import timm
-
-    if not name.startswith(("hf-hub:", "hf_hub:", "local-dir:")) and not timm.is_model(name):
-        raise ImsimError(f"--backbone {name!r}: not a timm model (list them with timm.list_models('pattern*'))")
 
 
 def evaluate_command(method: str, bench, out, model_args: dict, weights) -> list[str]:
