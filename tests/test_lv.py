@@ -239,7 +239,7 @@ def test_detector_boxes_become_query_views(tiny_bench, cand_run, tmp_path):
     from imsim_lab.runner import bench_images
 
     det = tmp_path / "det.pt"
-    net = OverlayNet(DetectorConfig(input_size=32, width=4))
+    net = OverlayNet(DetectorConfig(input_size=32, width=4, head="global"))  # one linear layer decides the box
     with torch.no_grad():  # a confident box over the centre of every image
         net.net[-1].weight.zero_()
         net.net[-1].bias.copy_(torch.tensor([5.0, 0.0, 0.0, 0.0, 0.0]))
