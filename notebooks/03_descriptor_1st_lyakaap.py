@@ -550,10 +550,10 @@ print(f"notebook time: {time.perf_counter() - t_notebook:.0f} s (training {train
 #    the last, against stage 1's 1.069 and 0.849. Expect also a worse descriptor at this budget:
 #    both evaluated raw at 128 px on the whole benchmark, µAP 0.327 (stage 1) → 0.275 (hard views
 #    only), −0.052 [−0.075, −0.030], R@P90 0.227 → 0.182, −0.045 [−0.110, +0.010] (not
-#    separable). The strong families do not gain: `family_gains` finds no family separably better
-#    (paste, crop and overlay_image within their intervals; 6-7 copies a family) and 10 of 32
-#    separably worse, sharpen (−0.340) and text (−0.261) the largest; three epochs of hard views
-#    alone do not teach what the moderate view teaches first.
+#    separable). The strong families do not gain: paste, crop and overlay_image stay within their
+#    intervals (6-7 copies a family), `family_gains` finds 10 of 32 families separably worse,
+#    sharpen (−0.340) and text (−0.261) the largest, and one better, grayscale by a negligible
+#    +0.0001; three epochs of hard views alone do not teach what the moderate view teaches first.
 # 3. Drop the reference negatives from the last stage (`reference_negatives=0`, another
 #    `results_dir`). A step then embeds 64 images instead of 96, so the stage is faster. Expect
 #    µAP to fall against this notebook's `trained`: measured in the `cpu` plan (stage 2 from the

@@ -137,3 +137,14 @@ def test_family_gains_use_the_family_copies_and_every_query_without_a_match():
     for _, row in th.iterrows():
         members = half[(half["family"] == row["family"]) | ~half["has_match"]]["query_id"]
         assert row["value"] == pytest.approx(metrics_on(gt, clean, list(members))["micro_ap"], abs=1e-9)
+
+
+def test_an_interval_of_rounding_noise_is_not_separable():
+    """Two runs that rank a family alike can differ by float rounding in every resample ([1e-17,
+    2e-17]): that is no gain, and the verdict must not call it one."""
+    from imsim_lab.analysis.calibration import Gain
+
+    assert Gain("micro_ap", 0.143, 0.143, 1e-17, 1e-17, 2e-17, 0.95, 1000).verdict == "not separable"
+    assert Gain("micro_ap", 0.143, 0.143, -1e-17, -2e-17, -1e-17, 0.95, 1000).verdict == "not separable"
+    assert Gain("micro_ap", 0.1, 0.2, 0.1, 0.01, 0.2, 0.95, 1000).verdict == "b better"
+    assert Gain("micro_ap", 0.2, 0.1, -0.1, -0.2, -0.01, 0.95, 1000).verdict == "b worse"

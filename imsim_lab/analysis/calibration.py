@@ -111,13 +111,19 @@ class Gain:
 
     @property
     def separable(self) -> bool:
-        return bool(self.low > 0 or self.high < 0)
+        # two runs that rank a family's pairs alike differ only by float rounding (1e-17) in every
+        # resample: that is an interval of [0, 0], not a gain
+        return bool(self.low > SEPARABLE_EPS or self.high < -SEPARABLE_EPS)
 
     @property
     def verdict(self) -> str:
         if not self.separable:
             return "not separable"
         return "b better" if self.diff > 0 else "b worse"
+
+
+#: below this, an interval bound is 0 (metrics are sums of float weights: equal runs differ by rounding)
+SEPARABLE_EPS = 1e-9
 
 
 def _diff_replicates(ss_a, ss_b, mask, metric, n_boot, seed):
