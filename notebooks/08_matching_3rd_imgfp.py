@@ -29,8 +29,9 @@
 #   words with tf-idf instead of searching the raw descriptors, in µAP, memory and time.
 #
 # **What it costs**: `smoke` about two minutes on 2 cores (the tests run it; its figures are not
-# measurements); `cpu` 15 min 2 s on the 2 shared cores at load 7-10, SSCD features from the shared
-# feature cache (notebooks/README.md). To fit the CPU, the keypoints are capped (`max_keypoints` below,
+# measurements); `cpu` 1 min 53 s on an idle 2-core machine with `small` built and the SSCD
+# features in the lesson feature cache (15 min 2 s when the cores were shared, load 7-10;
+# notebooks/README.md). To fit the CPU, the keypoints are capped (`max_keypoints` below,
 # 100; imgFp keeps all of them, about 600 per image) and the detector sees 64-pixel images.
 
 # %% tags=["parameters"]
