@@ -33,48 +33,21 @@ import torch
 from PIL import Image
 
 from imsim_lab.features import ExtractConfig
-from imsim_lab.features.dataset import ordered_threads
 from imsim_lab.features.lvscore import LVConfig, verify
 from imsim_lab.features.models import create_model
 from imsim_lab.features.views import apply_view, make_views
 from imsim_lab.features.viewstore import ViewConfig, extract_views
 from imsim_lab.system import usable_cores
 
-SIZES = [(640, 480), (480, 640), (640, 427), (640, 640)]
+# the synthetic images and the forward-only timing of the views benchmark (run from benchmarks/)
+from bench_views import forward_only, make_images
+
 DISC21 = {"queries": 50_000, "references": 1_000_000}
 
 
 def cpu() -> float:
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def make_images(folder: Path, n: int) -> list[Path]:
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
-        w, h = SIZES[i % len(SIZES)]
-        small = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)
-        p = folder / f"R{i:06d}.jpg"
-        Image.fromarray(small).resize((w, h), Image.BICUBIC).save(p, quality=90)
-        out.append(p)
-    return out
-
-
-def forward_only(model, xs: list, batch_size: int, streams: int = 1) -> float:
-    """Views per second of the model alone on preprocessed arrays."""
-    batches = [xs[i:i + batch_size] for i in range(0, len(xs), batch_size)]
-    if streams == 1:
-        model.embed(batches[0])
-        t = time.perf_counter()
-        for b in batches:
-            model.embed(b)
-    else:
-        list(ordered_threads(model.embed_stream, batches[:streams], streams, streams))
-        t = time.perf_counter()
-        for _ in ordered_threads(model.embed_stream, batches, streams, 2 * streams):
-            pass
-    return len(xs) / (time.perf_counter() - t)
 
 
 def throughput(model, paths, ids, views: str, batch_size: int, tmp: Path) -> tuple[float, float, int]:
