@@ -336,3 +336,18 @@ def test_the_published_schedule_commands_parse_as_the_recipe_says(capsys):
         assert (a.init, a.pretrained) == ((f"runs/{prev}/weights.pt", False) if prev else (None, True))
         prev = st.stage
     assert steps[-1].argv == ()
+
+
+@pytest.mark.parametrize("cores, workers", [(1, 0), (2, 1), (3, 2), (16, 4)])
+def test_loader_workers_default_to_the_cores_the_step_leaves(monkeypatch, cores, workers):
+    """More workers than free cores only take CPU from the training step (4 on a 2-core machine had
+    3 loader processes and 2 torch threads on 2 cores)."""
+    import argparse
+
+    from imsim_lab.train.recipes import base
+
+    monkeypatch.setattr("imsim_lab.system.usable_cores", lambda: cores)
+    p = argparse.ArgumentParser()
+    base.add_trainer_arguments(p)
+    assert base.default_workers() == workers and p.parse_args([]).workers == workers
+    assert p.parse_args(["--workers", "3"]).workers == 3

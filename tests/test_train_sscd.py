@@ -246,3 +246,44 @@ def test_jpegs_decode_at_the_resolution_the_views_need(tmp_path):
     assert full.size == (640, 480)
     with pytest.raises(ImsimError, match="not found"):
         load_for_size(tmp_path / "missing.jpg", 32)
+
+
+def test_each_dataset_decodes_no_more_than_its_smallest_crop_needs(tmp_path, monkeypatch):
+    """S-square's first crop keeps >= 80 % of the area, so a 640 x 480 JPEG for 64 px views decodes at
+    1/4 (160 x 120: the smallest crop's short side 107 >= 64); SSCD's crops go down to 8 % and keep
+    the 1/2 scale (240 >= 64 x 3.54). Neither upscales its smallest crop."""
+    import math
+
+    from PIL import Image
+
+    import imsim_lab.train.ssquare_data as sq
+    from imsim_lab.train.sscd_data import SSCDViews
+    from imsim_lab.train.ssquare_data import ClassImages, crop_factor
+
+    assert crop_factor(1.0) == 1.0 and crop_factor(0.25) == 2.0
+    with pytest.raises(ValueError):
+        crop_factor(0)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"T{i}.jpg"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    seen = []
+    real = sq.load_for_size
+
+    def spy(path, size, factor=4):
+        im = real(path, size, factor)
+        seen.append((factor, im.size))
+        return im
+
+    monkeypatch.setattr(sq, "load_for_size", spy)
+    ClassImages(paths, 64, 0.7, (0.5,) * 3, (0.5,) * 3)[(0, 0)]
+    (factor, (w, h)), = seen
+    assert (w, h) == (160, 120) and math.sqrt(0.8) * h >= 64
+    seen.clear()
+    import imsim_lab.train.sscd_data as sd
+
+    monkeypatch.setattr(sd, "load_for_size", spy)
+    SSCDViews(paths, "advanced", 64, (0.5,) * 3, (0.5,) * 3)[(0, 0)]
+    (factor, (w, h)), = seen
+    assert (w, h) == (320, 240) and math.sqrt(0.08) * h >= 64

@@ -82,6 +82,25 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     assert again.resumed_from == 24 and again.steps == 24
 
 
+def test_a_resume_may_change_the_loader_workers(tmp_path):
+    """The worker count is how a run executes, not what it computes: a run cut at step 5 with no
+    worker resumes with one and ends with the weights of the uninterrupted run."""
+    from dataclasses import replace
+
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=0.05, checkpoint_every=5, seed=1)
+    full = _run(tmp_path / "full", cfg)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "cut", cfg, interrupt_at=6)
+    resumed = _run(tmp_path / "cut", replace(cfg, num_workers=1))
+    assert resumed.resumed_from == 5 and resumed.steps == full.steps
+    a, b = _weights(full.weights), _weights(resumed.weights)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # what it computes is still refused, and the message names the field
+    with pytest.raises(TrainError, match=r"train\.lr differ"):
+        _run(tmp_path / "cut", replace(cfg, lr=0.01))
+
+
 def test_other_configuration_is_refused(tmp_path):
     _run(tmp_path / "r", TrainConfig(epochs=1, batch_size=4, max_steps=2))
     with pytest.raises(TrainError, match="another configuration"):

@@ -31,7 +31,7 @@ from PIL import Image, ImageFilter
 from ..data.augment import Assets, Op, apply_op, sample_ops
 from ..registry import Registry
 from .data import TrainDataError, _ImagesById, to_array
-from .ssquare_data import load_for_size
+from .ssquare_data import crop_factor, load_for_size
 from .views import random_resized_crop, view_rng
 
 
@@ -156,20 +156,24 @@ class SSCDViews:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _load(self, index: int) -> Image.Image:
+        """Image ``index`` decoded at the smallest JPEG scale whose smallest crop is not upscaled."""
+        return load_for_size(self.paths[index], self.size, crop_factor(self.aug.crop_scale[0]))
+
     def _view(self, img: Image.Image, index: int, epoch: int, v: int) -> np.ndarray:
         out, _ = sscd_view(img, self.aug, self.size, view_rng(self.seed, epoch, index, v), self.assets)
         return to_array(out, self.mean, self.std)
 
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        img = load_for_size(self.paths[index], self.size)  # decoded once for both views
+        img = self._load(index)  # decoded once for both views
         a, b = self._view(img, index, epoch, 0), self._view(img, index, epoch, 1)
         y = np.asarray([[index, -1], [index, -1]], np.int64)
         g = view_rng(self.seed, epoch, index, 2)
         if self.mix_p and g.random() < self.mix_p:
             k = int(g.integers(len(self.paths) - 1))
             k = k + 1 if k >= index else k
-            other = self._view(load_for_size(self.paths[k], self.size), k, epoch, 3)
+            other = self._view(self._load(k), k, epoch, 3)
             b, _, _ = mix_arrays(b, other, g, self.mixup_alpha, self.cutmix_alpha, self.switch_p)
             y[1, 1] = k
         return np.stack([a, b]), y

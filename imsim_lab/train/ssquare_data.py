@@ -12,6 +12,7 @@ drawn in [0.5 I, I]. Items are addressed by ``(index, epoch)`` and every random 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -50,13 +51,16 @@ QUERY_OPS: tuple[QueryOp, ...] = (
 #: the intensities of the published drip schedule (test25 used 1.0 throughout)
 INTENSITY_SCHEDULE = (0.5, 0.6, 0.7, 0.75)
 
+#: area of the mild first crop of every query view (a fraction of the image)
+CROP_AREA = (0.8, 1.0)
+
 
 def query_view(img: Image.Image, size: int, intensity: float, rng: np.random.Generator,
                assets: Assets | None = None, ops: Sequence[QueryOp] = QUERY_OPS) -> tuple[Image.Image, list[str]]:
     """One query-like view of ``img`` at ``size`` x ``size``: a mild crop (area 0.8-1), then each op of
     ``ops`` with its probability at ``intensity``. Returns (image, names of the ops applied)."""
     assets = assets or Assets.default()
-    out = random_resized_crop(img, size, (0.8, 1.0), rng)
+    out = random_resized_crop(img, size, CROP_AREA, rng)
     applied = []
     for op in ops:
         if rng.random() >= op.probability(intensity):
@@ -70,10 +74,20 @@ def query_view(img: Image.Image, size: int, intensity: float, rng: np.random.Gen
     return out, applied
 
 
-def load_for_size(path: str | Path, size: int, factor: int = 4) -> Image.Image:
+def crop_factor(min_area: float) -> float:
+    """How many times the output size the short side of a decoded image must keep so that the
+    smallest crop of a view (``min_area`` of the image) is still downscaled, never upscaled:
+    ``1 / sqrt(min_area)`` (0.8 -> 1.12 for S-square's first crop, 0.08 -> 3.54 for SSCD's)."""
+    if not 0 < min_area <= 1:
+        raise ValueError(f"min_area must be in (0, 1], got {min_area}")
+    return 1.0 / math.sqrt(min_area)
+
+
+def load_for_size(path: str | Path, size: int, factor: float = 4) -> Image.Image:
     """Open an RGB image for training at ``size`` px, letting the JPEG decoder skip resolution the
-    views cannot use (``Image.draft``: the short side stays >= ``factor`` x ``size``; crops down to
-    1/16 of the area keep at least ``size`` pixels). Other formats decode in full.
+    views cannot use (``Image.draft``: the short side stays >= ``factor`` x ``size``; with
+    ``factor = crop_factor(a)`` a crop of area ``a`` keeps at least ``size`` pixels on its short
+    side). Other formats decode in full.
 
     Raises:
         TrainDataError: missing or unreadable (as :func:`imsim_lab.train.data.load_rgb`).
@@ -119,7 +133,9 @@ class ClassImages:
 
     def view(self, index: int, epoch: int = 0):
         """The PIL view of class ``index`` at ``epoch`` and the ops applied."""
-        return query_view(load_for_size(self.paths[index], self.size), self.size, self.intensity,
+        # the first crop keeps >= 80 % of the area: a JPEG decodes at the smallest scale that covers it
+        return query_view(load_for_size(self.paths[index], self.size, crop_factor(CROP_AREA[0])), self.size,
+                          self.intensity,
                           view_rng(self.seed, epoch, index, 0), self.assets)
 
     def __getitem__(self, key):

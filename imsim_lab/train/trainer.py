@@ -123,6 +123,16 @@ class TrainConfig:
 #: fields added after run folders existed, with their defaults (left out of ``to_dict`` at the default)
 _LATER_FIELDS = {"hold_steps": 0, "warmup_start": 0.0}
 
+#: how a run is executed, not what it computes (items are addressed by (index, epoch): the batches are the
+#: same for any number of loader workers); recorded, but a resume may change them
+EXECUTION_FIELDS = ("num_workers",)
+
+
+def _identity(described: dict) -> dict:
+    """A recorded training configuration without its :data:`EXECUTION_FIELDS` (what a resume must match)."""
+    train = {k: v for k, v in (described.get("train") or {}).items() if k not in EXECUTION_FIELDS}
+    return {**described, "train": train}
+
 
 @dataclass(frozen=True, eq=False)
 class TrainResult:
@@ -280,10 +290,11 @@ def train(model: nn.Module, criterion: nn.Module, dataset, config: TrainConfig, 
         for stale in out.glob(".*.tmp*"):  # a write cut short by a kill; the finished files are intact
             stale.unlink(missing_ok=True)
     if cfg_path.is_file():
-        old = json.loads(cfg_path.read_text())
-        if old != json.loads(json.dumps(described, default=str)):
-            diff = sorted(k for k in set(old) | set(described) if old.get(k) != json.loads(json.dumps(
-                described, default=str)).get(k))
+        old, new = _identity(json.loads(cfg_path.read_text())), _identity(json.loads(json.dumps(described, default=str)))
+        if old != new:
+            diff = sorted(f"train.{k}" for k in set(old["train"]) | set(new["train"])
+                          if old["train"].get(k) != new["train"].get(k))
+            diff += sorted(k for k in set(old) | set(new) if k != "train" and old.get(k) != new.get(k))
             raise TrainError(f"{out}: holds a training run of another configuration ({', '.join(diff)} differ); "
                              f"choose another folder or delete it")
     elif rank == 0:

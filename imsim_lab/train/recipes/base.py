@@ -141,11 +141,21 @@ def training_summary(recipe: str, result, world: int, images_per_step: int,
             "evaluate": shlex.join(evaluate) if evaluate else None}
 
 
+def default_workers() -> int:
+    """Loader workers per rank by default: the usable cores less one (the training step's), at most 4.
+    On 2 cores that is 1: more workers than free cores only take CPU from the step."""
+    from ...system import usable_cores
+
+    return max(0, min(4, usable_cores() - 1))
+
+
 def add_trainer_arguments(p) -> None:
     """The options every recipe passes to the shared trainer: AMP, loader workers, checkpoint
     interval, seed and device (one definition, the same defaults and help in every recipe)."""
     p.add_argument("--amp", default="auto", help="auto (bf16/fp16 on CUDA, off on CPU), off, bf16 or fp16")
-    p.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per rank")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="DataLoader worker processes per rank (default: the usable cores less one for the "
+                        f"training step, at most 4: {default_workers()} here)")
     p.add_argument("--checkpoint-every", type=int, default=200, help="optimiser steps between checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda (default: CUDA if present)")

@@ -16,6 +16,9 @@ from .base import PublishedStep, Recipe, RunStart, TrainSession, add_trainer_arg
 from .base import check_backbone, check_global_batch
 from .ssquare import evaluate_command, training_paths
 
+#: the published training resolution, the default of ``--size``
+TRAIN_SIZE = 224
+
 DESCRIPTION = (
     "SSCD (Pizzi et al., CVPR 2022, arXiv 2202.10261): a ResNet + GeM (p 3) + linear 512 + L2 learns from two "
     "augmented views per training image with InfoNCE (tau 0.05, every other image of the global batch a "
@@ -33,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bench", required=True, help="benchmark folder (its training/ images are used)")
     p.add_argument("--out", required=True, help="training run folder")
     p.add_argument("--backbone", default=None, help="timm ResNet trunk (default: the published resnet50)")
-    p.add_argument("--size", type=int, default=224, help="training crop (default 224); evaluation short side "
-                                                         "288 x size / 224")
+    p.add_argument("--size", type=int, default=TRAIN_SIZE,
+                   help=f"training crop (default {TRAIN_SIZE}); evaluation short side 288 x size / 224")
     p.add_argument("--dim", type=int, default=512, help="descriptor size (default 512)")
     p.add_argument("--aug", default="advanced", help="augmentation set: advanced (default) or strong_blur")
     p.add_argument("--tau", type=float, default=0.05, help="InfoNCE temperature (0.05)")

@@ -16,6 +16,9 @@ from ...errors import ImsimError
 from .base import (PublishedStep, Recipe, RunStart, TrainSession, add_trainer_arguments, check_backbone,
                    training_summary)
 
+#: the published training resolution, the default of ``--size``
+TRAIN_SIZE = 160
+
 DESCRIPTION = (
     "S-square's drip training (descriptor track 2nd, arXiv 2112.03415): a timm trunk + trainable GeM + linear "
     "neck + L2 learns with ArcFace (m 0.4, s 40), one class per training image; the class set grows stage by "
@@ -46,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--intensity", default=None, help="query-augmentation intensity per stage (default: the published "
                                                      "0.5 -> 0.75 spread over the stages)")
     p.add_argument("--backbone", default=None, help="timm backbone (default: the published eca_nfnet_l1)")
-    p.add_argument("--size", type=int, default=160, help="training and evaluation resolution (default 160)")
+    p.add_argument("--size", type=int, default=TRAIN_SIZE,
+                   help=f"training and evaluation resolution (default {TRAIN_SIZE})")
     p.add_argument("--dim", type=int, default=384, help="embedding size (default 384)")
     p.add_argument("--pretrained", action="store_true", help="timm hub weights for the backbone (internet)")
     p.add_argument("--init", default=None, metavar="WEIGHTS", help="weights.pt of an earlier S-square run")
