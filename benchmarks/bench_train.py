@@ -6,8 +6,8 @@ against the bare forward + loss + backward + optimiser step of its model on prel
         [--device cpu|cuda] [--amp auto]
 
 Target: the pipeline keeps at least 80 % of the bare step's throughput (training images per
-second; an SSCD image is two views). Two scales by default: ``lesson``, the CPU lessons' size
-(``--size``, 64 px, batch ``--batch-size``), and ``published``, each recipe's training resolution
+second; an SSCD image is two views). Two scales by default: ``lesson``, the ``--size`` and
+``--batch-size`` given (default the CPU lessons' 64 px, batch 32), and ``published``, each recipe's training resolution
 (the default ``--size`` of ``imsim-lab train ssquare`` / ``sscd``: 160 and 224 px; batch 16, 4
 steps, 2 rounds to keep the run short). At 64 px a resnet18 step costs about as much CPU per image
 as decoding and editing the view, so on 2 cores the lesson scale is bounded by the share of the

@@ -234,7 +234,7 @@ EOF
       "$PY" -m pytest -q -p no:xdist -p no:cacheprovider -m gpu -ra --tb=short --junitxml="$WORK/pytest_recipes.xml" \
       tests/test_train_ssquare.py tests/test_train_sscd.py
     run_section "training throughput (ssquare, sscd: trainer against the bare step)" 90 --measured \
-      "$PY" benchmarks/bench_train.py --backbone resnet50 --size 224 --batch-size 64 --steps 10 --workers 8
+      "$PY" benchmarks/bench_train.py --scales lesson --backbone resnet50 --size 224 --batch-size 64 --steps 10 --workers 8
   else
     not_run "pytest gpu: S-square and SSCD training with AMP" "torch sees no CUDA device"
   fi
