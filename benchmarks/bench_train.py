@@ -59,12 +59,15 @@ def _sync(device: str) -> None:
 def bare_step(net, criterion, x, y, cfg, steps: int) -> tuple[float, float]:
     """(wall, CPU) seconds per step of forward + loss + backward + optimiser step on preloaded (x, y),
     medians over the steps after the warm-up."""
-    from imsim_lab.train.trainer import make_optimizer, resolve_amp
+    from imsim_lab.train.trainer import make_optimizer, resolve_amp, resolve_channels_last, to_device
 
     device = cfg.device
     net.to(device).train()
     criterion.to(device)
-    x, y = x.to(device), y.to(device)
+    channels_last = resolve_channels_last(cfg.channels_last, device)  # as the trainer: on CUDA by default
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    x, y = to_device(x, device, channels_last), y.to(device)
     opt = make_optimizer([net, criterion], cfg)
     amp = resolve_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)

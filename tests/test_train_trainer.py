@@ -265,6 +265,44 @@ def test_cuda_training_with_amp(tmp_path, amp):
         np.testing.assert_allclose(losses, ref_losses, rtol=0.05, atol=0.02)
 
 
+def _train_net(out, cfg):
+    net = make_net()
+    res = train(net, XBMContrastiveLoss(16, 40), Items(), cfg, out)
+    return net, res
+
+
+def test_channels_last_trains_the_same_network_and_keeps_the_layout(tmp_path):
+    """channels_last="on" (the CUDA default, forced here on the CPU) keeps the conv weights and the
+    4-D batches channels-last; the run follows the contiguous one to float rounding."""
+    cfg = dict(epochs=1, batch_size=8, lr=0.05, checkpoint_every=0, seed=1, device="cpu")
+    net_on, on = _train_net(tmp_path / "on", TrainConfig(**cfg, channels_last="on"))
+    net_off, off = _train_net(tmp_path / "off", TrainConfig(**cfg, channels_last="off"))
+    assert net_on[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not net_off[0].weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose([r["loss"] for r in on.history], [r["loss"] for r in off.history], rtol=1e-4, atol=1e-5)
+    a, b = _weights(on.weights), _weights(off.weights)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)
+    # "auto" is contiguous on the CPU, and the layout is not part of what a resume must match
+    net_auto, _ = _train_net(tmp_path / "off", TrainConfig(**cfg))
+    assert not net_auto[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="channels_last"):
+        TrainConfig(channels_last="yes")
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_trains_channels_last_by_default_with_amp(tmp_path):
+    """On the GPU the trainer's default is channels-last (with bf16 autocast): the weights stay in
+    that layout and the losses follow the contiguous GPU run."""
+    cfg = dict(epochs=1, batch_size=8, lr=0.05, checkpoint_every=0, seed=1, device="cuda", amp="bf16")
+    net, res = _train_net(tmp_path / "auto", TrainConfig(**cfg))
+    _, ref = _train_net(tmp_path / "off", TrainConfig(**cfg, channels_last="off"))
+    assert net[0].weight.is_cuda and net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose([r["loss"] for r in res.history], [r["loss"] for r in ref.history], rtol=0.05,
+                               atol=0.02)
+
+
 KILLABLE = COMMON + '''
 import sys, time
 from imsim_lab.train import TrainConfig, XBMContrastiveLoss, train
