@@ -169,7 +169,6 @@ def test_the_source_takes_a_detector_and_a_threshold():
 
 def test_queries_search_with_the_crop_and_the_run_records_the_detector(tmp_path):
     from imsim_lab.features import detector as D
-    from imsim_lab.features.dataset import ImageSource
     from imsim_lab.features.models import create_model
     from imsim_lab.runfolder import read_candidates
     from imsim_lab.runner import run_method
@@ -217,7 +216,6 @@ def test_queries_search_with_the_crop_and_the_run_records_the_detector(tmp_path)
 def test_a_high_threshold_keeps_the_whole_query(tmp_path):
     from imsim_lab.features import ExtractConfig
     from imsim_lab.features.query_crops import crop_query_descriptors
-    from imsim_lab.features.dataset import ImageSource
     from imsim_lab.features.detector import OverlayNet
     from imsim_lab.features.models import create_model
     from support import make_bench
