@@ -114,3 +114,16 @@ def test_an_init_of_the_same_shape_is_the_starting_point(tiny_bench, tmp_path, c
     ref = OverlayNet.load(init).net.state_dict()
     conv = "body.0.0.weight"
     assert torch.allclose(got[conv], ref[conv], atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() and __import__("os").environ.get("IMSIM_REQUIRE_GPU") != "1",
+                    reason="needs CUDA")
+def test_the_recipe_trains_on_cuda_with_amp(tiny_bench, tmp_path, capsys):
+    from imsim_lab.features.detector import OverlayNet
+
+    assert _train(tiny_bench, tmp_path / "det", "--device", "cuda", "--amp", "auto", "--json") == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["steps"] == 8 and len(s["boxes"]) == 2
+    det = OverlayNet.load(s["detector"])  # saved from the CPU copy: loads anywhere
+    assert next(det.net.parameters()).device.type == "cpu"

@@ -247,3 +247,19 @@ def test_a_bad_detector_checkpoint_is_one_line_before_the_run_folder(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and str(ck) in err[0]
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available() and __import__("os").environ.get("IMSIM_REQUIRE_GPU") != "1",
+                           reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@_CUDA
+def test_esvit_on_cuda_agrees_with_the_cpu():
+    x = images(4)
+    a = narrow_model(seed=3).embed(x)
+    b = create_model("esvit_swinb", device="cuda", dim=16, timm_kwargs=NARROW, seed=3).embed(x)  # fp16 autocast
+    assert b.dtype == np.float32 and ((a * b).sum(1) > 0.99).all()
+    full = create_model("esvit_swinb", device="cuda")  # the published Swin-B, window 14, random weights
+    y = full.embed(images(8))
+    assert y.shape == (8, 256) and np.allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-3)
