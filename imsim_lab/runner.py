@@ -142,8 +142,8 @@ def resolve_config(spec: MethodSpec, bench, overrides: dict | None, opts: RunOpt
                    "weights": mcfg.weights if not mcfg.weights_path else f"path:{mcfg.weights_path}"}
     else:
         source = spec.candidate_source(params)
-        config |= {"matcher": spec.matcher, "candidates": _crops_record(source, {**asdict(source), "run": None,
-                                                                                **_candidate_model(source, opts)})}
+        cand = {**asdict(source), "run": None, **_candidate_model(source, opts)}
+        config |= {"matcher": spec.matcher, "candidates": _crops_record(source, cand)}
     config |= {
         "extract": asdict(opts.extract) | {"device": opts.device},
         "search": {"backend": opts.backend, "isc2021_max_results": opts.max_results or get_protocol("isc2021").budget(0),
@@ -539,8 +539,11 @@ def _matching_track(spec, params, bench, config, out, opts, progress, timings, s
         table["candidate_view"] = np.where(table["candidate_rank"].to_numpy() >= 0,
                                            table["query_id"].astype(str).map(view_of).fillna("").to_numpy(), "")
         views_record = {"crops_report": crops[1]}
-    cand = _crops_record(source, {**asdict(source), "run": str(Path(cctx.path).resolve()), "pairs": int(len(table)),
-                                  "queries_with_candidates": int(table["query_id"].nunique()), **views_record})
+    # the candidate model's fingerprint (trained weights, :func:`_candidate_model`) stays part of the configuration
+    fp = {k: v for k, v in (config.get("candidates") or {}).items() if k == "model_fingerprint"}
+    cand = _crops_record(source, {**asdict(source), **fp, "run": str(Path(cctx.path).resolve()),
+                                  "pairs": int(len(table)), "queries_with_candidates": int(table["query_id"].nunique()),
+                                  **views_record})
     if shortlist is not None:  # the matcher found its pairs itself among all references
         cand["shortlist"] = {"per_query": shortlist, "pairs": int(len(pairs))}
     return {p: final for p in protocol_names()}, table, {"candidates": cand, "matcher_report": report}

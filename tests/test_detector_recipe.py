@@ -13,13 +13,14 @@ import torch
 from imsim_lab.cli import main
 from imsim_lab.cli import train_cmd
 
-TOY = ["--size", "32", "--width", "4", "--composites", "64", "--batch-size", "16", "--epochs", "2", "--workers", "0",
-       "--device", "cpu"]
+TOY = ["--size", "32", "--width", "4", "--composites", "64", "--batch-size", "16", "--epochs", "2",
+       "--workers", "0", "--device", "cpu"]
 
 
 def _errors(capsys) -> list[str]:
     """stderr without the start line and the step lines of the progress."""
-    return [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith(("train detector ", "step "))]
+    lines = capsys.readouterr().err.strip().splitlines()
+    return [ln for ln in lines if not ln.startswith(("train detector ", "step "))]
 
 
 def _train(bench, out, *extra):

@@ -118,7 +118,7 @@ def test_esvit_released_layout_is_mapped_explicitly(tmp_path):
         narrow_model(weights_path=str(wide), weights_layout="esvit")
     del ck["teacher"]["module.backbone.norm.weight"]
     torch.save(ck, p)
-    with pytest.raises(WeightsError, match=r"esvit_release\.pth: not an EsViT Swin checkpoint of this shape: 1 missing"):
+    with pytest.raises(WeightsError, match=r"esvit_release\.pth: not an EsViT Swin checkpoint of this shape: 1 miss"):
         narrow_model(weights_path=str(p), weights_layout="esvit")
     with pytest.raises(WeightsError, match="weights_layout must be one of"):
         narrow_model(weights_layout="swin")
@@ -215,6 +215,7 @@ def test_queries_search_with_the_crop_and_the_run_records_the_detector(tmp_path)
 
 def test_a_high_threshold_keeps_the_whole_query(tmp_path):
     from imsim_lab.features import ExtractConfig
+    from imsim_lab.features.dataset import ImageSource
     from imsim_lab.features.query_crops import crop_query_descriptors
     from imsim_lab.features.detector import OverlayNet
     from imsim_lab.features.models import create_model
@@ -263,3 +264,37 @@ def test_esvit_on_cuda_agrees_with_the_cpu():
     full = create_model("esvit_swinb", device="cuda")  # the published Swin-B, window 14, random weights
     y = full.embed(images(8))
     assert y.shape == (8, 256) and np.allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-3)
+
+
+def test_the_full_profile_commands_at_toy_size(tmp_path):
+    """notebooks/08's ``full`` path: an ``esvit`` run with weights from a path, then ``imgfp`` with it as
+    the global branch (``candidates.method=esvit``, ``--candidates``), the detector's crops in both branches."""
+    from dataclasses import replace
+
+    from imsim_lab.runfolder import read_candidates
+    from imsim_lab.runner import run_method
+    from support import make_bench
+
+    bench = make_bench(tmp_path / "bench", n_ref=5, n_pos=3, n_neg=1)
+    w = tmp_path / "esvit.pt"
+    torch.save(narrow_model(seed=4).module.state_dict(), w)
+    sha = hashlib.sha256(w.read_bytes()).hexdigest()
+    model = {"model.dim": 16, "model.timm_kwargs": NARROW, "model.weights_path": str(w), "model.weights_sha256": sha}
+    g = run_method("esvit", bench, tmp_path / "esvit", model, opts=_opts())
+    assert g.config["weights"] == f"path:{w}" and g.config["model"]["extra"]["window_size"] == 14
+    det = _detector(tmp_path / "det.pt")
+    over = {"candidates.method": "esvit", "detector": str(det), "candidates.crops": str(det),
+            "candidates.crops_threshold": 0.0, "crop_threshold": 0.0}
+    opts = replace(_opts(), candidates=str(tmp_path / "esvit"))
+    res = run_method("imgfp", bench, tmp_path / "imgfp", over, opts=opts)
+    cand = res.config["candidates"]
+    assert cand["method"] == "esvit" and cand["run"] == str((tmp_path / "esvit").resolve())
+    assert cand["model_fingerprint"] == g.config["model_fingerprint"] and cand["crops_report"]["crops"] == 4
+    table = read_candidates(tmp_path / "imgfp")
+    shortlisted = table[table.candidate_rank >= 0]
+    assert len(shortlisted) == 4 and (shortlisted.candidate_view == "detector").all()
+    assert (table[table.candidate_rank < 0].candidate_view == "").all()
+    assert table["global"].sum() == 4 and res.config["matcher_report"]["crops"]["crops"] == 4
+    # the finished run keeps the candidate model's fingerprint: the same command finds it finished
+    again = run_method("imgfp", bench, tmp_path / "imgfp", over, opts=opts)
+    assert again.reused

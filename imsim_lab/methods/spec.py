@@ -64,8 +64,8 @@ class CandidateSource:
     def __post_init__(self):
         if self.crops is not None:  # imgFp's global branch: the detector's crop as the query
             if self.views is not None:
-                raise ValueError("candidates.crops (the detector's crop as the query) takes no candidates.views, "
-                                 f"not {self.views!r}")
+                raise ValueError("candidates.crops (the detector's crop as the query) takes no "
+                                 f"candidates.views, not {self.views!r}")
             if not isinstance(self.crops, str) or not self.crops:
                 raise ValueError(f"candidates.crops must be an overlay detector checkpoint path, not {self.crops!r}")
             t = self.crops_threshold
