@@ -298,3 +298,33 @@ def test_the_full_profile_commands_at_toy_size(tmp_path):
     # the finished run keeps the candidate model's fingerprint: the same command finds it finished
     again = run_method("imgfp", bench, tmp_path / "imgfp", over, opts=opts)
     assert again.reused
+
+
+def test_the_exact_keypoint_search_is_kept_and_read_back_only_for_the_same_features(tmp_path):
+    from dataclasses import replace
+
+    from imsim_lab.features.keypoint_search import exact_knn
+    from imsim_lab.features.localstore import load_local
+    from imsim_lab.methods.imgfp import cached_neighbours, kept_descriptors
+    from imsim_lab.runfolder import read_candidates
+    from imsim_lab.runner import run_method
+    from support import make_bench
+
+    bench = make_bench(tmp_path / "bench", n_ref=5, n_pos=3, n_neg=1)
+    over = {"candidates.method": "pdq", "max_keypoints": 60}
+    first = run_method("imgfp", bench, tmp_path / "run", over, opts=_opts())
+    assert first.config["matcher_report"]["search_read_back"] == {"local": False}
+    a = read_candidates(tmp_path / "run")
+    again = run_method("imgfp", bench, tmp_path / "run", over, opts=replace(_opts(), force=True))
+    rep = again.config["matcher_report"]
+    assert rep["search_read_back"] == {"local": True}
+    assert rep["seconds"]["search"] == first.config["matcher_report"]["seconds"]["search"]  # when it was made
+    assert a.equals(read_candidates(tmp_path / "run")) and again.metrics == first.metrics
+    fq = load_local(tmp_path / "run" / "matcher" / "query", "query")
+    fb = load_local(tmp_path / "run" / "matcher" / "reference", "reference")
+    (D, I), _, back = cached_neighbours(fq, fb, tmp_path / "run" / "matcher" / "query")
+    D0, I0 = exact_knn(kept_descriptors(fq), kept_descriptors(fb), 1, "numpy", "float16")
+    assert back and np.array_equal(I, I0) and np.allclose(D, D0)
+    # other features (the references as queries) are another key: searched, not read back
+    (_, I2), _, back2 = cached_neighbours(fb, fb, tmp_path / "run" / "matcher" / "query")
+    assert not back2 and (I2[:, 0] == np.arange(len(I2))).mean() > 0.9
