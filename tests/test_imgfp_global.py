@@ -206,6 +206,13 @@ def test_queries_search_with_the_crop_and_the_run_records_the_detector(tmp_path)
     whole = run_method("sift_verify", bench, tmp_path / "whole", {**over, "candidates.crops": None}, opts=_opts())
     assert "crops" not in whole.config["candidates"]
     assert "candidate_view" not in read_candidates(tmp_path / "whole").columns
+    # the robustness suites cannot make the new queries' crops: refused in one line, never a silent whole query
+    from imsim_lab.analysis.runcontext import RobustnessError, _matching_predictions, open_run
+
+    ctx = open_run(tmp_path / "run", bench)
+    with pytest.raises(RobustnessError, match="candidates.crops"):
+        _matching_predictions(ctx, ctx.descriptor.qids, ctx.descriptor.xq, set(), images=ctx, work=tmp_path / "w",
+                              opts=_opts())
     # the same folder with another detector is another configuration; the same one is reused
     assert run_method("sift_verify", bench, tmp_path / "run", over, opts=_opts()).reused
     _detector(det, seed=1)
