@@ -108,6 +108,8 @@ def _stable(d: dict) -> dict:
         # (``views`` only when set, so that runs made before it existed keep their configuration)
         keys = ("method", "k", "budget") + tuple(k for k in ("views", "model_fingerprint")
                                                  if d["candidates"].get(k) is not None)
+        if d["candidates"].get("crops") is not None:  # the detector's crop as the query (which one decides)
+            keys += ("crops", "crops_threshold", "crops_sha256")
         d["candidates"] = {k: v for k, v in d["candidates"].items() if k in keys}
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
@@ -140,8 +142,8 @@ def resolve_config(spec: MethodSpec, bench, overrides: dict | None, opts: RunOpt
                    "weights": mcfg.weights if not mcfg.weights_path else f"path:{mcfg.weights_path}"}
     else:
         source = spec.candidate_source(params)
-        config |= {"matcher": spec.matcher, "candidates": {**asdict(source), "run": None,
-                                                           **_candidate_model(source, opts)}}
+        cand = {**asdict(source), "run": None, **_candidate_model(source, opts)}
+        config |= {"matcher": spec.matcher, "candidates": _crops_record(source, cand)}
     config |= {
         "extract": asdict(opts.extract) | {"device": opts.device},
         "search": {"backend": opts.backend, "isc2021_max_results": opts.max_results or get_protocol("isc2021").budget(0),
@@ -150,6 +152,20 @@ def resolve_config(spec: MethodSpec, bench, overrides: dict | None, opts: RunOpt
         "provenance": dict(opts.provenance),
     }
     return config
+
+
+def _crops_record(source, cand: dict) -> dict:
+    """The candidates' configuration ``cand`` with what ``candidates.crops`` adds: the detector
+    checkpoint's sha256 (a checkpoint that is missing or of another shape: one line, before the run
+    folder is written); without it, its two keys are left out (runs made before it keep theirs)."""
+    if source.crops is None:
+        return {k: v for k, v in cand.items() if k not in ("crops", "crops_threshold")}
+    from .features.detector import OverlayNet, checkpoint_digest
+
+    if not Path(source.crops).is_file():
+        raise ImsimError(f"{source.crops}: overlay detector checkpoint not found (candidates.crops)")
+    OverlayNet.load(source.crops)
+    return {**cand, "crops_sha256": checkpoint_digest(source.crops)}
 
 
 def _candidate_model(source, opts: RunOptions) -> dict:
@@ -495,10 +511,13 @@ def _matching_track(spec, params, bench, config, out, opts, progress, timings, s
     # candidates.k = "all": a matcher that searches the references itself gets only its shortlist
     shortlist = shortlist_for(spec.matcher, params) if source.all_references else None
     queries, references = bench_images(bench, config, "query"), bench_images(bench, config, "reference")
-    merged, views_record = None, {}
+    merged, views_record, crops = None, {}, None
     with _Phase(timings, "candidates"):
         if source.views is None:
-            prep = prepare(cctx.spec, cctx.xq, cctx.xb, cctx.xt, cctx.params, opts.backend)
+            xq, crops = cctx.xq, None
+            if source.crops is not None:  # imgFp's global branch: the detector's crop searches for its query
+                xq, crops = _crop_queries(cctx, source, queries, config, out, opts)
+            prep = prepare(cctx.spec, xq, cctx.xb, cctx.xt, cctx.params, opts.backend)
             pairs = candidate_pairs(prep, cctx.qids, cctx.rids, source, opts.backend, shortlist)
         else:
             merged, views_record = _view_candidates(cctx, source, queries, references, config, out, opts)
@@ -515,11 +534,38 @@ def _matching_track(spec, params, bench, config, out, opts, progress, timings, s
         table["candidate_list"] = merged.lists
         table["candidate_view"] = merged.views
         table["candidate_n_lists"] = merged.n_lists
-    cand = {**asdict(source), "run": str(Path(cctx.path).resolve()), "pairs": int(len(table)),
-            "queries_with_candidates": int(table["query_id"].nunique()), **views_record}
+    if source.views is None and crops is not None:  # the view each query searched with ("" = not proposed)
+        view_of = dict(zip(np.asarray(cctx.qids).astype(str), crops[0]))
+        table["candidate_view"] = np.where(table["candidate_rank"].to_numpy() >= 0,
+                                           table["query_id"].astype(str).map(view_of).fillna("").to_numpy(), "")
+        views_record = {"crops_report": crops[1]}
+    # the candidate model's fingerprint (trained weights, :func:`_candidate_model`) stays part of the configuration
+    fp = {k: v for k, v in (config.get("candidates") or {}).items() if k == "model_fingerprint"}
+    cand = _crops_record(source, {**asdict(source), **fp, "run": str(Path(cctx.path).resolve()),
+                                  "pairs": int(len(table)), "queries_with_candidates": int(table["query_id"].nunique()),
+                                  **views_record})
     if shortlist is not None:  # the matcher found its pairs itself among all references
         cand["shortlist"] = {"per_query": shortlist, "pairs": int(len(pairs))}
     return {p: final for p in protocol_names()}, table, {"candidates": cand, "matcher_report": report}
+
+
+def _crop_queries(cctx, source, queries, config: dict, out: Path, opts: RunOptions):
+    """The candidate run's query descriptors with each query's row replaced by the descriptor of the
+    overlay detector's crop when it keeps a box at ``source.crops_threshold``
+    (:func:`imsim_lab.features.query_crops.crop_query_descriptors`, cached with the view descriptors,
+    :func:`view_cache_folder`). Returns (xq, (views (nq,), record)). A checkpoint that is missing or
+    of another shape raises ImsimError naming it."""
+    from .features.detector import OverlayNet, checkpoint_digest
+    from .features.query_crops import crop_query_descriptors
+
+    if not Path(source.crops).is_file():
+        raise ImsimError(f"{source.crops}: overlay detector checkpoint not found (candidates.crops)")
+    digest = checkpoint_digest(source.crops)
+    det = OverlayNet.load(source.crops)
+    xq, views, _, record = crop_query_descriptors(cctx.create_model(opts.device), det, digest, source.crops_threshold,
+                                                  queries, cctx.qids, cctx.xq,
+                                                  view_cache_folder(cctx, config, out, opts), opts.extract)
+    return xq, (views, {"detector": str(Path(source.crops).resolve()), **record})
 
 
 def view_cache_folder(cctx, config: dict, out: Path, opts: RunOptions) -> Path:

@@ -262,9 +262,10 @@ EOF
   if ((CUDA > 0)); then  # imgFp (issue 14): detector training with AMP, keypoint search in float16 on CUDA
     local kp_select=()
     ((FAISS_GPUS > 0)) || kp_select=(-k "not faiss_gpu")  # faiss GPU shards only with a faiss GPU build
-    run_section "pytest gpu: overlay detector AMP, keypoint search (torch CUDA float16, faiss GPU shards)" 90 \
+    run_section "pytest gpu: overlay detector AMP and train detector, EsViT Swin-B, keypoint search (torch CUDA float16, faiss GPU shards)" 150 \
       "$PY" -m pytest -q -p no:xdist -p no:cacheprovider -m gpu -ra --tb=short --junitxml="$WORK/pytest_imgfp.xml" \
-      "${kp_select[@]}" tests/test_detector.py tests/test_keypoint_search.py
+      "${kp_select[@]}" tests/test_detector.py tests/test_keypoint_search.py \
+      tests/test_detector_recipe.py tests/test_imgfp_global.py  # train detector on CUDA, EsViT Swin-B on CUDA
   else
     not_run "pytest gpu: overlay detector, keypoint search" "torch sees no CUDA device"
   fi

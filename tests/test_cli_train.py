@@ -274,11 +274,16 @@ def with_toy(monkeypatch):
 
 
 def test_train_alone_lists_every_registered_recipe_with_its_help(with_toy, capsys):
+    import re
+
     assert main(["train"]) == 1
     out = capsys.readouterr().out
-    assert "lyakaap  one stage of lyakaap's" in out and "toy      a recipe of the tests" in out
+    # names in one column as wide as the longest (``detector``, 8 letters, since issue 14)
+    assert re.search(r"\n  lyakaap +one stage of lyakaap's", out) and re.search(r"\n  toy +a recipe of the tests", out)
+    col = {m.group(1): m.end(2) - m.start(1) for m in re.finditer(r"\n  (\w+)( +)\S", out)}
+    assert col["lyakaap"] == col["toy"] == col["detector"]
     assert train_cmd.main([]) == 1
-    assert "toy      a recipe of the tests" in capsys.readouterr().out
+    assert re.search(r"\n  toy +a recipe of the tests", capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("entry, prefix", [(lambda a: main(["train", *a]), "imsim-lab"),

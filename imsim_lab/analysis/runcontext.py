@@ -211,6 +211,9 @@ def _matching_predictions(ctx: RunContext, q_new, x_new, distractors: set, image
     d = ctx.descriptor
     prep = prepare(d.spec, x_new, d.xb, d.xt, d.params, opts.backend)
     source = ctx.spec.candidate_source(ctx.params)
+    if source.crops is not None:  # the new queries would need the detector's crops as well: not made here
+        raise RobustnessError(f"{ctx.path}: a run with candidates.crops (the detector's crop as the query) cannot be "
+                              "re-evaluated by the robustness suites; run one without it")
     shortlist = shortlist_for(ctx.spec.matcher, ctx.params) if source.all_references else None
     pairs = candidate_pairs(prep, q_new, d.rids.astype(object), source, opts.backend, shortlist)
     mctx = MatchContext(queries=images, references=bench_images(ctx.bench, ctx.config, "reference"), work=Path(work), device=opts.device, extract=opts.extract,

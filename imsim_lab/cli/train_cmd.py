@@ -125,6 +125,8 @@ def present(summary: dict, as_json: bool) -> None:
     print(f"training run : {summary['out']}  ({state})")
     print(f"weights      : {summary['weights']}")
     print(f"loss history : {summary['history']}")
+    for line in summary.get("report") or ():  # what a recipe measured itself (the detector's box recall)
+        print(line)
     if summary.get("evaluate"):
         print("evaluate them as a run on the benchmark:")
         print(f"  {summary['evaluate']}")

@@ -233,6 +233,12 @@ def _loss(out, pb, bb):
     return loss
 
 
+def detector_loss(out, has_box, boxes):
+    """The training loss of the net's output ``out`` (either head) against ``has_box`` (n,) 1 = the
+    image has a box and ``boxes`` (n, 4) fractions (see :func:`train_detector`)."""
+    return _loss(out, has_box, boxes)
+
+
 def make_composites(paths: Sequence[str | Path], n: int, seed: int = 0, negative_rate: float = 0.3):
     """``n`` training samples (image, box or None) from training images only: for the positives an
     edit of :data:`COMPOSITE_FAMILIES` (pasted onto another image, a collage, a frame of padding or

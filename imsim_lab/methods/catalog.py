@@ -110,3 +110,14 @@ _add(MethodSpec("ntxent", "ntxent_vit",
                             "train ntxent` (model.weights_path=); the candidates.method of pairvit",
                 paper="Jeon, 2nd Place Solution to Facebook AI Image Similarity Challenge: Matching Track, "
                       "arXiv 2111.09113"))
+
+# ------------------------------------------------------------------------------------------------
+# imgFp's global descriptor (matching track 3rd, `full` profile): the candidates.method of imgfp there
+
+_add(MethodSpec("esvit", "esvit_swinb",
+                description="imgFp's global branch: EsViT Swin-B (window 14, 224 bicubic), the last 4 blocks' token "
+                            "means concatenated, linear 256, L2; the team's fine-tuned weights are not published: "
+                            "model.weights_path= any checkpoint of this shape (model.weights_layout=esvit for EsViT's "
+                            "own release); imgfp's candidates.method in the full profile",
+                paper="Sun et al., A Global and Local Dual Retrieval Solution, arXiv 2112.02373; Li et al., EsViT, "
+                      "arXiv 2106.09785"))

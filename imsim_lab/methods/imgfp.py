@@ -141,6 +141,38 @@ def vote_pairs(fq, fb, rules: VoteRules = VoteRules(), search: str = "exact", ba
             "seconds": {"search": round(secs, 3)}, "keypoints": {"query": int(len(xq)), "reference": int(len(xb))}}
 
 
+def cached_neighbours(fq, fb, folder, backend: str = "numpy", dtype: str = "float16", min_keypoints: int = 10):
+    """The exact nearest reference keypoint of every kept query keypoint, ``(D, I)`` as
+    :func:`vote_pairs` takes them (``neighbours=``), kept in ``folder`` as
+    ``neighbours_<key>.npz``: the key is the sha256 of the kept descriptors of both sides and the
+    search settings, so a re-run of the same features (a forced re-run, a second method over the
+    same matcher stores) reads the search back and another set of features never does. Returns
+    ((D, I), the seconds the search took when it was made, whether it was read back now)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from ..atomic import atomic_write_npz
+
+    xq, xb = kept_descriptors(fq, min_keypoints), kept_descriptors(fb, min_keypoints)
+    h = hashlib.sha256(json.dumps(["exact", backend, dtype, int(min_keypoints), xq.shape, str(xq.dtype), xb.shape,
+                                   str(xb.dtype)]).encode())
+    for a in (xq, xb):
+        h.update(np.ascontiguousarray(a).view(np.uint8).ravel())
+    path = Path(folder) / f"neighbours_{h.hexdigest()[:24]}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return (z["D"], z["I"]), float(z["seconds"]), True
+    t = time.perf_counter()
+    if len(xq) == 0 or len(xb) == 0:
+        D, I = np.zeros((len(xq), 1), np.float32), np.full((len(xq), 1), -1, np.int64)
+    else:
+        D, I = exact_knn(xq, xb, 1, backend, dtype)
+    secs = time.perf_counter() - t
+    atomic_write_npz(path, D=np.asarray(D), I=np.asarray(I), seconds=np.float64(secs))
+    return (np.asarray(D), np.asarray(I)), secs, False
+
+
 def _lookup(pairs: CandidatePairs, q: np.ndarray, r: np.ndarray, values: np.ndarray, fill=0.0) -> np.ndarray:
     """(n,) value of each candidate pair found among the pairs (q, r), ``fill`` elsewhere."""
     table = {(str(a), str(b)): v for a, b, v in zip(q, r, values)}
@@ -366,17 +398,30 @@ class ImgfpMatcher(VoteMatcher):
             self._digest = checkpoint_digest(self.detector)
             self._det = OverlayNet.load(self.detector)
 
+    def _vote(self, fq, fb, ctx: MatchContext, cached: dict, name: str) -> dict:
+        """:func:`vote_pairs`; an exact search is kept in the query folder (:func:`cached_neighbours`):
+        ``seconds.search`` is then the time the search took when it was made, and ``cached[name]``
+        says whether it was read back."""
+        if self.search != "exact":
+            return vote_pairs(fq, fb, self.rules, self.search, self.backend, self.dtype, self.min_keypoints)
+        nb, secs, cached[name] = cached_neighbours(fq, fb, ctx.folder("query"), self.backend, self.dtype,
+                                                   self.min_keypoints)
+        v = vote_pairs(fq, fb, self.rules, self.search, self.backend, self.dtype, self.min_keypoints, neighbours=nb)
+        v["seconds"]["search"] = round(secs, 3)
+        return v
+
     def score(self, pairs: CandidatePairs, ctx: MatchContext) -> MatchResult:
         seconds: dict = {}
+        cached: dict = {}
         fq, fb = features_for(self.model, pairs, ctx, seconds)
-        v = vote_pairs(fq, fb, self.rules, self.search, self.backend, self.dtype, self.min_keypoints)
+        v = self._vote(fq, fb, ctx, cached, "local")
         seconds["search"] = v["seconds"]["search"]
         fc, crop_report, crop_box = None, None, {}
         cq, cr = np.zeros(0, str), np.zeros(0, str)
         if self.detector:
             fc, kept, crop_report = crop_features(self.model, ctx, pairs.queries(), self._det, self._digest,
                                                self.crop_threshold, seconds)
-            vc = vote_pairs(fc, fb, self.rules, self.search, self.backend, self.dtype, self.min_keypoints)
+            vc = self._vote(fc, fb, ctx, cached, "crop_local")
             seconds["search_crops"] = vc["seconds"]["search"]
             cq, cr = vc["query_ids"], vc["reference_ids"]
             crop_box = {q: ",".join(f"{v:.4f}" for v in b) for q, b in zip(pairs.queries(), kept)
@@ -405,7 +450,8 @@ class ImgfpMatcher(VoteMatcher):
         report = {"features": self.model.config.name, "rules": vars(self.rules), "global_k": self.global_k,
                   "recalled": {"global": int(glob.sum()), "local": int(local.sum()),
                                "crop_local": int(crop_local.sum()), "both": int((glob & local).sum())},
-                  "skipped": v["skipped"], "keypoints": v["keypoints"], "crops": crop_report, "seconds": seconds}
+                  "skipped": v["skipped"], "keypoints": v["keypoints"], "crops": crop_report, "seconds": seconds,
+                  "search_read_back": cached}
         votes = _lookup(pairs, v["query_ids"], v["reference_ids"], v["votes"]).astype(np.int64)
         extras = {"n_matches": counts, "global": glob, "local": local, "votes": votes}
         if self.detector:

@@ -27,7 +27,7 @@ CANDIDATE_KEYS = ("candidates.method", "candidates.k", "candidates.budget")
 #: references itself returns the pairs it found; see :mod:`imsim_lab.methods.matching`)
 ALL = "all"
 #: candidate-source parameters a matching method may leave out (their default keeps the plain k-NN)
-OPTIONAL_CANDIDATE_KEYS = ("candidates.views",)
+OPTIONAL_CANDIDATE_KEYS = ("candidates.views", "candidates.crops", "candidates.crops_threshold")
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,30 @@ class CandidateSource:
             :mod:`imsim_lab.features.pair_candidates` (whole query, half strips, half grid, third
             grid, reference half-grid crops), made with the descriptor method's model; ``k`` and
             ``budget`` then cut the merged list (per query, overall). Not with ``k="all"``.
+        crops: None, or an overlay detector checkpoint (:mod:`imsim_lab.features.detector`): each
+            query searches with the descriptor of the detector's crop when it keeps a box at
+            ``crops_threshold`` (imgFp's global branch: 0.55), else with the whole query's
+            (:mod:`imsim_lab.features.query_crops`). With ``k`` (or ``"all"``: the shortlist) and
+            ``budget``; not with ``views``.
     """
 
     method: str = "sscd"
     k: int | str | None = 10
     budget: int | None = None
     views: str | None = None
+    crops: str | None = None
+    crops_threshold: float = 0.55
 
     def __post_init__(self):
+        if self.crops is not None:  # imgFp's global branch: the detector's crop as the query
+            if self.views is not None:
+                raise ValueError("candidates.crops (the detector's crop as the query) takes no "
+                                 f"candidates.views, not {self.views!r}")
+            if not isinstance(self.crops, str) or not self.crops:
+                raise ValueError(f"candidates.crops must be an overlay detector checkpoint path, not {self.crops!r}")
+            t = self.crops_threshold
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) < 1.0:
+                raise ValueError(f"candidates.crops_threshold must be a confidence in [0, 1), not {t!r}")
         if self.k is None and self.budget is None and self.views is None:
             raise ValueError("a candidate source needs candidates.k or candidates.budget (or both), or candidates.views")
         if self.k == ALL:
@@ -84,12 +100,16 @@ class CandidateSource:
     @classmethod
     def from_params(cls, params: dict) -> "CandidateSource":
         return cls(params["candidates.method"], params.get("candidates.k"), params.get("candidates.budget"),
-                   params.get("candidates.views"))
+                   params.get("candidates.views"), params.get("candidates.crops") or None,
+                   params.get("candidates.crops_threshold", 0.55))
 
     def to_params(self) -> dict:
         out = {"candidates.method": self.method, "candidates.k": self.k, "candidates.budget": self.budget}
         if self.views is not None:
             out["candidates.views"] = self.views
+        if self.crops is not None:
+            out["candidates.crops"] = self.crops
+            out["candidates.crops_threshold"] = self.crops_threshold
         return out
 
 

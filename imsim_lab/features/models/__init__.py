@@ -83,6 +83,10 @@ def _register_all() -> None:
     from .ntxent import build_ntxent, ntxent_config
 
     _entry("ntxent_vit", ntxent_config, build_ntxent)  # trained by `imsim-lab train ntxent`
+    # imgFp's global branch (full profile): EsViT Swin-B, window 14; weights from a path (not published)
+    from .esvit import build_esvit, esvit_config
+
+    _entry("esvit_swinb", esvit_config, build_esvit)
     # SSCD
     _entry("sscd_disc_mixup_onnx", onnx_config, SSCDOnnx)
     _entry("sscd_distilled_onnx", lambda: onnx_config("sscd_distilled_onnx", "sscd_distilled.onnx"), SSCDOnnx)

@@ -16,6 +16,7 @@ from ...errors import ImsimError
 from ...registry import Registry
 from . import bot, lyakaap, pairvit, sscd, ssquare
 from . import ntxent  # SeungKee Jeon's candidate descriptor (issue 15)
+from . import detector  # imgFp's overlay detector (issue 14)
 from .base import PublishedStep, Recipe, RunStart, TrainSession, training_summary
 
 RECIPES: Registry[Recipe] = Registry("recipe")
@@ -52,6 +53,7 @@ register_recipe(bot.BOT_RECIPE)
 register_recipe(bot.D2LV_RECIPE)
 register_recipe(bot.BARLOW_RECIPE)
 register_recipe(ntxent.RECIPE)
+register_recipe(detector.RECIPE)
 
 __all__ = ["PublishedStep", "RECIPES", "Recipe", "RunStart", "TrainSession", "get_recipe", "list_recipes",
            "register_recipe", "training_summary"]
