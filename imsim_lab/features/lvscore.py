@@ -198,7 +198,8 @@ def _key(q, r) -> np.ndarray:
 
 
 def verify(query_ids, reference_ids, qtab, rtab, xq: Sequence[np.ndarray], xr: Sequence[np.ndarray],
-           config: LVConfig = LVConfig()) -> Verified:
+           config: LVConfig = LVConfig(), bq: Sequence[np.ndarray] | None = None,
+           br: Sequence[np.ndarray] | None = None) -> Verified:
     """Score candidate image pairs by local verification (see the module docstring).
 
     Args:
@@ -207,6 +208,11 @@ def verify(query_ids, reference_ids, qtab, rtab, xq: Sequence[np.ndarray], xr: S
         xq, xr: one array per backbone, (len(qtab), d_b) and (len(rtab), d_b), unit rows aligned
             to the tables (NaN rows: no descriptor).
         config: :class:`LVConfig`.
+        bq, br: None, or one array per backbone, (len(qtab),) and (len(rtab),): D2LV's score
+            normalisation terms of the query views and of the reference views. A view pair then
+            scores ``q.r - bq[q]`` in AQ+OR (the term of the query view) and ``q.r - br[r]`` in
+            OQ+AR (the term of the reference view, D2LV's ``score_normalization_reverse.py``),
+            before the budget, the vote and the offset.
 
     Returns:
         :class:`Verified`.
@@ -217,12 +223,18 @@ def verify(query_ids, reference_ids, qtab, rtab, xq: Sequence[np.ndarray], xr: S
     q = np.asarray(query_ids).astype(str)
     r = np.asarray(reference_ids).astype(str)
     n = len(q)
+    for name, bias, tab in (("bq", bq, qtab), ("br", br, rtab)):
+        if bias is not None and (len(bias) != n_b or any(len(x) != len(tab.parent_ids) for x in bias)):
+            raise ViewError(f"verify: {name} needs one array per backbone with one term per row of its view table")
     k = min(int(config.vote_k), n_b)
     counts: dict = {"n_backbones": n_b, "vote_k": k, "view_pairs": {}, "predicted": {}, "voted": {}}
     parts = []  # (pair, q_row, r_row, score, n_agree, direction code)
     for code, d in enumerate(config.directions):
         pair, qr, rr = view_pairs(q, r, qtab, rtab, d)
         S = np.stack([pair_scores(xq[b], xr[b], qr, rr) for b in range(n_b)]) if len(pair) else np.zeros((n_b, 0))
+        bias, rows = (bq, qr) if d == "aq_or" else (br, rr)
+        if bias is not None and len(pair):
+            S = S - np.stack([np.asarray(bias[b], np.float64)[rows] for b in range(n_b)])
         counts["view_pairs"][d] = int(len(pair))
         j = np.arange(len(pair))
         lists = []

@@ -21,15 +21,22 @@ that way:
    ``vote_k`` backbones, the small-crop filter (``min_query_side``), the offset (-0.05) of query views
    other than the original and the boxes, the max over view pairs and directions; with ``scales``,
    AQ+OR again with every view embedded at each extra size, and the max over scales.
-3. A candidate pair with no view pair left scores below every verified pair: ``-2`` plus a tie-break
-   in [0, 0.5) by its candidate score (:func:`~imsim_lab.methods.sift.rank_tie_break`), so D2LV's
-   pairs come first and the rest keep the descriptor's order.
+   With ``score_norm`` (D2LV's ``score_normalization.py``: factor 2, top 10, ``avg``; the preset
+   ``SCORE_NORM_PRESETS["d2lv"]`` of :mod:`imsim_lab.methods.postprocess`, whose
+   :func:`~imsim_lab.methods.postprocess.score_norm_bias` computes the term), each backbone also
+   embeds the benchmark's training images (the background set, :attr:`MatchContext.training`) and
+   every view pair scores ``q.r - factor * mean of the top n q.t`` over the training descriptors t,
+   the term taken from the query view in AQ+OR and from the reference view in OQ+AR, before the
+   budget and the vote.
+3. A candidate pair with no view pair left scores below every verified pair: ``-2`` (``-2 - factor``
+   with ``score_norm``) plus a tie-break in [0, 0.5) by its candidate score
+   (:func:`~imsim_lab.methods.sift.rank_tie_break`), so D2LV's pairs come first and the rest keep
+   the descriptor's order.
 
 Not here: selective-search proposals (D2LV's ``k = 10..``): the PyPI implementations are OpenCV's
 contrib module ``ximgproc`` (``opencv-contrib-python``, which replaces the ``cv2`` of
 ``opencv-python-headless`` that the local features use) and two unmaintained scikit-image ports;
-neither is added as a dependency. Score normalisation against the training images (D2LV's factor
-2, top 10) needs the training split, which a matcher is not given.
+neither is added as a dependency.
 """
 
 from __future__ import annotations
@@ -47,11 +54,14 @@ from ..errors import ImsimError
 from ..features.lvscore import DIRECTIONS, OFFSET_EXEMPT, LVConfig, verify, vote_rule
 from ..features.views import WHOLE, View, center, d2lv_halves, make_views, rotations
 from .matchers import MATCHERS, CandidatePairs, MatchContext, Matcher, MatchResult
+from .postprocess import SCORE_NORM_PRESETS, score_norm_bias
 from .sift import rank_tie_break
 from .spec import METHODS, MethodSpec
 
 #: score of a candidate pair that local verification did not keep (plus a tie-break in [0, 0.5))
 UNVERIFIED = -2.0
+#: D2LV's score normalisation: factor 2, top 10, avg (the descriptor track's preset)
+SCORE_NORM = SCORE_NORM_PRESETS["d2lv"]
 #: the fixed query view families and their views
 FIXED_FAMILIES = {"rotations": rotations, "center": lambda: [center()], "halves": d2lv_halves}
 _PAPER = "Wang, Sun, Zhang, Yang, D2LV: A Data-Driven and Local-Verification Approach for Image Copy Detection, " \
@@ -112,6 +122,10 @@ class LocalVerification(Matcher):
         scales: extra input sizes at which AQ+OR is repeated (the side the model's resize rule targets:
             SSCD's short side, a square model's side); each pair keeps its best scale (D2LV: 200 and
             320 besides 256, OQ+AR not repeated).
+        score_norm: normalise every view pair's score against the training (background) images
+            (see the module docstring; the benchmark must have training images); ``score_norm_factor``,
+            ``score_norm_n``, ``score_norm_mode``: the term ``factor * reduce(top n q.t)`` with
+            ``mode`` ``avg`` (D2LV) or ``min`` (the n-th similarity).
     """
 
     def __init__(self, backbones: Sequence[str] | str = ("sscd",), backbone_args: dict | None = None,
@@ -120,7 +134,9 @@ class LocalVerification(Matcher):
                  offset: float = -0.05, offset_exempt: Sequence[str] = OFFSET_EXEMPT, min_query_side: int = 100,
                  vote_k: int = 2, budget_per_query: float | None = 20.0, min_side: int = 32, detector: str = "",
                  detector_threshold: float = 0.1, oracle: str = "", view_cache: str = "",
-                 scales: Sequence[int] = ()):
+                 scales: Sequence[int] = (), score_norm: bool = True,
+                 score_norm_factor: float = SCORE_NORM["factor"], score_norm_n: int = SCORE_NORM["n"],
+                 score_norm_mode: str = SCORE_NORM["mode"]):
         from ..features.views import VIEWS
 
         names = [backbones] if isinstance(backbones, str) else list(backbones)
@@ -168,6 +184,14 @@ class LocalVerification(Matcher):
         for x in self.scales:
             for _, model_name, a in self.backbones:
                 _scale_args(model_name, a, x)
+        if not isinstance(score_norm, bool):
+            raise ImsimError(f"lv: score_norm must be true or false, got {score_norm!r}")
+        self.score_norm = score_norm
+        self.score_norm_factor, self.score_norm_n = float(score_norm_factor), int(score_norm_n)
+        self.score_norm_mode = str(score_norm_mode)
+        if self.score_norm_mode not in ("avg", "min") or self.score_norm_n < 1:
+            raise ImsimError(f"lv: score_norm_mode must be avg or min and score_norm_n >= 1, got "
+                             f"{score_norm_mode!r} and {score_norm_n!r}")
 
     # -- views ------------------------------------------------------------------------------------
 
@@ -213,6 +237,30 @@ class LocalVerification(Matcher):
             counts["oracle_boxes"] = made
             counts["oracle_unavailable"] = missing
         return out
+
+    def _norm_plan(self, ctx: MatchContext, counts: dict):
+        """None (no score normalisation), or (training ids, their sizes, folder, n): what each backbone
+        embeds of the background set; n is ``score_norm_n`` cut to the training set's size (noted)."""
+        if not self.score_norm:
+            return None
+        from ..features.viewstore import parent_sizes
+
+        src = ctx.training
+        if src is None or len(src.ids) == 0:
+            raise ImsimError("lv: score_norm needs the benchmark's training (background) images and the benchmark "
+                             "has none; pass -p score_norm=false")
+        tids = np.asarray(src.ids).astype(str)
+        tsizes, tfail = parent_sizes(src, tids)
+        good = len(tids) - len(tfail)
+        n = self.score_norm_n
+        if n > good:
+            counts["score_norm_n_clamped"] = f"{n} -> {good} (only {good} readable training images)"
+            n = good
+        if n < 1:
+            raise ImsimError("lv: score_norm: none of the benchmark's training images could be read")
+        counts["score_norm_failed_training"] = [f["id"] for f in tfail]
+        folder = Path(self.view_cache) / "training" if self.view_cache else ctx.folder("training")
+        return tids, tsizes, folder, n
 
     def _extract(self, model, source, ids: np.ndarray, views, sizes, folder: Path, tag: dict, config):
         from ..features.viewstore import extract_views
@@ -260,13 +308,14 @@ class LocalVerification(Matcher):
         seconds["views_plan"], cpu["views_plan"] = time.perf_counter() - t, _cpu() - c
         qfolder = Path(self.view_cache) / "query" if self.view_cache else ctx.folder("query")
         rfolder = Path(self.view_cache) / "reference" if self.view_cache else ctx.folder("reference")
+        norm = self._norm_plan(ctx, counts)
         budget = None if self.budget_per_query is None else max(1, int(np.ceil(self.budget_per_query * len(qids))))
         per_backbone, results = [], []
         # the model's own scale with every direction, then each extra scale with AQ+OR only (D2LV)
         for scale in [None, *self.scales]:
             directions = self.config.directions if scale is None else ("aq_or",)
             rv = ref_views if scale is None else "identity"
-            qsets, rsets = [], []
+            qsets, rsets, tsets = [], [], []
             for label, model_name, args in self.backbones:
                 btag = label if scale is None else f"{label}@{scale}"
                 model = create_model(model_name, device=ctx.device, **{**args, **_scale_args(model_name, args, scale)})
@@ -282,6 +331,19 @@ class LocalVerification(Matcher):
                               for name, gen in rparts])
                 seconds[f"extract_reference_{btag}"], cpu[f"extract_reference_{btag}"] = (time.perf_counter() - t,
                                                                                         _cpu() - c)
+                if norm is not None:
+                    t, c = time.perf_counter(), _cpu()
+                    tids, tsizes, tfolder, n = norm
+                    ts = self._extract(model, ctx.training, tids, ViewConfig(("identity",), self.min_side), tsizes,
+                                       tfolder, {"views": "identity"}, config)
+                    xt = np.asarray(ts.x, np.float32)
+                    xt = xt[np.isfinite(xt).all(1)]
+                    if len(xt) < n:
+                        raise ImsimError(f"lv: score_norm_n={n} but only {len(xt)} training images were embedded "
+                                         f"by backbone {btag!r}")
+                    tsets.append(xt)
+                    seconds[f"extract_training_{btag}"], cpu[f"extract_training_{btag}"] = (time.perf_counter() - t,
+                                                                                          _cpu() - c)
                 qsets.append(qs)
                 rsets.append(rs)
                 per_backbone.append({"backbone": btag, "model": model_name,
@@ -294,8 +356,17 @@ class LocalVerification(Matcher):
             qtab, rtab = qsets[0], rsets[0]
             cfg = LVConfig(directions, self.config.offset, self.config.offset_exempt, self.config.min_query_side,
                            self.config.vote_k, budget)
-            v = verify(qall, rall, qtab, rtab, [_aligned(qtab, x) for x in qsets], [_aligned(rtab, x) for x in rsets],
-                       cfg)
+            xq, xr = [_aligned(qtab, x) for x in qsets], [_aligned(rtab, x) for x in rsets]
+            bq = br = None
+            if norm is not None:
+                n = norm[3]
+                bq = [background_bias(a, xt, self.score_norm_factor, n, self.score_norm_mode, ctx.backend)
+                      for a, xt in zip(xq, tsets)]
+                br = [background_bias(a, xt, self.score_norm_factor, n, self.score_norm_mode, ctx.backend)
+                      for a, xt in zip(xr, tsets)] if "oq_ar" in directions else None
+                nb = f"score_norm_mean_bias{'' if scale is None else f'@{scale}'}"
+                counts[nb] = {"query_views": _mean(bq), "reference_views": _mean(br) if br is not None else None}
+            v = verify(qall, rall, qtab, rtab, xq, xr, cfg, bq, br)
             results.append((scale, v, _described(v, qtab, rtab)))
             key = "verify" if scale is None else f"verify@{scale}"
             seconds[key], cpu[key] = time.perf_counter() - t, _cpu() - c
@@ -304,7 +375,8 @@ class LocalVerification(Matcher):
         win = S.argmax(0)
         best = S.max(0)
         ok = np.isfinite(best)
-        scores = np.where(ok, best, UNVERIFIED + rank_tie_break(pairs.scores))
+        floor = UNVERIFIED - (abs(self.score_norm_factor) if norm is not None else 0.0)
+        scores = np.where(ok, best, floor + rank_tie_break(pairs.scores))
         pick = lambda arrays: np.choose(win, arrays) if len(arrays) > 1 else arrays[0]  # noqa: E731
         described = [d for _, _, d in results]
         extras = {k: np.where(ok, pick([d[k] for d in described]), "" if described[0][k].dtype.kind in "OUS" else 0)
@@ -327,6 +399,9 @@ class LocalVerification(Matcher):
             "reference_views": ref_views, "offset": self.config.offset,
             "offset_exempt": list(self.config.offset_exempt), "min_query_side": self.config.min_query_side,
             "min_side": self.min_side, "budget_per_query": self.budget_per_query, "budget": budget,
+            "score_norm": ({"factor": self.score_norm_factor, "n": norm[3], "mode": self.score_norm_mode,
+                            "training_images": int(len(norm[0])), "unverified_below": floor + 0.5}
+                           if norm is not None else False),
             "scales": list(self.scales), "pairs_best_at_scale": {str(s or "model"): int(((win == i) & ok).sum())
                                                                 for i, (s, _, _) in enumerate(results)},
             "detector": self.detector_path or None, "detector_threshold": self.detector_threshold if self.detector else None,
@@ -344,6 +419,24 @@ class LocalVerification(Matcher):
             "seconds": {k: round(x, 3) for k, x in seconds.items()},
         }
         return MatchResult(scores, extras, report)
+
+
+def background_bias(x: np.ndarray, xt: np.ndarray, factor: float, n: int, mode: str, backend: str = "auto"
+                    ) -> np.ndarray:
+    """(len(x),) float64: D2LV's normalisation term ``factor * reduce(top n x.t)`` of each row of ``x``
+    against the background descriptors ``xt`` (:func:`~imsim_lab.methods.postprocess.score_norm_bias`);
+    NaN for a NaN row (a view that backbone has no descriptor of)."""
+    x = np.asarray(x, np.float32)
+    out = np.full(len(x), np.nan)
+    ok = np.isfinite(x).all(1) if x.ndim == 2 and len(x) else np.zeros(len(x), bool)
+    if ok.any():
+        out[ok] = score_norm_bias(x[ok], xt, factor, n, mode, backend)
+    return out
+
+
+def _mean(biases) -> float | None:
+    vals = np.concatenate([b[np.isfinite(b)] for b in biases]) if biases else np.zeros(0)
+    return round(float(vals.mean()), 6) if len(vals) else None
 
 
 def _scale_args(model_name: str, args: dict, scale: int | None) -> dict:
@@ -414,18 +507,21 @@ _DEFAULTS = {"candidates.k": 10, "candidates.budget": None, "backbone_args": {},
              "query_views": ["rotations", "center", "halves"], "reference_views": "d2lv_reference",
              "directions": list(DIRECTIONS), "offset": -0.05, "offset_exempt": list(OFFSET_EXEMPT),
              "min_query_side": 100, "vote_k": 2, "budget_per_query": 20.0, "min_side": 32, "detector": "",
-             "detector_threshold": 0.1, "oracle": "", "view_cache": "", "scales": []}
+             "detector_threshold": 0.1, "oracle": "", "view_cache": "", "scales": [],
+             "score_norm": True, "score_norm_factor": SCORE_NORM["factor"], "score_norm_n": SCORE_NORM["n"],
+             "score_norm_mode": SCORE_NORM["mode"]}
 
 METHODS.add("sscd+lv", MethodSpec(
-    "sscd+lv", track="matching", matcher="lv",
+    "sscd+lv", track="matching", matcher="lv", needs_training=True,
     params={"candidates.method": "sscd", **_DEFAULTS, "backbones": ["sscd"]},
     description="top-k SSCD candidates verified by D2LV's local verification with the released SSCD descriptor: "
                 "query views (rotations, centre, 4 overlapping halves; + detector= / oracle= boxes) vs whole "
                 "references and whole queries vs the 19 reference splits, max over view pairs, -0.05 for "
-                "non-original query views, small-crop filter, global budget (one backbone: no vote)",
+                "non-original query views, small-crop filter, global budget (one backbone: no vote), scores normalised "
+                "against the training images (factor 2, top 10, avg; score_norm=false turns it off)",
     paper=_PAPER))
 METHODS.add("d2lv", MethodSpec(
-    "d2lv", track="matching", matcher="lv",
+    "d2lv", track="matching", matcher="lv", needs_training=True,
     params={"candidates.method": "sscd", **_DEFAULTS, "backbones": ["sscd", "sscd_distilled"]},
     description="D2LV's local verification with a vote of its backbones (default: the two released descriptors "
                 "SSCD and its distilled student, so 2 of 2 must agree; the published backbones are three "
