@@ -41,7 +41,7 @@ DIRECTIONS = ("aq_or", "oq_ar")
 OFFSET_EXEMPT = ("whole", "det*", "oracle*")
 #: query view families (besides the whole query): view-name patterns of each
 QUERY_FAMILIES = {"rotations": ("rot*",), "center": ("center",), "halves": ("half_*",), "detector": ("det*",),
-                  "oracle": ("oracle*",)}
+                  "oracle": ("oracle*",), "selective_search": ("ss*",)}
 #: the family of an OQ+AR view pair whose reference view is not the whole reference
 REFERENCE_FAMILY = "reference_splits"
 

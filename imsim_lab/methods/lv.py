@@ -7,7 +7,7 @@ that way:
 
 1. **views**: each query of the pairs as its whole image plus the families of ``query_views``
    (``rotations`` 90/180/270, ``center`` [0.25, 0.75]², ``halves``: four overlapping half-size
-   crops; :mod:`imsim_lab.features.views`), the boxes of an overlay ``detector``
+   crops; :mod:`imsim_lab.features.views`; ``selective_search``: region proposals), the boxes of an overlay ``detector``
    (:mod:`imsim_lab.features.detector`, every box at confidence >= ``detector_threshold``; D2LV ran its
    YOLOv5 at 0.1) and, as an upper bound, the box of the source recorded in a disc-synth benchmark's
    ops (``oracle``, :mod:`imsim_lab.features.oracle`); each reference of the pairs as the 19 views of
@@ -33,10 +33,8 @@ that way:
    (:func:`~imsim_lab.methods.sift.rank_tie_break`), so D2LV's pairs come first and the rest keep
    the descriptor's order.
 
-Not here: selective-search proposals (D2LV's ``k = 10..``): the PyPI implementations are OpenCV's
-contrib module ``ximgproc`` (``opencv-contrib-python``, which replaces the ``cv2`` of
-``opencv-python-headless`` that the local features use) and two unmaintained scikit-image ports;
-neither is added as a dependency.
+Selective-search proposals (D2LV's ``k = 10..``) are the query view family ``selective_search``
+(:mod:`imsim_lab.features.proposals`, OpenCV's contrib module); not in the default families.
 """
 
 from __future__ import annotations
@@ -119,6 +117,10 @@ class LocalVerification(Matcher):
             None: every view pair.
         min_side: views with a short side under this many pixels are not made (counted).
         view_cache: a folder for the view descriptors shared by runs (default: the run's matcher folder).
+        selective_search_n, selective_search_side: with the query view family ``selective_search``,
+            the first n proposals kept (:mod:`imsim_lab.features.proposals`: OpenCV's fast mode on
+            the query resized to this long side, the small-crop rule ``min_query_side``, aspect <= 2,
+            >= 2,000 pixels, NMS at IoU 0.5).
         scales: extra input sizes at which AQ+OR is repeated (the side the model's resize rule targets:
             SSCD's short side, a square model's side); each pair keeps its best scale (D2LV: 200 and
             320 besides 256, OQ+AR not repeated).
@@ -136,7 +138,8 @@ class LocalVerification(Matcher):
                  detector_threshold: float = 0.1, oracle: str = "", view_cache: str = "",
                  scales: Sequence[int] = (), score_norm: bool = True,
                  score_norm_factor: float = SCORE_NORM["factor"], score_norm_n: int = SCORE_NORM["n"],
-                 score_norm_mode: str = SCORE_NORM["mode"]):
+                 score_norm_mode: str = SCORE_NORM["mode"], selective_search_n: int = 10,
+                 selective_search_side: int = 256):
         from ..features.views import VIEWS
 
         names = [backbones] if isinstance(backbones, str) else list(backbones)
@@ -148,11 +151,21 @@ class LocalVerification(Matcher):
             raise ImsimError(f"lv: backbone_args names {unknown[0]!r}, which is not one of the backbones {names}")
         self.backbones = [(b, *resolve_backbone(b, args.get(b))) for b in names]
         fams = [query_views] if isinstance(query_views, str) else list(query_views)
-        bad = [f for f in fams if f not in FIXED_FAMILIES]
+        bad = [f for f in fams if f not in FIXED_FAMILIES and f != "selective_search"]
         if bad:
-            raise ImsimError(f"lv: query view family {bad[0]!r} is not one of {', '.join(FIXED_FAMILIES)} (overlay "
+            raise ImsimError(f"lv: query view family {bad[0]!r} is not one of {', '.join(FIXED_FAMILIES)}, "
+                             "selective_search (overlay "
                              "boxes come with detector= or oracle=)")
         self.families = fams
+        self.proposals = None
+        if "selective_search" in fams:
+            from ..features.proposals import ProposalConfig, available
+
+            if not available():
+                raise ImsimError("lv: query view family selective_search needs OpenCV's contrib module "
+                                 "(opencv-contrib-python-headless, a dependency of imsim-lab)")
+            self.proposals = ProposalConfig(top_n=int(selective_search_n), side=int(selective_search_side),
+                                            min_side=int(min_query_side))
         if reference_views not in VIEWS:
             raise ImsimError(f"lv: reference_views {reference_views!r} is not a view set ({', '.join(VIEWS.names())})")
         self.reference_views = reference_views
@@ -196,8 +209,22 @@ class LocalVerification(Matcher):
     # -- views ------------------------------------------------------------------------------------
 
     def _boxes(self, ctx: MatchContext, qids: np.ndarray, counts: dict) -> dict[str, list[View]]:
-        """Overlay boxes per query id: the detector's and the oracle's."""
+        """Image-dependent query views per query id: the detector's and the oracle's boxes, the
+        selective-search proposals."""
         out: dict[str, list[View]] = {str(q): [] for q in qids}
+        if self.proposals is not None and "aq_or" in self.config.directions:
+            from ..features.proposals import selective_search_views
+            from ..features.viewstore import keep_image
+
+            ds = ctx.queries.dataset(keep_image, list(qids))
+            made = 0
+            for i in range(len(qids)):
+                _, im, err = ds[i]
+                if err is None:
+                    vs = selective_search_views(im, self.proposals)
+                    out[str(qids[i])].extend(vs)
+                    made += len(vs)
+            counts["selective_search_views"] = made
         if self.detector is not None:
             from ..features.detector import detect
             from ..features.viewstore import keep_image
@@ -298,8 +325,9 @@ class LocalVerification(Matcher):
         qfams = {"whole": (lambda pid, size: [WHOLE], {})}
         if "aq_or" in self.config.directions:
             for f in self.families:
-                qfams[f] = (lambda pid, size, vs=tuple(FIXED_FAMILIES[f]()): list(vs), {})
-            for f in ("det", "oracle"):
+                if f in FIXED_FAMILIES:
+                    qfams[f] = (lambda pid, size, vs=tuple(FIXED_FAMILIES[f]()): list(vs), {})
+            for f in ("det", "oracle", "ss"):
                 fb = {k: [v for v in b if v.name.startswith(f)] for k, b in boxes.items()}
                 if any(fb.values()):
                     qfams[f] = (lambda pid, size, fb=fb: fb.get(pid, []), {"boxes": _digest(
@@ -508,7 +536,7 @@ _DEFAULTS = {"candidates.k": 10, "candidates.budget": None, "backbone_args": {},
              "directions": list(DIRECTIONS), "offset": -0.05, "offset_exempt": list(OFFSET_EXEMPT),
              "min_query_side": 100, "vote_k": 2, "budget_per_query": 20.0, "min_side": 32, "detector": "",
              "detector_threshold": 0.1, "oracle": "", "view_cache": "", "scales": [],
-             "score_norm": True, "score_norm_factor": SCORE_NORM["factor"], "score_norm_n": SCORE_NORM["n"],
+             "selective_search_n": 10, "selective_search_side": 256, "score_norm": True, "score_norm_factor": SCORE_NORM["factor"], "score_norm_n": SCORE_NORM["n"],
              "score_norm_mode": SCORE_NORM["mode"]}
 
 METHODS.add("sscd+lv", MethodSpec(
