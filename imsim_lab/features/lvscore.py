@@ -301,3 +301,40 @@ def verify(query_ids, reference_ids, qtab, rtab, xq: Sequence[np.ndarray], xr: S
     counts["pairs_verified"] = int(np.isfinite(scores).sum())
     counts["pairs_unverified"] = int(n - counts["pairs_verified"])
     return Verified(scores, q_row, r_row, direction.astype(str), n_agree, n_view, family, counts)
+
+
+def combine_sets(results: Sequence[Verified]) -> tuple[Verified, np.ndarray]:
+    """D2LV's combination of its training sets (their ``combine.py``): the union of every set's
+    predictions, each candidate pair scoring the max over the sets that kept a view pair of it.
+
+    Args:
+        results: one :class:`Verified` per set, of the same candidate pairs and view tables.
+
+    Returns:
+        (combined, won): the best view pair (rows, direction, agreement, view pairs) of the winning
+        set per pair (ties: the earlier set), ``family`` the max over the sets per family, ``counts``
+        per set under ``"sets"``; ``won`` (n,) int64 the winning set (-1: no set kept a view pair).
+    """
+    if not results:
+        raise ViewError("combine_sets: no set to combine")
+    if len(results) == 1:
+        v = results[0]
+        return v, np.where(np.isfinite(v.scores), 0, -1).astype(np.int64)
+    n = len(results[0].scores)
+    if any(len(v.scores) != n for v in results):
+        raise ViewError("combine_sets: the sets scored different candidate pairs")
+    S = np.stack([np.where(np.isfinite(v.scores), v.scores, -np.inf) for v in results])
+    win = S.argmax(0)
+    ok = np.isfinite(S.max(0))
+    at = lambda name: np.choose(win, [getattr(v, name) for v in results])  # noqa: E731
+    scores = np.where(ok, S.max(0), np.nan)
+    q_row, r_row = np.where(ok, at("q_row"), -1), np.where(ok, at("r_row"), -1)
+    direction = np.where(ok, np.choose(win, [v.direction.astype(object) for v in results]), "").astype(str)
+    n_agree, n_view = np.where(ok, at("n_agree"), 0), np.where(ok, at("n_view_pairs"), 0)
+    family = {}
+    for f in sorted({f for v in results for f in v.family}):
+        family[f] = np.fmax.reduce(np.stack([v.family.get(f, np.full(n, np.nan)) for v in results]), axis=0)
+    counts = {"sets": [v.counts for v in results], "pairs_verified": int(ok.sum()),
+              "pairs_unverified": int(n - ok.sum())}
+    return (Verified(scores, q_row.astype(np.int64), r_row.astype(np.int64), direction, n_agree.astype(np.int64),
+                     n_view.astype(np.int64), family, counts), np.where(ok, win, -1).astype(np.int64))

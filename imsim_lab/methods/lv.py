@@ -49,7 +49,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ImsimError
-from ..features.lvscore import DIRECTIONS, OFFSET_EXEMPT, LVConfig, verify, vote_rule
+from ..features.lvscore import DIRECTIONS, OFFSET_EXEMPT, LVConfig, combine_sets, verify, vote_rule
 from ..features.views import WHOLE, View, center, d2lv_halves, make_views, rotations
 from .matchers import MATCHERS, CandidatePairs, MatchContext, Matcher, MatchResult
 from .postprocess import SCORE_NORM_PRESETS, score_norm_bias
@@ -124,6 +124,13 @@ class LocalVerification(Matcher):
         scales: extra input sizes at which AQ+OR is repeated (the side the model's resize rule targets:
             SSCD's short side, a square model's side); each pair keeps its best scale (D2LV: 200 and
             320 besides 256, OQ+AR not repeated).
+        specialists: None, or D2LV's combination of specialists: ``{set name: [member, ...]}``, each
+            member a backbone of ``backbones`` or a ``train d2lv`` / ``train bot`` run folder (its
+            ``train_config.json`` gives the network, its ``weights.pt`` the weights; ``imsim-lab
+            train d2lv --specialist NAME``). Each set votes apart (``vote_k`` of its members), only
+            the set named ``baseline`` searches OQ+AR (D2LV ran OQ+AR with the baseline models
+            only), and a pair scores the max over the sets (the union of their predictions); only
+            the members of the sets are embedded.
         score_norm: normalise every view pair's score against the training (background) images
             (see the module docstring; the benchmark must have training images); ``score_norm_factor``,
             ``score_norm_n``, ``score_norm_mode``: the term ``factor * reduce(top n q.t)`` with
@@ -139,7 +146,7 @@ class LocalVerification(Matcher):
                  scales: Sequence[int] = (), score_norm: bool = True,
                  score_norm_factor: float = SCORE_NORM["factor"], score_norm_n: int = SCORE_NORM["n"],
                  score_norm_mode: str = SCORE_NORM["mode"], selective_search_n: int = 10,
-                 selective_search_side: int = 256):
+                 selective_search_side: int = 256, specialists: dict | None = None):
         from ..features.views import VIEWS
 
         names = [backbones] if isinstance(backbones, str) else list(backbones)
@@ -150,6 +157,10 @@ class LocalVerification(Matcher):
         if unknown:
             raise ImsimError(f"lv: backbone_args names {unknown[0]!r}, which is not one of the backbones {names}")
         self.backbones = [(b, *resolve_backbone(b, args.get(b))) for b in names]
+        # sets of backbones: each votes apart, the sets are combined by the max (D2LV's specialists)
+        self.sets = [("all", list(range(len(self.backbones))), DIRECTIONS)]
+        if specialists:
+            self.backbones, self.sets = specialist_sets(specialists, self.backbones)
         fams = [query_views] if isinstance(query_views, str) else list(query_views)
         bad = [f for f in fams if f not in FIXED_FAMILIES and f != "selective_search"]
         if bad:
@@ -382,8 +393,6 @@ class LocalVerification(Matcher):
                                      "skipped_query_views": qs.skipped, "skipped_reference_views": rs.skipped})
             t, c = time.perf_counter(), _cpu()
             qtab, rtab = qsets[0], rsets[0]
-            cfg = LVConfig(directions, self.config.offset, self.config.offset_exempt, self.config.min_query_side,
-                           self.config.vote_k, budget)
             xq, xr = [_aligned(qtab, x) for x in qsets], [_aligned(rtab, x) for x in rsets]
             bq = br = None
             if norm is not None:
@@ -394,8 +403,21 @@ class LocalVerification(Matcher):
                       for a, xt in zip(xr, tsets)] if "oq_ar" in directions else None
                 nb = f"score_norm_mean_bias{'' if scale is None else f'@{scale}'}"
                 counts[nb] = {"query_views": _mean(bq), "reference_views": _mean(br) if br is not None else None}
-            v = verify(qall, rall, qtab, rtab, xq, xr, cfg, bq, br)
-            results.append((scale, v, _described(v, qtab, rtab)))
+            verified, names = [], []
+            for set_name, members, set_dirs in self.sets:
+                dirs = tuple(d for d in directions if d in set_dirs)
+                if not dirs:
+                    continue
+                cfg = LVConfig(dirs, self.config.offset, self.config.offset_exempt, self.config.min_query_side,
+                               self.config.vote_k, budget)
+                pick_b = lambda arrays: None if arrays is None else [arrays[i] for i in members]  # noqa: E731
+                verified.append(verify(qall, rall, qtab, rtab, pick_b(xq), pick_b(xr), cfg, pick_b(bq), pick_b(br)))
+                names.append(set_name)
+            v, won = combine_sets(verified)
+            d = _described(v, qtab, rtab)
+            if len(self.sets) > 1:
+                d["specialist"] = np.where(won >= 0, np.array(names, dtype=object)[np.maximum(won, 0)], "")
+            results.append((scale, v, d))
             key = "verify" if scale is None else f"verify@{scale}"
             seconds[key], cpu[key] = time.perf_counter() - t, _cpu() - c
         # max over scales: each pair keeps the scale whose verification scored it best
@@ -413,14 +435,19 @@ class LocalVerification(Matcher):
         for f in families:
             cols = [v.family.get(f, np.full(len(qall), np.nan)) for _, v, _ in results]
             extras[f"view_score_{f}"] = np.fmax.reduce(np.stack(cols), axis=0)
-        for k in ("view_q", "view_r", "box_q", "box_r", "direction"):
-            extras[k] = extras[k].astype(str)
+        for k in ("view_q", "view_r", "box_q", "box_r", "direction", "specialist"):
+            if k in extras:
+                extras[k] = extras[k].astype(str)
         extras["scale"] = np.where(ok, np.array([0 if s is None else int(s) for s, _, _ in results])[win], -1)
         v = results[0][1]
         nq, nr = max(len(qids), 1), max(len(rids), 1)
         total_cpu = sum(cpu.values())
         report = {
             "backbones": per_backbone, "vote": vote_rule(self.config.vote_k, len(self.backbones)),
+            **({"specialists": [{"name": n, "backbones": [self.backbones[i][0] for i in m], "directions": list(dd),
+                                 "vote": vote_rule(self.config.vote_k, len(m)),
+                                 "pairs_won": int((extras["specialist"] == n).sum())}
+                                for n, m, dd in self.sets]} if len(self.sets) > 1 else {}),
             "directions": list(self.config.directions),
             "query_views": ["whole", *self.families, *(["detector"] if self.detector is not None else []),
                             *(["oracle"] if self.oracle_bench is not None else [])],
@@ -447,6 +474,62 @@ class LocalVerification(Matcher):
             "seconds": {k: round(x, 3) for k, x in seconds.items()},
         }
         return MatchResult(scores, extras, report)
+
+
+def specialist_backbone(folder: str) -> tuple[str, dict]:
+    """(model, model args) of a ``train d2lv`` / ``train bot`` run folder: the network its
+    ``train_config.json`` describes with the weights of its ``weights.pt`` (and their sha256)."""
+    from ..features.models.weights import sha256_file
+    from ..train.bot import MODEL_OF, BoTConfig, model_config
+
+    p = Path(folder)
+    cfg_path, weights = p / "train_config.json", p / "weights.pt"
+    if not cfg_path.is_file():
+        raise ImsimError(f"{cfg_path}: not found; a specialist is a `imsim-lab train d2lv` run folder")
+    try:
+        run = json.loads(cfg_path.read_text())["run"]
+        variant, c = run["recipe"], run["config"]
+        bc = BoTConfig(variant=variant, backbone=str(c["backbone"]), size=int(c["size"]),
+                       waveblock=bool(c.get("waveblock", True)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ImsimError(f"{cfg_path}: not the train_config.json of `train d2lv` or `train bot` ({e})") from None
+    if not weights.is_file():
+        raise ImsimError(f"{weights}: weights file of specialist {p} not found (the training has not finished)")
+    mc = model_config(bc)
+    args = {"backbone": bc.backbone, "input_size": bc.size, "waveblock": bc.waveblock,
+            "weights_path": str(weights.resolve()), "weights_sha256": sha256_file(weights)}
+    if variant == "d2lv":
+        args["dim"] = int(mc.dim)
+    return MODEL_OF[variant], args
+
+
+def specialist_sets(specialists: dict, backbones: list) -> tuple[list, list]:
+    """(backbones, sets) of the ``specialists`` parameter (see :class:`LocalVerification`): the
+    members of every set as (label, model, args), each once, and per set (name, member indices,
+    directions)."""
+    if not isinstance(specialists, dict) or not all(isinstance(m, (list, tuple, str)) for m in specialists.values()):
+        raise ImsimError("lv: specialists must map a set name to a list of backbones or `train d2lv` run folders")
+    known = {b[0]: b for b in backbones}
+    used, by_key, sets = [], {}, []
+    for name, members in specialists.items():
+        members = [members] if isinstance(members, str) else list(members)
+        if not members:
+            raise ImsimError(f"lv: specialist set {name!r} has no member")
+        idx = []
+        for m in members:
+            key = str(m) if str(m) in known else str(Path(str(m)).resolve())
+            if key not in by_key:
+                label = str(m) if str(m) in known else f"{name}:{Path(str(m)).name}"
+                if any(u[0] == label for u in used):
+                    label = f"{label}#{len(used)}"
+                entry = known[key] if key in known else (label, *specialist_backbone(str(m)))
+                by_key[key] = len(used)
+                used.append(entry)
+            idx.append(by_key[key])
+        if len(set(idx)) != len(idx):
+            raise ImsimError(f"lv: specialist set {name!r} names a member twice")
+        sets.append((str(name), idx, DIRECTIONS if str(name) == "baseline" else ("aq_or",)))
+    return used, sets
 
 
 def background_bias(x: np.ndarray, xt: np.ndarray, factor: float, n: int, mode: str, backend: str = "auto"
@@ -536,7 +619,7 @@ _DEFAULTS = {"candidates.k": 10, "candidates.budget": None, "backbone_args": {},
              "directions": list(DIRECTIONS), "offset": -0.05, "offset_exempt": list(OFFSET_EXEMPT),
              "min_query_side": 100, "vote_k": 2, "budget_per_query": 20.0, "min_side": 32, "detector": "",
              "detector_threshold": 0.1, "oracle": "", "view_cache": "", "scales": [],
-             "selective_search_n": 10, "selective_search_side": 256, "score_norm": True, "score_norm_factor": SCORE_NORM["factor"], "score_norm_n": SCORE_NORM["n"],
+             "selective_search_n": 10, "selective_search_side": 256, "specialists": None, "score_norm": True, "score_norm_factor": SCORE_NORM["factor"], "score_norm_n": SCORE_NORM["n"],
              "score_norm_mode": SCORE_NORM["mode"]}
 
 METHODS.add("sscd+lv", MethodSpec(
