@@ -147,8 +147,8 @@ run_method("sscd", bench.root, sscd_run, opts=opts)
 runs = {"global (sscd)": read_predictions(sscd_run)}
 lv_opts = RunOptions(extract=opts.extract, candidates=str(sscd_run))
 view_cache = str(results_root(results_dir) / "view_cache" / bench.name)
-# score_norm=False: the figures recorded in notebooks/README.md were measured before the matcher had
-# D2LV's score normalisation against the training images (now its default)
+# score_norm=False: the figures recorded in notebooks/README.md were measured without D2LV's score
+# normalisation against the training images (sscd+lv's default; d2lv's default is on)
 BASE = {"candidates.k": PLAN["k"], "backbone_args": {"sscd": ARGS["sscd"]}, "view_cache": view_cache,
         "score_norm": False}
 
@@ -353,10 +353,11 @@ display(cases)
 #   confirmed by the authors.
 # * Here: one or two released descriptors that were never trained on these edits' specialist sets,
 #   1,000 references, 3 candidates per query from SSCD (local verification cannot find a reference
-#   SSCD did not propose), views at a short side of 112 pixels, no selective search (no clean PyPI
-#   implementation, see `imsim_lab/methods/lv.py`), no score normalisation in these runs (the
-#   matcher's `score_norm`, on by default, came after the recorded figures). With a thousand references the global descriptor already ranks most copies
-#   first (R@1 0.92 for SSCD on `small`), so the room for a gain is the calibration across queries.
+#   SSCD did not propose), views at a short side of 112 pixels, neither selective search nor score
+#   normalisation (the `selective_search` view family and `score_norm` came after the recorded
+#   figures; see `imsim_lab/methods/lv.py`). With a thousand references the global descriptor
+#   already ranks most copies first (R@1 0.92 for SSCD on `small`), so the room for a gain is the
+#   calibration across queries.
 #   In the `cpu` run recorded in `notebooks/README.md` that is where the gain went: +0.042 µAP
 #   [+0.012, +0.073] over SSCD alone, the separable per-family gains in photometric and quality families
 #   (pixelize, shuffle_pixels, noise, sharpen, scale, blur, contrast), the share of true pairs at or

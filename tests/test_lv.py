@@ -194,8 +194,7 @@ def test_sscd_lv_runs_end_to_end_on_tiny(tiny_bench, cand_run, tmp_path):
     from imsim_lab.features.models import create_model
 
     out = tmp_path / "lv"
-    # the raw rule (the score normalisation is tested in tests/test_lv_score_norm.py)
-    assert _run(tiny_bench, out, cand_run, f"oracle={tiny_bench}", "score_norm=false") == 0
+    assert _run(tiny_bench, out, cand_run, f"oracle={tiny_bench}") == 0
     cfg, cand = read_config(out), read_candidates(out)
     rep = cfg["matcher_report"]
     assert rep["vote"].startswith("off") and rep["query_views"] == ["whole", "rotations", "center", "halves", "oracle"]

@@ -88,7 +88,7 @@ def test_matcher_normalises_against_the_training_images_as_the_formula_says(tiny
     ctx = MatchContext(src["query"], src["reference"], tmp_path / "w", training=src["training"])
     # whole query x whole reference only, every view pair kept: the score is q.r, minus the term with score_norm
     base = {**get_method("sscd+lv").params, "backbone_args": FAST, "query_views": [], "directions": ["aq_or"],
-            "budget_per_query": None}
+            "budget_per_query": None, "score_norm": True}
     off = create_matcher("lv", {**base, "score_norm": False}).score(pairs, ctx)
     on = create_matcher("lv", base).score(pairs, ctx)
     model = create_model("sscd_disc_mixup_onnx", short_side=96)
@@ -117,8 +117,10 @@ def test_score_norm_is_recorded_in_the_run_config(tiny_bench, tmp_path):
     cand = tmp_path / "sscd"
     assert main(["run", "sscd", "--bench", str(tiny_bench), "--out", str(cand), "--workers", "0"]) == 0
     out = tmp_path / "lv"
+    assert get_method("d2lv").params["score_norm"] is True and get_method("sscd+lv").params["score_norm"] is False
     argv = ["run", "sscd+lv", "--bench", str(tiny_bench), "--out", str(out), "--workers", "0", "--candidates",
-            str(cand), "-p", "candidates.k=2", "-p", f"backbone_args={json.dumps(FAST)}", "-p", 'query_views=["center"]']
+            str(cand), "-p", "candidates.k=2", "-p", f"backbone_args={json.dumps(FAST)}", "-p", 'query_views=["center"]',
+            "-p", "score_norm=true"]
     assert main(argv) == 0
     cfg = read_config(out)
     assert cfg["params"]["score_norm"] is True and cfg["params"]["score_norm_n"] == 10
