@@ -130,3 +130,28 @@ def test_d2lv_combines_the_specialists_as_the_max_over_sets(trained, tiny_bench,
     assert "oq_ar" not in set(alone["grayscale"].extras["direction"])
     with pytest.raises(ImsimError, match="train_config.json"):
         create_matcher("lv", {**base, "specialists": {"blur": [str(tmp_path)]}})
+
+
+def test_the_published_specialist_commands_run_at_toy_size(tiny_bench, tmp_path, capsys):
+    """`train d2lv --help`'s schedule: one command per specialist (offline copies, Barlow Twins trunk),
+    each run here for one step with 3 copies per class and no released trunk."""
+    from imsim_lab.train.bot_data import SPECIALISTS
+    from imsim_lab.train.recipes.bot import bot_schedule
+
+    steps = [s for s in bot_schedule("d2lv") if s.argv and "--specialist" in s.argv]
+    assert [s.argv[s.argv.index("--specialist") + 1] for s in steps] == list(SPECIALISTS)
+    for k, step in enumerate(steps):
+        argv = list(step.argv[step.argv.index("train"):])
+        for opt in ("--init-trunk", "--init-sha256"):   # the released Barlow Twins ResNet-50: not here
+            i = argv.index(opt)
+            del argv[i:i + 2]
+        for opt, value in (("--bench", tiny_bench), ("--out", tmp_path / f"run{k}"), ("--offline", tmp_path / f"off{k}"),
+                           ("--copies", 3), ("--batch-size", 4), ("--k", 2)):
+            argv[argv.index(opt) + 1] = str(value)
+        argv = [a for a in argv if a not in ("--backbone", "--size")]
+        assert main(argv + ["--backbone", "test_resnet", "--size", "32", "--workers", "0", "--max-steps", "1",
+                            "--device", "cpu"]) == 0, capsys.readouterr().err
+        cfg = json.loads((tmp_path / f"run{k}" / "train_config.json").read_text())["run"]["config"]
+        assert cfg["specialist"] == step.argv[step.argv.index("--specialist") + 1] and cfg["offline"]
+        off = json.loads((tmp_path / f"off{k}" / "copies.json").read_text())
+        assert off["specialist"] == cfg["specialist"] and off["copies"] == 3

@@ -156,11 +156,21 @@ def bot_schedule(variant: str = "bot", nproc: int = 4) -> list[PublishedStep]:
             "--bench", "DISC21_100k", "--out", f"runs/{variant}", "--init-trunk", "BARLOW_RESNET50",
             "--init-sha256", "SHA256", "--offline", f"runs/{variant}_offline", "--copies", "20",
             "--batch-size", str(32 // nproc), "--k", "4", "--epochs", "25"]
-    return [PublishedStep("offline set: 100,000 training images (every 10th of the 1M) x 20 (original + 19 copies); "
-                          "published epochs are 8,000 iterations of 128 images (10 passes over the classes)"),
-            PublishedStep(f"{'Bag of Tricks' if variant == 'bot' else 'D2LV (one of 33 models)'}: Barlow Twins "
-                          f"ResNet-50, 256 px, Adam 3.5e-4, warm-up 5, constant to 10, cosine to 25 epochs",
-                          tuple(argv))]
+    steps = [PublishedStep("offline set: 100,000 training images (every 10th of the 1M) x 20 (original + 19 copies); "
+                           "published epochs are 8,000 iterations of 128 images (10 passes over the classes)"),
+             PublishedStep(f"{'Bag of Tricks' if variant == 'bot' else 'D2LV (one of 33 models)'}: Barlow Twins "
+                           f"ResNet-50, 256 px, Adam 3.5e-4, warm-up 5, constant to 10, cosine to 25 epochs",
+                           tuple(argv))]
+    if variant == "d2lv":
+        # D2LV's 33 models are 3 backbones x 11 training sets; the sets here are the specialists (their
+        # ResNet-152 and ResNet-50-IBN-a Momentum2-Teacher trunks are not released: --init-trunk takes them)
+        from ..bot_data import SPECIALISTS
+
+        for name in SPECIALISTS:
+            spec = [a.replace(f"runs/{variant}", f"runs/d2lv_{name}") for a in argv] + ["--specialist", name]
+            steps.append(PublishedStep(f"D2LV specialist {name} (combined by `imsim-lab run d2lv -p "
+                                       f"specialists='{{...}}'`)", tuple(spec)))
+    return steps
 
 
 def add_barlow_arguments(p: argparse.ArgumentParser) -> None:
