@@ -66,6 +66,7 @@ from imsim_lab.analysis.calibration import (calibration_figure, calibration_tabl
 from imsim_lab.analysis.report.figures import pr_figure
 from imsim_lab.analysis.report.pairs import pair_image, parse_box
 from imsim_lab.features import ExtractConfig
+from imsim_lab.features import detector as D
 from imsim_lab.features.models import create_model
 from imsim_lab.features.views import WHOLE, apply_view, make_views
 from imsim_lab.lessons import (check_profile, contact_sheet, feature_cache, lesson_benchmark, query_halves,
@@ -237,6 +238,20 @@ display(cand[cand.is_true].groupby("family").direction.value_counts().unstack(fi
 # against the whole reference: it differs from the global run only by the candidates' cut and the
 # smaller resolution of the views (short side `PLAN["short_side"]`), which it isolates. The oracle row
 # adds the recorded box of the source in each disc-synth query: the upper bound of any overlay detector.
+# The detector row adds the boxes of a trained one instead (D2LV ran YOLOv5 at confidence 0.1): the
+# small overlay detector of lesson 08 (`imsim_lab.features.detector`, its settings), trained here on
+# composites of the training images only.
+
+# %%
+t = time.perf_counter()
+det_cfg = D.DetectorConfig(input_size=64, width=8 if profile == "smoke" else 16)
+n_composites, det_epochs = (150, 3) if profile == "smoke" else (1000, 4)
+det, _ = D.train_detector(D.make_composites([bench.image_path(i) for i in bench.training_ids], n_composites,
+                                            seed=seed), det_cfg, epochs=det_epochs, device="cpu")
+det_path = run_dir(NOTEBOOK, "detector", results_dir, profile) / "detector.pt"
+det_path.parent.mkdir(parents=True, exist_ok=True)
+det.save(det_path)
+print(f"detector: {n_composites} composites, {det_epochs} epochs in {time.perf_counter() - t:.0f} s")
 
 # %%
 ablation = {"all views, both directions": runs["local verification (sscd+lv)"]}
@@ -248,6 +263,7 @@ variants = {
     "OQ+AR only (no query views)": {"directions": ["oq_ar"]},
     "whole only": {"query_views": [], "directions": ["aq_or"]},
     "+ oracle overlay boxes (upper bound)": {"oracle": str(bench.root)},
+    "+ trained detector boxes": {"detector": str(det_path)},
 }
 for label, over in variants.items():
     out, _ = lv("sscd_lv_" + "".join(c if c.isalnum() else "_" for c in label.lower())[:40], **over)
