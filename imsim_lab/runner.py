@@ -495,7 +495,7 @@ def bench_images(bench, config: dict, split: str):
     matcher caches from them is never reused for other images."""
     from .features.dataset import ImageSource
 
-    ids = {"query": bench.query_ids, "reference": bench.reference_ids}[split]
+    ids = {"query": bench.query_ids, "reference": bench.reference_ids, "training": bench.training_ids}[split]
     sha = (config.get("benchmark") or {}).get("manifest_sha256") or str(bench.root)
     listing = (config.get("images") or {}).get(split, "")
     return ImageSource.files(ids, [bench.image_path(i) for i in ids], f"{sha}/{split}/{listing}")
@@ -526,8 +526,9 @@ def _matching_track(spec, params, bench, config, out, opts, progress, timings, s
         import shutil
 
         shutil.rmtree(out / "matcher", ignore_errors=True)
+    training = bench_images(bench, config, "training") if len(bench.training_ids) else None
     mctx = MatchContext(queries=queries, references=references, work=out / "matcher", device=opts.device,
-                        extract=opts.extract, backend=opts.backend, progress=progress)
+                        extract=opts.extract, backend=opts.backend, progress=progress, training=training)
     with _Phase(timings, "rescore"):
         final, table, report = rescore(spec.matcher, params, pairs, mctx, get_protocol("isc2021").max_rows)
     if merged is not None:  # which list and query view proposed each pair (the explorer's pair view)

@@ -11,6 +11,11 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
+# opencv-contrib-python-headless replaced opencv-python-headless (both install cv2/): a venv that has the
+# plain one drops both, so that the install below writes cv2/ once, from the contrib wheel
+if .venv/bin/python -m pip show -q opencv-python-headless >/dev/null 2>&1; then
+  .venv/bin/python -m pip uninstall -q -y opencv-python-headless opencv-contrib-python-headless
+fi
 echo "setup: installing imsim-lab and its pinned dependencies (the first time downloads torch, several GB)"
 .venv/bin/python -m pip install -q -c requirements/constraints.txt -e '.[dev]'
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null

@@ -252,7 +252,8 @@ def test_detector_boxes_become_query_views(tiny_bench, cand_run, tmp_path):
     bench = load_benchmark(tiny_bench)
     q, r = bench.query_ids[:4], bench.reference_ids[:4]
     pairs = CandidatePairs(np.array(q), np.array(r), np.zeros(4), np.zeros(4, np.int64))
-    ctx = MatchContext(bench_images(bench, cfg, "query"), bench_images(bench, cfg, "reference"), tmp_path / "w")
+    ctx = MatchContext(bench_images(bench, cfg, "query"), bench_images(bench, cfg, "reference"), tmp_path / "w",
+                       training=bench_images(bench, cfg, "training"))
     params = {**get_method("sscd+lv").params, "backbone_args": FAST, "detector": str(det), "query_views": [],
               "directions": ["aq_or"]}
     res = create_matcher("lv", params).score(pairs, ctx)
@@ -271,7 +272,8 @@ def test_extra_scales_repeat_aq_or_and_keep_the_best_scale(tiny_bench, tmp_path)
     bench = load_benchmark(tiny_bench)
     q, r = bench.query_ids[:4], bench.reference_ids[:4]
     pairs = CandidatePairs(np.array(q), np.array(r), np.zeros(4), np.zeros(4, np.int64))
-    ctx = MatchContext(bench_images(bench, {}, "query"), bench_images(bench, {}, "reference"), tmp_path / "w")
+    ctx = MatchContext(bench_images(bench, {}, "query"), bench_images(bench, {}, "reference"), tmp_path / "w",
+                       training=bench_images(bench, {}, "training"))
     base = {**get_method("sscd+lv").params, "backbone_args": FAST, "query_views": ["center"], "budget_per_query": None}
     one = create_matcher("lv", base).score(pairs, ctx)
     two = create_matcher("lv", {**base, "scales": [64]}).score(pairs, ctx)
@@ -324,7 +326,7 @@ def test_cuda_views_agree_with_cpu(tiny_bench, tmp_path):
     out = {}
     for dev in ("cpu", "cuda"):
         ctx = MatchContext(bench_images(bench, {}, "query"), bench_images(bench, {}, "reference"), tmp_path / dev,
-                           device=dev)
+                           device=dev, training=bench_images(bench, {}, "training"))
         out[dev] = create_matcher("lv", params).score(pairs, ctx)
     assert out["cuda"].report["backbones"][0]["device"].startswith("cuda")
     assert np.allclose(out["cuda"].scores, out["cpu"].scores, atol=2e-2)

@@ -443,8 +443,8 @@ def test_cuda_training_with_amp_and_multiscale_extraction(bench, tmp_path, amp):
 @pytest.mark.slow
 def test_two_process_gloo_run_of_the_command(bench, tmp_path):
     """``torchrun`` with 2 gloo processes: each rank trains on its half of every batch of classes, rank 0
-    writes the run (DDP is not equal to one process here: BatchNorm and the batch-hard triplet see a
-    rank's own half)."""
+    writes the run (DDP is not equal to one process here: on the CPU, without SyncBatchNorm, BatchNorm
+    sees a rank's own half; the losses alone are, tests/test_train_bot_ddp.py)."""
     import subprocess
     import sys
     from pathlib import Path

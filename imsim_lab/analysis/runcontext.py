@@ -217,7 +217,10 @@ def _matching_predictions(ctx: RunContext, q_new, x_new, distractors: set, image
     shortlist = shortlist_for(ctx.spec.matcher, ctx.params) if source.all_references else None
     pairs = candidate_pairs(prep, q_new, d.rids.astype(object), source, opts.backend, shortlist)
     mctx = MatchContext(queries=images, references=bench_images(ctx.bench, ctx.config, "reference"), work=Path(work), device=opts.device, extract=opts.extract,
-                        backend=opts.backend, folders={"reference": ctx.path / "matcher" / "reference"})
+                        backend=opts.backend, folders={"reference": ctx.path / "matcher" / "reference",
+                                                       "training": ctx.path / "matcher" / "training"},
+                        training=bench_images(ctx.bench, ctx.config, "training") if len(ctx.bench.training_ids)
+                        else None)
     new, _, _ = rescore(ctx.spec.matcher, ctx.params, pairs, mctx)
     table = read_candidates(ctx.path)
     if table is None:

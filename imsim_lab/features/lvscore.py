@@ -41,7 +41,7 @@ DIRECTIONS = ("aq_or", "oq_ar")
 OFFSET_EXEMPT = ("whole", "det*", "oracle*")
 #: query view families (besides the whole query): view-name patterns of each
 QUERY_FAMILIES = {"rotations": ("rot*",), "center": ("center",), "halves": ("half_*",), "detector": ("det*",),
-                  "oracle": ("oracle*",)}
+                  "oracle": ("oracle*",), "selective_search": ("ss*",)}
 #: the family of an OQ+AR view pair whose reference view is not the whole reference
 REFERENCE_FAMILY = "reference_splits"
 
@@ -198,7 +198,8 @@ def _key(q, r) -> np.ndarray:
 
 
 def verify(query_ids, reference_ids, qtab, rtab, xq: Sequence[np.ndarray], xr: Sequence[np.ndarray],
-           config: LVConfig = LVConfig()) -> Verified:
+           config: LVConfig = LVConfig(), bq: Sequence[np.ndarray] | None = None,
+           br: Sequence[np.ndarray] | None = None) -> Verified:
     """Score candidate image pairs by local verification (see the module docstring).
 
     Args:
@@ -207,6 +208,11 @@ def verify(query_ids, reference_ids, qtab, rtab, xq: Sequence[np.ndarray], xr: S
         xq, xr: one array per backbone, (len(qtab), d_b) and (len(rtab), d_b), unit rows aligned
             to the tables (NaN rows: no descriptor).
         config: :class:`LVConfig`.
+        bq, br: None, or one array per backbone, (len(qtab),) and (len(rtab),): D2LV's score
+            normalisation terms of the query views and of the reference views. A view pair then
+            scores ``q.r - bq[q]`` in AQ+OR (the term of the query view) and ``q.r - br[r]`` in
+            OQ+AR (the term of the reference view, D2LV's ``score_normalization_reverse.py``),
+            before the budget, the vote and the offset.
 
     Returns:
         :class:`Verified`.
@@ -217,12 +223,18 @@ def verify(query_ids, reference_ids, qtab, rtab, xq: Sequence[np.ndarray], xr: S
     q = np.asarray(query_ids).astype(str)
     r = np.asarray(reference_ids).astype(str)
     n = len(q)
+    for name, bias, tab in (("bq", bq, qtab), ("br", br, rtab)):
+        if bias is not None and (len(bias) != n_b or any(len(x) != len(tab.parent_ids) for x in bias)):
+            raise ViewError(f"verify: {name} needs one array per backbone with one term per row of its view table")
     k = min(int(config.vote_k), n_b)
     counts: dict = {"n_backbones": n_b, "vote_k": k, "view_pairs": {}, "predicted": {}, "voted": {}}
     parts = []  # (pair, q_row, r_row, score, n_agree, direction code)
     for code, d in enumerate(config.directions):
         pair, qr, rr = view_pairs(q, r, qtab, rtab, d)
         S = np.stack([pair_scores(xq[b], xr[b], qr, rr) for b in range(n_b)]) if len(pair) else np.zeros((n_b, 0))
+        bias, rows = (bq, qr) if d == "aq_or" else (br, rr)
+        if bias is not None and len(pair):
+            S = S - np.stack([np.asarray(bias[b], np.float64)[rows] for b in range(n_b)])
         counts["view_pairs"][d] = int(len(pair))
         j = np.arange(len(pair))
         lists = []
@@ -289,3 +301,40 @@ def verify(query_ids, reference_ids, qtab, rtab, xq: Sequence[np.ndarray], xr: S
     counts["pairs_verified"] = int(np.isfinite(scores).sum())
     counts["pairs_unverified"] = int(n - counts["pairs_verified"])
     return Verified(scores, q_row, r_row, direction.astype(str), n_agree, n_view, family, counts)
+
+
+def combine_sets(results: Sequence[Verified]) -> tuple[Verified, np.ndarray]:
+    """D2LV's combination of its training sets (their ``combine.py``): the union of every set's
+    predictions, each candidate pair scoring the max over the sets that kept a view pair of it.
+
+    Args:
+        results: one :class:`Verified` per set, of the same candidate pairs and view tables.
+
+    Returns:
+        (combined, won): the best view pair (rows, direction, agreement, view pairs) of the winning
+        set per pair (ties: the earlier set), ``family`` the max over the sets per family, ``counts``
+        per set under ``"sets"``; ``won`` (n,) int64 the winning set (-1: no set kept a view pair).
+    """
+    if not results:
+        raise ViewError("combine_sets: no set to combine")
+    if len(results) == 1:
+        v = results[0]
+        return v, np.where(np.isfinite(v.scores), 0, -1).astype(np.int64)
+    n = len(results[0].scores)
+    if any(len(v.scores) != n for v in results):
+        raise ViewError("combine_sets: the sets scored different candidate pairs")
+    S = np.stack([np.where(np.isfinite(v.scores), v.scores, -np.inf) for v in results])
+    win = S.argmax(0)
+    ok = np.isfinite(S.max(0))
+    at = lambda name: np.choose(win, [getattr(v, name) for v in results])  # noqa: E731
+    scores = np.where(ok, S.max(0), np.nan)
+    q_row, r_row = np.where(ok, at("q_row"), -1), np.where(ok, at("r_row"), -1)
+    direction = np.where(ok, np.choose(win, [v.direction.astype(object) for v in results]), "").astype(str)
+    n_agree, n_view = np.where(ok, at("n_agree"), 0), np.where(ok, at("n_view_pairs"), 0)
+    family = {}
+    for f in sorted({f for v in results for f in v.family}):
+        family[f] = np.fmax.reduce(np.stack([v.family.get(f, np.full(n, np.nan)) for v in results]), axis=0)
+    counts = {"sets": [v.counts for v in results], "pairs_verified": int(ok.sum()),
+              "pairs_unverified": int(n - ok.sum())}
+    return (Verified(scores, q_row.astype(np.int64), r_row.astype(np.int64), direction, n_agree.astype(np.int64),
+                     n_view.astype(np.int64), family, counts), np.where(ok, win, -1).astype(np.int64))

@@ -106,6 +106,9 @@ class MatchContext:
         device: None = CUDA when present. extract: :class:`~imsim_lab.features.ExtractConfig`.
         backend: search backend (:mod:`imsim_lab.search`).
         progress: ``progress(stage, total) -> update(n)`` for progress bars, or None (silent).
+        training: the benchmark's training (background) images as an ImageSource, or None when the
+            benchmark has none or the caller does not give them (a matcher's score normalisation
+            against the background set reads them; its features go to ``folder("training")``).
     """
 
     queries: object
@@ -116,6 +119,7 @@ class MatchContext:
     backend: str = "auto"
     progress: Callable[[str, int], Callable[[int], None]] | None = None
     folders: dict = field(default_factory=dict)
+    training: object = None
 
     def folder(self, side: str) -> Path:
         """Where the matcher keeps what it computes for the images of ``side`` (created)."""

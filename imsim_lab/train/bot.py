@@ -46,6 +46,8 @@ class BoTConfig:
         k: views per class in a batch (4); ``train.batch_size`` is P, classes per process per step.
         weights: the four loss weights (default: the variant's published ones).
         waveblock: WaveBlocks after layer2 and layer3. families: view ops kept (None: all of BoT's).
+        specialist: one of D2LV's specialists (:data:`~imsim_lab.train.bot_data.SPECIALISTS`): the views
+            are made from that family only (None: BoT's views, or ``families``).
         offline: a folder of :func:`~imsim_lab.train.bot_data.write_offline_copies` (None: views on the fly).
         pretrained: timm hub weights for the trunk.
         train: the trainer's settings (warm-up and hold steps set by :func:`schedule_steps`).
@@ -58,6 +60,7 @@ class BoTConfig:
     weights: BoTWeights | None = None
     waveblock: bool = True
     families: tuple[str, ...] | None = None
+    specialist: str | None = None
     offline: str | None = None
     pretrained: bool = False
     train: TrainConfig = field(default_factory=lambda: PUBLISHED_TRAIN)
@@ -67,6 +70,8 @@ class BoTConfig:
             raise ValueError(f"variant must be one of {VARIANTS}, not {self.variant!r}")
         if self.k < 2:
             raise ValueError("k must be >= 2 (the batch-hard triplet needs a positive)")
+        if self.specialist is not None and self.families:
+            raise ValueError("give --families or --specialist, not both")
 
     @property
     def loss_weights(self) -> BoTWeights:
@@ -75,6 +80,10 @@ class BoTConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["weights"] = asdict(self.loss_weights)
+        if self.specialist is not None:  # the ops the views were made of (train_config.json)
+            from .bot_data import specialist_ops
+
+            d["specialist_ops"] = [asdict(o) for o in specialist_ops(self.specialist)]
         return d
 
 
@@ -145,7 +154,10 @@ def train_bot(paths: Sequence[str | Path], out: str | Path, cfg: BoTConfig, init
         if len(ds) != len(paths):
             raise ImsimError(f"{cfg.offline}: an offline set of {len(ds)} classes for {len(paths)} training images")
     else:
-        ds = KViewImages(paths, cfg.k, cfg.size, mc.mean, mc.std, seed=cfg.train.seed, families=cfg.families)
+        from .bot_data import specialist_ops
+
+        ds = KViewImages(paths, cfg.k, cfg.size, mc.mean, mc.std, seed=cfg.train.seed, families=cfg.families,
+                         ops=specialist_ops(cfg.specialist) if cfg.specialist is not None else None)
     loss = BoTLoss(len(paths), net.dims, cfg.loss_weights, seed=cfg.train.seed)
     tc = schedule_steps(cfg.train, len(paths), dist_info()[1])
     info = {"recipe": cfg.variant, "config": cfg.to_dict(), "init_trunk": str(init_trunk) if init_trunk else None,

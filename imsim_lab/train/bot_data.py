@@ -58,6 +58,27 @@ BOT_OPS: tuple[BoTOp, ...] = (
 )
 #: a subset of families (D2LV's specialists train on one family each) keeps only those ops
 STRENGTH = (0.2, 0.8)
+#: D2LV's specialists (arXiv 2111.07090: its training sets baseline, baseline_bw, blur, color, dark,
+#: opa, u): each trains the same recipe on views made from one augmentation family only, applied to
+#: every view (besides the random resized crop and the online flip / pad / crop that every view
+#: has); ``baseline`` is BoT's full set of ops. ``dark`` is the brightness family (darker or brighter
+#: half the time each), ``underlay`` BoT's image underlay (``overlay_image``).
+SPECIALISTS: dict[str, tuple[BoTOp, ...]] = {
+    "baseline": BOT_OPS,
+    "grayscale": (BoTOp("grayscale", 1.0),),
+    "blur": (BoTOp("blur", 1.0),),
+    "colour": (BoTOp("color_jitter", 1.0),),
+    "dark": (BoTOp("brightness", 1.0),),
+    "opacity": (BoTOp("opacity", 1.0),),
+    "underlay": (BoTOp("overlay_image", 1.0),),
+}
+
+
+def specialist_ops(name: str) -> tuple[BoTOp, ...]:
+    """The ops of the specialist ``name`` (:data:`SPECIALISTS`); an unknown name is refused."""
+    if name not in SPECIALISTS:
+        raise TrainDataError(f"unknown specialist {name!r}; D2LV's specialists here: {', '.join(SPECIALISTS)}")
+    return SPECIALISTS[name]
 
 
 def bot_view(img: Image.Image, size: int, rng: np.random.Generator, assets: Assets | None = None,
@@ -117,12 +138,13 @@ class KViewImages:
         paths: training images, class i = ``paths[i]``. k: views per class per batch.
         size: training resolution. mean, std: the model's normalisation.
         families: keep only these ops of :data:`BOT_OPS` (None: all).
+        ops: the ops themselves (a specialist's, :func:`specialist_ops`); excludes ``families``.
 
     Item: ``(x (k, 3, size, size) float32, y (k,) int64 = [index] * k)``.
     """
 
     def __init__(self, paths: Sequence[str | Path], k: int, size: int, mean, std, seed: int = 0,
-                 families: Sequence[str] | None = None):
+                 families: Sequence[str] | None = None, ops: Sequence[BoTOp] | None = None):
         self.paths = [str(p) for p in paths]
         if not self.paths:
             raise TrainDataError("no training images for the classes")
@@ -130,7 +152,9 @@ class KViewImages:
             raise TrainDataError(f"k={k}: the batch-hard triplet needs at least 2 views per class")
         self.k, self.size, self.seed = int(k), int(size), int(seed)
         self.mean, self.std = tuple(mean), tuple(std)
-        self.ops = ops_of(families)
+        if ops is not None and families:
+            raise TrainDataError("give the view families or a specialist's ops, not both")
+        self.ops = tuple(ops) if ops is not None else ops_of(families)
         self.assets = _assets(self.paths, self.seed)
 
     def __len__(self) -> int:
@@ -153,7 +177,7 @@ class KViewImages:
 
 def write_offline_copies(paths: Sequence[str | Path], root: str | Path, copies: int = PUBLISHED_COPIES,
                          size: int = 256, seed: int = 0, families: Sequence[str] | None = None,
-                         quality: int = 95) -> Path:
+                         quality: int = 95, specialist: str | None = None) -> Path:
     """Write the published offline set once: ``root/<id>/00.jpg`` (the original at ``size``²) and
     ``01.jpg`` .. the ``copies - 1`` augmented copies (:func:`bot_view`), plus ``root/copies.json``.
 
@@ -169,6 +193,10 @@ def write_offline_copies(paths: Sequence[str | Path], root: str | Path, copies: 
         raise TrainDataError(f"copies={copies}: a class needs the original and at least one copy")
     settings = {"copies": int(copies), "size": int(size), "seed": int(seed), "families": list(families or []),
                 "n": len(paths), "ids": [Path(p).stem for p in paths]}
+    if specialist is not None:  # recorded only for a specialist's set (older sets keep their settings)
+        if families:
+            raise TrainDataError("give the view families or a specialist, not both")
+        settings["specialist"] = str(specialist)
     meta = root / "copies.json"
     if meta.is_file():
         old = json.loads(meta.read_text())
@@ -181,7 +209,8 @@ def write_offline_copies(paths: Sequence[str | Path], root: str | Path, copies: 
     from ..atomic import atomic_write_text
 
     atomic_write_text(meta, json.dumps(settings))
-    ops, assets = ops_of(families), _assets(paths, seed)
+    ops = specialist_ops(specialist) if specialist is not None else ops_of(families)
+    assets = _assets(paths, seed)
     for i, p in enumerate(paths):
         dest = root / Path(p).stem
         if dest.is_dir():

@@ -61,15 +61,23 @@ def distillation(student: torch.Tensor, teacher: torch.Tensor, T: float = TEMPER
     return (T * T) * (p * (torch.log(p.clamp_min(1e-30)) - logq)).sum(dim=1).mean()
 
 
-def batch_hard_soft_triplet(g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def batch_hard_soft_triplet(g: torch.Tensor, y: torch.Tensor, gb: torch.Tensor | None = None,
+                            yb: torch.Tensor | None = None, idx: torch.Tensor | None = None) -> torch.Tensor:
     """mean_i softplus(max_{p: y_p = y_i, p != i} d_ip - min_{n: y_n != y_i} d_in), Euclidean d.
 
+    The anchors are the rows of ``g`` (labels ``y``); the positives and negatives are searched
+    among ``gb`` (labels ``yb``; default: the anchors themselves), where anchor i is row ``idx[i]``
+    (default i). Under DDP ``gb`` is the global batch, so every rank mines as one process would.
     Anchors without a positive or a negative in the batch are left out (0 when none is left).
     """
     g = g.float()
-    d = torch.cdist(g, g).clamp_min(0)
-    same = y[:, None] == y[None, :]
-    eye = torch.eye(len(y), dtype=torch.bool, device=g.device)
+    gb = g if gb is None else gb.float()
+    yb = y if yb is None else yb
+    idx = torch.arange(len(y), device=g.device) if idx is None else idx
+    d = torch.cdist(g, gb).clamp_min(0)
+    same = y[:, None] == yb[None, :]
+    eye = torch.zeros(len(y), len(yb), dtype=torch.bool, device=g.device)
+    eye[torch.arange(len(y), device=g.device), idx] = True
     pos, neg = same & ~eye, ~same
     ok = pos.any(1) & neg.any(1)
     if not ok.any():
@@ -86,13 +94,19 @@ class BoTLoss(nn.Module):
         n_classes: training images (one class each). dims: the widths of the model's training
             output, (c, 4c) or (c, 4c, head) (:attr:`BoTNet.dims`).
         weights: :class:`BoTWeights`. eps, T: label smoothing and temperature.
+        distributed: under ``torch.distributed`` with several processes, the triplet's positives and
+            negatives come from the global batch (gathered, the local part keeping its gradient, as
+            :class:`~imsim_lab.train.infonce.SSCDLoss` does): with equal halves, two processes then
+            give the loss and gradients of one process with the whole batch (the CE and KD terms
+            are means over rows, which the trainer's gradient averaging already makes global).
 
     ``forward(out (n, sum dims), y (n,)) -> scalar``; :meth:`terms` gives each unweighted term.
     """
 
     def __init__(self, n_classes: int, dims: tuple[int, ...], weights: BoTWeights = PUBLISHED_BOT,
-                 eps: float = EPSILON, T: float = TEMPERATURE, seed: int = 0):
+                 eps: float = EPSILON, T: float = TEMPERATURE, seed: int = 0, distributed: bool = True):
         super().__init__()
+        self.distributed = bool(distributed)
         if len(dims) not in (2, 3):
             raise ValueError(f"dims must be (gem, wide) or (gem, wide, head), not {dims}")
         if len(dims) == 2 and (weights.ce_head or weights.kd):
@@ -111,12 +125,23 @@ class BoTLoss(nn.Module):
         parts = self.split(out)
         g, wide = parts[0], parts[1]
         z_w = wide.float() @ self.cls_wide.T
-        t = {"ce_wide": label_smoothed_ce(z_w, y, self.eps), "triplet": batch_hard_soft_triplet(g, y)}
+        t = {"ce_wide": label_smoothed_ce(z_w, y, self.eps), "triplet": self._triplet(g, y)}
         if self.cls_head is not None:
             z_h = parts[2].float() @ self.cls_head.T
             t["ce_head"] = label_smoothed_ce(z_h, y, self.eps)
             t["kd"] = distillation(z_h, z_w, self.T)
         return t
+
+    def _triplet(self, g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                from .losses import gather_labels, gather_with_grad
+
+                idx = torch.arange(len(y), device=g.device) + dist.get_rank() * len(y)
+                return batch_hard_soft_triplet(g, y, gather_with_grad(g), gather_labels(y), idx)
+        return batch_hard_soft_triplet(g, y)
 
     def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         w = self.weights

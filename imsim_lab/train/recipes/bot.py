@@ -30,8 +30,9 @@ BOT_DESCRIPTION = (
 D2LV_DESCRIPTION = (
     "D2LV's backbones (VisionForce, matching track 1st, arXiv 2111.07090): the Bag of Tricks body without the "
     "256-d head, 10 label-smoothed CE on the 4c-d feature + 1 batch-hard soft triplet; the descriptor is the 4c-d "
-    "feature (8192 for ResNet-50). --families trains a specialist on a subset of the view families. Same "
-    "schedule and files as `train bot`.")
+    "feature (8192 for ResNet-50). --specialist NAME trains one of D2LV's specialists (views made from one "
+    "family only: baseline, grayscale, blur, colour, dark, opacity, underlay); --families keeps a subset of BoT's "
+    "view families. Same schedule and files as `train bot`.")
 BARLOW_DESCRIPTION = (
     "Barlow Twins (Zbontar et al., ICML 2021, arXiv 2103.03230): the trunk of `train bot` + a 3-layer projector "
     "learn from two views per training image to make the cross-correlation of their standardised embeddings the "
@@ -56,7 +57,10 @@ def add_bot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     p.add_argument("--lr", type=float, default=3.5e-4)
     p.add_argument("--no-waveblock", action="store_true", help="train without the WaveBlocks")
-    p.add_argument("--families", default=None, help="comma list of view families to keep (D2LV's specialists)")
+    p.add_argument("--families", default=None, help="comma list of view families to keep")
+    p.add_argument("--specialist", default=None,
+                   help="one of D2LV's specialists: views made from that family only (baseline, grayscale, blur, "
+                        "colour, dark, opacity, underlay)")
     p.add_argument("--offline", default=None, metavar="DIR",
                    help="train on the offline copies in DIR (written there first if missing: the published layout)")
     p.add_argument("--copies", type=int, default=20, help="with --offline: images per class (20 as published)")
@@ -80,8 +84,12 @@ def bot_config(args: argparse.Namespace, variant: str):
         tc = replace(PUBLISHED_TRAIN, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                      max_steps=args.max_steps, amp=args.amp, num_workers=args.workers,
                      checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device)
+        if args.specialist is not None:
+            from ..bot_data import specialist_ops
+
+            specialist_ops(args.specialist)
         return BoTConfig(variant=variant, backbone=args.backbone, size=args.size, k=args.k,
-                         waveblock=not args.no_waveblock, families=families,
+                         waveblock=not args.no_waveblock, families=families, specialist=args.specialist,
                          offline=str(args.offline) if args.offline else None, pretrained=args.pretrained, train=tc)
     except ValueError as e:
         raise ImsimError(str(e)) from None
@@ -98,7 +106,8 @@ def _run_variant(variant: str, args: argparse.Namespace, session: TrainSession) 
     if cfg.offline and session.rank == 0:
         from ..bot_data import write_offline_copies
 
-        write_offline_copies(paths, cfg.offline, args.copies, cfg.size, cfg.train.seed, cfg.families)
+        write_offline_copies(paths, cfg.offline, args.copies, cfg.size, cfg.train.seed, cfg.families,
+                             specialist=cfg.specialist)
     if session.world > 1:
         import torch.distributed as dist
 
@@ -115,7 +124,8 @@ def _run_variant(variant: str, args: argparse.Namespace, session: TrainSession) 
         ops_of(cfg.families)
     on_step = session.start(RunStart(f"{'Bag of Tricks' if variant == 'bot' else 'D2LV backbone'}, {cfg.backbone} at "
                                      f"{cfg.size} px, {len(paths):,} classes x K {cfg.k}"
-                                     f"{' (offline copies)' if cfg.offline else ''}, trunk from "
+                                     f"{' (offline copies)' if cfg.offline else ''}"
+                                     f"{f', specialist {cfg.specialist}' if cfg.specialist else ''}, trunk from "
                                      f"{init or ('timm' if cfg.pretrained else 'random weights')}, {session.world} "
                                      f"process(es) -> {out}", glob * cfg.k, args.epochs, args.max_steps))
     res = train_bot(paths, out, cfg, init_trunk=init, init_sha256=args.init_sha256, on_step=on_step,
@@ -146,11 +156,21 @@ def bot_schedule(variant: str = "bot", nproc: int = 4) -> list[PublishedStep]:
             "--bench", "DISC21_100k", "--out", f"runs/{variant}", "--init-trunk", "BARLOW_RESNET50",
             "--init-sha256", "SHA256", "--offline", f"runs/{variant}_offline", "--copies", "20",
             "--batch-size", str(32 // nproc), "--k", "4", "--epochs", "25"]
-    return [PublishedStep("offline set: 100,000 training images (every 10th of the 1M) x 20 (original + 19 copies); "
-                          "published epochs are 8,000 iterations of 128 images (10 passes over the classes)"),
-            PublishedStep(f"{'Bag of Tricks' if variant == 'bot' else 'D2LV (one of 33 models)'}: Barlow Twins "
-                          f"ResNet-50, 256 px, Adam 3.5e-4, warm-up 5, constant to 10, cosine to 25 epochs",
-                          tuple(argv))]
+    steps = [PublishedStep("offline set: 100,000 training images (every 10th of the 1M) x 20 (original + 19 copies); "
+                           "published epochs are 8,000 iterations of 128 images (10 passes over the classes)"),
+             PublishedStep(f"{'Bag of Tricks' if variant == 'bot' else 'D2LV (one of 33 models)'}: Barlow Twins "
+                           f"ResNet-50, 256 px, Adam 3.5e-4, warm-up 5, constant to 10, cosine to 25 epochs",
+                           tuple(argv))]
+    if variant == "d2lv":
+        # D2LV's 33 models are 3 backbones x 11 training sets; the sets here are the specialists (their
+        # ResNet-152 and ResNet-50-IBN-a Momentum2-Teacher trunks are not released: --init-trunk takes them)
+        from ..bot_data import SPECIALISTS
+
+        for name in SPECIALISTS:
+            spec = [a.replace(f"runs/{variant}", f"runs/d2lv_{name}") for a in argv] + ["--specialist", name]
+            steps.append(PublishedStep(f"D2LV specialist {name} (combined by `imsim-lab run d2lv -p "
+                                       f"specialists='{{...}}'`)", tuple(spec)))
+    return steps
 
 
 def add_barlow_arguments(p: argparse.ArgumentParser) -> None:
