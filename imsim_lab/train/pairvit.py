@@ -80,7 +80,8 @@ class PairViTConfig:
             raise PairViTError(f"pair classifier: height and width must be >= 1, not {self.height} x {self.width}")
         p = self.patch_size
         if p is not None and (p < 1 or self.height % p or self.width % p):
-            raise PairViTError(f"pair classifier: patch size {p} must divide the half size {self.height} x {self.width}")
+            raise PairViTError(f"pair classifier: patch size {p} must divide the half size "
+                               f"{self.height} x {self.width}")
 
     @property
     def layout(self) -> tuple[int, int, int]:
