@@ -22,7 +22,9 @@ DESCRIPTION = (
     "OUT/weights.pt, OUT/history.json and OUT/train_config.json.")
 
 NOTES = ("--batch-size counts training images per process; each gives --group-size pairs.\n"
-         "on a CPU: --profile cpu (ViT-Tiny, 2 blocks, 64x32 halves) trains from random weights in minutes.")
+         "on a CPU: --profile cpu (ViT-Tiny, 2 blocks, 64x32 halves) trains from random weights in minutes; from\n"
+         "random weights it learns on random groups first (no --groups), then on hard ones (--groups RUN --init\n"
+         "OUT/weights.pt): on hard groups alone a tiny ViT learned only the label prior (notebook 07).")
 
 PROFILES = ("full", "cpu")
 
