@@ -111,9 +111,10 @@ def pair_half(img, config: PairViTConfig) -> np.ndarray:
 
     size = (config.width, config.height)
     if config.gray:
-        small = np.asarray(img.convert("L").resize(size, Image.BILINEAR), np.uint8)
+        luma = img if img.mode == "L" else img.convert("L")  # convert() to the same mode would copy the image
+        small = np.asarray(luma.resize(size, Image.BILINEAR), np.uint8)
         return np.repeat(small[:, :, None], 3, axis=2)
-    return np.array(img.convert("RGB").resize(size, Image.BILINEAR), np.uint8)
+    return np.array((img if img.mode == "RGB" else img.convert("RGB")).resize(size, Image.BILINEAR), np.uint8)
 
 
 def pair_tensor(refs: torch.Tensor, queries: torch.Tensor, config: PairViTConfig,
