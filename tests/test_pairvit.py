@@ -165,6 +165,28 @@ def test_pair_input_is_reference_left_query_right_normalised():
     assert tuple(colour[0, 0]) == (200, 10, 10)
 
 
+def test_pair_input_from_channels_first_halves_is_the_same_tensor():
+    g = torch.Generator().manual_seed(0)
+    r = torch.randint(0, 256, (3, 32, 16, 3), generator=g, dtype=torch.uint8)
+    q = torch.randint(0, 256, (3, 32, 16, 3), generator=g, dtype=torch.uint8)
+    cfg = tiny_config()
+    a = pair_tensor(r, q, cfg)
+    b = pair_tensor(r.permute(0, 3, 1, 2).contiguous(), q.permute(0, 3, 1, 2).contiguous(), cfg, channels_first=True)
+    mean, std = torch.tensor(cfg.mean).view(1, 3, 1, 1), torch.tensor(cfg.std).view(1, 3, 1, 1)
+    want = (torch.cat([r, q], 2).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    assert a.is_contiguous() and torch.equal(a, b) and torch.allclose(a, want, atol=1e-5)
+
+
+def test_patch_size_override_changes_the_token_grid_and_is_refused_across(tmp_path):
+    net = PairViT(tiny_config(patch_size=8))
+    assert tuple(net.backbone.patch_embed.grid_size) == (4, 4)
+    w = tmp_path / "p8.pt"
+    torch.save(net.state_dict(), w)
+    with pytest.raises(PairViTError, match="p8.pt: does not fit"):
+        load_pairvit(w, tiny_config())
+    assert load_pairvit(w, tiny_config(patch_size=8))(torch.zeros(1, 3, 32, 32)).shape == (1, 1)
+
+
 def test_weights_of_another_layout_or_shape_are_refused_naming_the_file(tmp_path):
     w = save_weights(tmp_path / "w.pt")
     net = load_pairvit(w, tiny_config())
@@ -263,6 +285,17 @@ def test_the_matcher_agrees_with_a_brute_force_scoring(scene):
     assert res.report["failed"]["query"] == ["Q00002"] and res.report["models"] == 2
     assert res.report["images_decoded"] == {"query": 3, "reference": 4 + 3 + 2}  # one chunk per query
     assert res.report["pairs_per_second"] > 0 and res.report["pairs_rescored"] == 4
+
+
+def test_the_matcher_loads_its_classifiers_once_per_device(scene, monkeypatch):
+    import imsim_lab.train.pairvit as tp
+
+    calls = []
+    orig = tp.load_pairvit
+    monkeypatch.setattr(tp, "load_pairvit", lambda path, *a, **k: calls.append(str(path)) or orig(path, *a, **k))
+    m = create_matcher("pairvit", {**TINY, "weights_path": ",".join(map(str, scene.weights)), "top": 2})
+    a, b = m.score(scene.pairs, scene.ctx), m.score(scene.pairs, scene.ctx)
+    assert calls == [str(w) for w in scene.weights] and np.array_equal(a.scores, b.scores)
 
 
 def test_the_matcher_refuses_unknown_images_and_bad_weights(scene, tmp_path):

@@ -310,3 +310,48 @@ def test_auc_interval_holds_the_auc_and_narrows_with_more_pairs():
     y4, s4 = np.tile(y, 4), np.round(rng.normal(np.tile(y, 4) * 0.7, 1.0), 1)
     a4, lo4, hi4 = auc_interval(y4, s4, n_boot=300)
     assert hi4 - lo4 < hi - lo
+
+
+# --- the full profile's hard-negative groups: the trained descriptor's neighbours over the training set -----
+
+def test_full_profile_groups_are_the_trained_descriptors_neighbours_over_the_training_images(tmp_path, capsys):
+    """Notebook 07's ``full`` commands at toy size: ``train ntxent``, the ``ntxent+training`` run of its
+    weights (features/training.npy), then ``train pairvit --groups RUN --holdout N``: the groups are each
+    trained image's nearest trained images under that descriptor, in the benchmark's order."""
+    from imsim_lab.cli import main
+    from imsim_lab.runner import run_method
+    from imsim_lab.train.pairvit import PairGroups, hard_negative_groups
+    from support import make_bench
+
+    bench = make_bench(tmp_path / "bench", n_ref=4, n_train=7, n_pos=2, n_neg=1)
+    toy = ["--device", "cpu", "--workers", "0", "--max-steps", "1", "--batch-size", "1"]
+    assert main(["train", "ntxent", "--bench", str(bench), "--out", str(tmp_path / "ntx"), "--profile", "cpu",
+                 "--size", "32", "--dim", "16", "--group-size", "3"] + toy) == 0, capsys.readouterr().err
+    margs = json.loads((tmp_path / "ntx" / "train_config.json").read_text())["run"]["config"]["model_args"]
+    over = {f"model.{k}": v for k, v in margs.items()}
+    run = run_method("ntxent+training", bench, tmp_path / "desc",
+                     dict(over, **{"model.weights_path": str(tmp_path / "ntx" / "weights.pt")}))
+    xt = np.load(run.out / "features" / "training.npy")
+    tid = np.load(run.out / "features" / "training_ids.npy").astype(str)
+    assert xt.shape[0] == 7 and sorted(tid) == [f"T{i:06d}" for i in range(7)]
+    captured = {}
+    orig = PairGroups.__init__
+
+    def spy(self, paths, groups, *a, **k):
+        captured["groups"], captured["paths"] = np.asarray(groups), [str(p) for p in paths]
+        orig(self, paths, groups, *a, **k)
+
+    PairGroups.__init__ = spy
+    try:
+        assert main(["train", "pairvit", "--bench", str(bench), "--out", str(tmp_path / "pv"), "--profile", "cpu",
+                     "--height", "32", "--width", "16", "--groups", str(run.out), "--group-size", "3",
+                     "--holdout", "2"] + toy) == 0, capsys.readouterr().err
+    finally:
+        PairGroups.__init__ = orig
+    info = json.loads((tmp_path / "pv" / "train_config.json").read_text())["run"]
+    assert info["groups"] == str(run.out) and info["group_size"] == 3 and info["held_out"] == 2
+    order = np.argsort(tid)  # the run's rows in the benchmark's (sorted) order; the last 2 are held out
+    x5 = xt[order][:5].astype(np.float32)
+    x5 /= np.linalg.norm(x5, axis=1, keepdims=True)
+    assert (captured["groups"] == hard_negative_groups(x5, 3, backend="numpy")).all()
+    assert len(captured["paths"]) == 5

@@ -110,6 +110,14 @@ _add(MethodSpec("ntxent", "ntxent_vit",
                             "train ntxent` (model.weights_path=); the candidates.method of pairvit",
                 paper="Jeon, 2nd Place Solution to Facebook AI Image Similarity Challenge: Matching Track, "
                       "arXiv 2111.09113"))
+# the same descriptor over the training images too: its features/training.npy give the pair classifier's
+# hard-negative groups (`imsim-lab train pairvit --groups RUN`), each training image with its nearest
+# training neighbours under the trained NT-Xent descriptor (Jeon, arXiv 2111.09113)
+_add(MethodSpec("ntxent+training", "ntxent_vit", needs_training=True,
+                description="ntxent that also extracts the training images (features/training.npy): the "
+                            "hard-negative groups of `imsim-lab train pairvit --groups RUN`",
+                paper="Jeon, 2nd Place Solution to Facebook AI Image Similarity Challenge: Matching Track, "
+                      "arXiv 2111.09113"))
 
 # ------------------------------------------------------------------------------------------------
 # imgFp's global descriptor (matching track 3rd, `full` profile): the candidates.method of imgfp there

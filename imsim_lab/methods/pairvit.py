@@ -91,7 +91,7 @@ class PairViTMatcher(Matcher):
     Args:
         weights_path: the ``weights.pt`` of ``imsim-lab train pairvit``; several (a list or
             comma-separated) are averaged as the published three models.
-        backbone, height, width, gray, depth, embed_dim, num_heads: the classifier
+        backbone, height, width, gray, depth, embed_dim, num_heads, patch_size: the classifier
             (:class:`~imsim_lab.train.pairvit.PairViTConfig`); weights of another layout or shape are
             refused, naming the file.
         top: pairs per query re-scored with ``views`` (published 100).
@@ -108,11 +108,12 @@ class PairViTMatcher(Matcher):
                  gray: bool = True, depth: int | None = None, embed_dim: int | None = None,
                  num_heads: int | None = None, top: int = 100, first_views: Sequence[str] | str = FIRST_VIEWS,
                  views: str = "pairvit_query", best_only: bool = True, batch_size: int = 64, amp: str = "auto",
-                 query_chunk: int = 64, threads: int = 2):
+                 query_chunk: int = 64, threads: int = 2, patch_size: int | None = None):
         from ..train.pairvit import PairViTConfig
 
         self.paths = _paths(weights_path)
-        self.config = PairViTConfig(backbone, int(height), int(width), bool(gray), depth, embed_dim, num_heads)
+        self.config = PairViTConfig(backbone, int(height), int(width), bool(gray), depth, embed_dim, num_heads,
+                                    patch_size=None if patch_size is None else int(patch_size))
         self.views = VIEWS.get(views)((1, 1))
         names = [v.name for v in self.views]
         first = [first_views] if isinstance(first_views, str) else list(first_views)
@@ -129,17 +130,23 @@ class PairViTMatcher(Matcher):
     # -- the classifier over indexed pairs ----------------------------------------------------------
 
     def load(self, device: str):
+        """The classifiers on ``device``, loaded once per matcher and device (a second ``score`` call
+        reuses them: building and reading a ViT costs more than scoring a small batch)."""
         from ..train.pairvit import load_pairvit
 
         if not self.paths:
             raise ImsimError("pairvit: give the classifier's weights with -p weights_path=OUT/weights.pt "
                              "(made by `imsim-lab train pairvit`)")
-        return [load_pairvit(p, self.config, device) for p in self.paths]
+        cache = self.__dict__.setdefault("_models", {})
+        if device not in cache:
+            cache.clear()
+            cache[device] = [load_pairvit(p, self.config, device) for p in self.paths]
+        return cache[device]
 
     def forward(self, models, refs, qviews, r_rows: np.ndarray, q_rows: np.ndarray, device: str) -> np.ndarray:
         """Sigmoid scores of the pairs ``(refs[r_rows[k]], qviews[q_rows[k]])`` per model: (n, models).
 
-        ``refs`` (a, h, w, 3) and ``qviews`` (b, h, w, 3): uint8 tensors on ``device``.
+        ``refs`` (a, 3, h, w) and ``qviews`` (b, 3, h, w): uint8 tensors on ``device``, channels first.
         """
         import torch
 
@@ -153,7 +160,8 @@ class PairViTMatcher(Matcher):
         with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=amp or torch.float32,
                                                     enabled=amp is not None):
             for a in range(0, len(r_rows), self.batch_size):
-                x = pair_tensor(refs[ri[a:a + self.batch_size]], qviews[qi[a:a + self.batch_size]], self.config)
+                x = pair_tensor(refs[ri[a:a + self.batch_size]], qviews[qi[a:a + self.batch_size]], self.config,
+                                channels_first=True)
                 for m, net in enumerate(models):
                     out[a:a + len(x), m] = torch.sigmoid(net(x).float()).reshape(-1).cpu().numpy()
         return out
@@ -223,8 +231,9 @@ class PairViTMatcher(Matcher):
             h, w = self.config.height, self.config.width
             blank = np.zeros((h, w, 3), np.uint8)
             qv = torch.from_numpy(np.concatenate([a if a is not None else np.zeros((nv, h, w, 3), np.uint8)
-                                                  for a in qarr])).to(device)
+                                                  for a in qarr])).to(device).permute(0, 3, 1, 2).contiguous()
             rv = torch.from_numpy(np.stack([a if a is not None else blank for a in rarr])).to(device)
+            rv = rv.permute(0, 3, 1, 2).contiguous()  # channels first once per image, not once per pair
             q_local = qc[chunk] - c0
             r_local = np.searchsorted(cr, rids[chunk])
             ok = qok[q_local] & rok[r_local]
@@ -288,7 +297,7 @@ METHODS.add("pairvit", MethodSpec(
             "backbone": "vit_large_patch16_224", "height": 224, "width": 112, "gray": True, "depth": None,
             "embed_dim": None, "num_heads": None, "top": 100, "first_views": list(FIRST_VIEWS),
             "views": "pairvit_query", "best_only": True, "batch_size": 64, "amp": "auto", "query_chunk": 64,
-            "threads": 2},
+            "threads": 2, "patch_size": None},
     description="top-k candidates of a descriptor run rescored by a ViT pair classifier on [reference | query] "
                 "(each 224x112, grayscale): whole + vertical halves first, the top 100 per query again over 8 "
                 "query views (max over views, mean over models), best reference per query kept; give "

@@ -57,6 +57,8 @@ class PairViTConfig:
         depth, embed_dim, num_heads: overrides of the backbone (None: its own), for tiny models.
         mean, std: normalisation.
         pretrained: timm hub weights for the backbone (needs internet).
+        patch_size: override of the backbone's patch size (None: its own; a 64 x 32 half cut in 16 px
+            patches is only 4 x 2 tokens, too coarse to compare).
     """
 
     backbone: str = PUBLISHED_BACKBONE
@@ -69,12 +71,17 @@ class PairViTConfig:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     pretrained: bool = False
+    patch_size: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if self.height < 1 or self.width < 1:
             raise PairViTError(f"pair classifier: height and width must be >= 1, not {self.height} x {self.width}")
+        p = self.patch_size
+        if p is not None and (p < 1 or self.height % p or self.width % p):
+            raise PairViTError(f"pair classifier: patch size {p} must divide the half size "
+                               f"{self.height} x {self.width}")
 
     @property
     def layout(self) -> tuple[int, int, int]:
@@ -104,17 +111,30 @@ def pair_half(img, config: PairViTConfig) -> np.ndarray:
 
     size = (config.width, config.height)
     if config.gray:
-        small = np.asarray(img.convert("L").resize(size, Image.BILINEAR), np.uint8)
+        luma = img if img.mode == "L" else img.convert("L")  # convert() to the same mode would copy the image
+        small = np.asarray(luma.resize(size, Image.BILINEAR), np.uint8)
         return np.repeat(small[:, :, None], 3, axis=2)
-    return np.array(img.convert("RGB").resize(size, Image.BILINEAR), np.uint8)
+    return np.array((img if img.mode == "RGB" else img.convert("RGB")).resize(size, Image.BILINEAR), np.uint8)
 
 
-def pair_tensor(refs: torch.Tensor, queries: torch.Tensor, config: PairViTConfig) -> torch.Tensor:
-    """(b, h, w, 3) uint8 references and queries -> (b, 3, h, 2w) float, normalised, reference left."""
-    x = torch.cat([refs, queries], dim=2).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(config.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(config.std, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()  # the permute leaves channels last; the patch conv wants NCHW
+def pair_tensor(refs: torch.Tensor, queries: torch.Tensor, config: PairViTConfig,
+                channels_first: bool = False) -> torch.Tensor:
+    """(b, h, w, 3) uint8 references and queries -> (b, 3, h, 2w) float, normalised, reference left.
+
+    ``channels_first``: the halves are already (b, 3, h, w) uint8 (a matcher permutes each decoded
+    half once instead of once per pair). One allocation: each half is copied (uint8 -> float) straight
+    into its side of the output, which is then normalised in place (``(x / 255 - mean) / std`` as one
+    multiply and one subtraction per channel)."""
+    if not channels_first:
+        refs, queries = refs.permute(0, 3, 1, 2), queries.permute(0, 3, 1, 2)
+    b, _, h, w = refs.shape
+    x = torch.empty((b, 3, h, w + queries.shape[3]), dtype=torch.float32, device=refs.device)
+    x[..., :w].copy_(refs)
+    x[..., w:].copy_(queries)
+    std = torch.tensor(config.std, dtype=torch.float64)
+    scale = (1.0 / (255.0 * std)).to(torch.float32).view(1, 3, 1, 1).to(x.device)
+    shift = (torch.tensor(config.mean, dtype=torch.float64) / std).to(torch.float32).view(1, 3, 1, 1).to(x.device)
+    return x.mul_(scale).sub_(shift)
 
 
 class PairViT(nn.Module):
@@ -124,7 +144,8 @@ class PairViT(nn.Module):
         super().__init__()
         import timm
 
-        over = {k: getattr(config, k) for k in ("depth", "embed_dim", "num_heads") if getattr(config, k) is not None}
+        over = {k: getattr(config, k) for k in ("depth", "embed_dim", "num_heads", "patch_size")
+                if getattr(config, k) is not None}
         self.config = config
         self.backbone = timm.create_model(config.backbone, pretrained=config.pretrained, num_classes=0,
                                           img_size=(config.height, 2 * config.width), **over)

@@ -22,7 +22,9 @@ DESCRIPTION = (
     "OUT/weights.pt, OUT/history.json and OUT/train_config.json.")
 
 NOTES = ("--batch-size counts training images per process; each gives --group-size pairs.\n"
-         "on a CPU: --profile cpu (ViT-Tiny, 2 blocks, 64x32 halves) trains from random weights in minutes.")
+         "on a CPU: --profile cpu (ViT-Tiny, 2 blocks, 64x32 halves) trains from random weights in minutes; from\n"
+         "random weights it learns on random groups first (no --groups), then on hard ones (--groups RUN --init\n"
+         "OUT/weights.pt): on hard groups alone a tiny ViT learned only the label prior (notebook 07).")
 
 PROFILES = ("full", "cpu")
 
@@ -34,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default=None, help="timm ViT (default: the profile's)")
     p.add_argument("--height", type=int, default=None, help="height of each half (default: the profile's)")
     p.add_argument("--width", type=int, default=None, help="width of each half (default: the profile's)")
+    p.add_argument("--patch-size", type=int, default=None, help="ViT patch size (default: the profile's)")
     p.add_argument("--color", action="store_true", help="colour halves (default grayscale, as published)")
     p.add_argument("--pretrained", action="store_true", help="timm hub weights for the backbone (internet)")
     p.add_argument("--groups", default=None, metavar="RUN",
@@ -53,7 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def schedule() -> list[PublishedStep]:
     return [PublishedStep("model 0: ViT-L/16 at 224x(112+112) grayscale, Adam lr 1e-5, 24 pairs x 8 GPUs, three "
-                          "chained runs (50.5k + 18.5k + 30k steps), each from the previous weights",
+                          "chained runs (50.5k + 18.5k + 30k steps), each from the previous weights; runs/desc: the "
+                          "trained NT-Xent descriptor over the training images (`imsim-lab run ntxent+training -p "
+                          "model.weights_path=runs/ntxent/weights.pt`), its neighbours are the hard-negative groups",
                           ("torchrun", "--standalone", "--nproc_per_node", "8", "-m", "imsim_lab", "train", "pairvit",
                            "--bench", "DISC21", "--out", "runs/pairvit0", "--pretrained", "--groups", "runs/desc",
                            "--max-steps", "50500")),
@@ -69,7 +74,8 @@ def model_config(args: argparse.Namespace):
     base = CPU_CONFIG if args.profile == "cpu" else PairViTConfig()
     try:
         return PairViTConfig(args.backbone or base.backbone, args.height or base.height, args.width or base.width,
-                             not args.color, base.depth, base.embed_dim, base.num_heads, pretrained=args.pretrained)
+                             not args.color, base.depth, base.embed_dim, base.num_heads, pretrained=args.pretrained,
+                             patch_size=args.patch_size or base.patch_size)
     except ImsimError:
         raise
     except ValueError as e:
@@ -87,7 +93,8 @@ def _groups(run: str | None, bench, size: int, n: int | None = None):
     x, ids = feats / "training.npy", feats / "training_ids.npy"
     if not x.is_file() or not ids.is_file():
         raise ImsimError(f"{feats}: no training.npy / training_ids.npy: --groups needs a descriptor run that "
-                         f"extracted the training images (a method with needs_training)")
+                         f"extracted the training images (a method with needs_training, e.g. `imsim-lab run "
+                         f"ntxent+training -p model.weights_path=NTXENT/weights.pt`)")
     xt, tid = np.load(x), np.load(ids).astype(str)
     want = np.asarray(bench.training_ids).astype(str)
     if len(tid) != len(want) or (np.sort(tid) != np.sort(want)).any():
@@ -147,7 +154,7 @@ def run(args: argparse.Namespace, session: TrainSession) -> dict:
         evaluate = ["imsim-lab", "run", "pairvit", "--bench", str(args.bench), "--out", str(out / "eval"),
                     "-p", f"weights_path={res.weights}", "-p", f"backbone={mc.backbone}",
                     "-p", f"height={mc.height}", "-p", f"width={mc.width}", "-p", f"gray={str(mc.gray).lower()}"]
-        for k in ("depth", "embed_dim", "num_heads"):
+        for k in ("depth", "embed_dim", "num_heads", "patch_size"):
             if getattr(mc, k) is not None:
                 evaluate += ["-p", f"{k}={getattr(mc, k)}"]
     return training_summary("pairvit", res, session.world, per_step, evaluate)
