@@ -49,6 +49,7 @@ barlow_sha256 = None     # profile "full": its sha256
 seed = 0
 
 # %%
+import resource
 import subprocess
 import time
 from dataclasses import replace
@@ -81,15 +82,41 @@ from imsim_lab.train.trainer import lr_at
 check_profile(profile)
 NOTEBOOK = "05_descriptor_3rd_bag_of_tricks"
 torch.manual_seed(seed)
-t_notebook = time.perf_counter()
 
-# The plan of each profile. CPU plans: a small trunk from random weights (or a short Barlow Twins
-# pretraining on the same training images), 64 px, K = 4, two epochs over the first 500 training
-# images as classes, three test scales: stated next to the results.
+
+def cpu_seconds():
+    """CPU seconds (user + system) of this kernel and of its finished children (the loader workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+t_notebook, c_notebook = time.perf_counter(), cpu_seconds()
+cost = {}  # phase -> wall and CPU seconds, shown at the end
+
+
+class timed:
+    """``with timed("phase"):`` records the block's wall and CPU seconds in ``cost``."""
+
+    def __init__(self, phase):
+        self.phase = phase
+
+    def __enter__(self):
+        self.t, self.c = time.perf_counter(), cpu_seconds()
+
+    def __exit__(self, *exc):
+        cost[self.phase] = {"wall s": time.perf_counter() - self.t, "CPU s": cpu_seconds() - self.c}
+        print(f"{self.phase}: {cost[self.phase]['wall s']:.0f} s wall, {cost[self.phase]['CPU s']:.0f} CPU s")
+
+# The plan of each profile. CPU plan: a small trunk from random weights (or a five-epoch Barlow Twins
+# pretraining on the same training images), 64 px, P = 16 classes x K = 4 views, three epochs over
+# all 1,000 training images as classes (186 steps), three test scales. Measured on the shared
+# 2-core machine with one torch thread: about 0.9 CPU s per step of 64 views for either training,
+# about 45 CPU s per evaluation run at three scales (3,000 images): about 800 CPU s in all
+# (the table at the end of the notebook has each phase).
 PLAN = {
     "smoke": dict(trunk="test_resnet", size=32, k=2, p=4, epochs=1, classes=None, bt_epochs=1, bt_batch=8, workers=0,
                   scales=None),
-    "cpu": dict(trunk="resnet18", size=64, k=4, p=16, epochs=2, classes=500, bt_epochs=1, bt_batch=32, workers=1,
+    "cpu": dict(trunk="resnet18", size=64, k=4, p=16, epochs=3, classes=None, bt_epochs=5, bt_batch=32, workers=1,
                 scales=[48, 64, 80]),
     "full": dict(trunk="resnet50", size=256, k=4, p=32 // n_gpus, epochs=25, classes=None, bt_epochs=0, bt_batch=0,
                  workers=8, scales=None),
@@ -251,12 +278,12 @@ assert torch.allclose(bt, barlow_twins_loss(za, zb), atol=1e-4)
 # %% [markdown]
 # `full` loads the released ResNet-50 (1,000 epochs on ImageNet; a path or URL with its sha256,
 # read with `weights_only`). The `cpu` lesson cannot download it, so it pretrains the same small
-# trunk with Barlow Twins on the benchmark's 1,000 training images for a few epochs (Adam instead
-# of LARS at this batch size), and the comparison below is *this* short pretraining against random
-# initialisation, not ImageNet's.
+# trunk with Barlow Twins on the benchmark's 1,000 training images for five epochs (155 steps of
+# 32 pairs; Adam instead of LARS at this batch size), and the comparison below is *this* short
+# pretraining against random initialisation, not ImageNet's. The loss curve says whether the
+# pretraining moved at all; the interval of Step 6 says whether it helps.
 
 # %%
-t_bt = time.perf_counter()
 bt_out = run_dir(NOTEBOOK, "train/barlow", results_dir, profile)
 if profile == "full":
     init_trunk = barlow_weights
@@ -266,11 +293,16 @@ else:
     bcfg = BarlowConfig(backbone=PLAN["trunk"], size=PLAN["size"], train=replace(
         BarlowConfig().train, optimizer="adam", lr=1e-3, weight_decay=1.5e-6, batch_size=PLAN["bt_batch"],
         epochs=PLAN["bt_epochs"], num_workers=PLAN["workers"], checkpoint_every=50, seed=seed))
-    bres = train_barlow(train_paths, bt_out, bcfg)
+    with timed("Barlow Twins pretraining"):
+        bres = train_barlow(train_paths, bt_out, bcfg)
     init_trunk = bt_out / "trunk.pt"
-    px.line(pd.DataFrame(bres.history), x="step", y="loss", title="Barlow Twins loss per step").show()
-barlow_seconds = time.perf_counter() - t_bt
-print(f"Barlow Twins: {barlow_seconds:.0f} s")
+    bt_hist = pd.DataFrame(bres.history)
+    bt_hist["mean of the last 10 steps"] = bt_hist["loss"].rolling(10, min_periods=1).mean()
+    px.line(bt_hist, x="step", y=["loss", "mean of the last 10 steps"], title="Barlow Twins loss per step").show()
+    n10 = min(10, len(bt_hist))
+    first, last = bt_hist["loss"].head(n10).mean(), bt_hist["loss"].tail(n10).mean()
+    print(f"Barlow Twins: {len(bt_hist)} steps of {PLAN['bt_batch']} image pairs; loss, mean of the first {n10} steps "
+          f"{first:.0f}, of the last {n10} {last:.0f} ({100 * (last - first) / first:+.0f} %)")
 
 # %% [markdown]
 # ## Step 5: training, from random weights and from the Barlow Twins trunk
@@ -289,7 +321,6 @@ px.line(x=list(range(total)), y=[lr_at(s, total, sched) for s in range(total)],
         labels={"x": "step", "y": "learning rate"}, title="warm-up, constant, cosine").show()
 
 # %%
-t_train = time.perf_counter()
 weights, hist = {}, []
 for name, init in (("from random", None), ("from Barlow Twins", init_trunk)):
     out = run_dir(NOTEBOOK, f"train/{'random_init' if init is None else 'barlow_init'}", results_dir, profile)
@@ -304,11 +335,10 @@ for name, init in (("from random", None), ("from Barlow Twins", init_trunk)):
         subprocess.run(cmd, check=True)
         weights[name] = out / "weights.pt"
         continue
-    res = train_bot(train_paths[:PLAN["classes"]], out, cfg, init_trunk=init)
+    with timed(f"training {name}"):
+        res = train_bot(train_paths[:PLAN["classes"]], out, cfg, init_trunk=init)
     weights[name] = res.weights
     hist += [dict(r, run=name) for r in res.history]
-train_seconds = time.perf_counter() - t_train
-print(f"training: {train_seconds:.0f} s")
 if hist:
     px.line(pd.DataFrame(hist), x="step", y="loss", color="run", title="10 CE + CE + 2 KD + triplet per step").show()
 
@@ -319,7 +349,9 @@ if hist:
 # post-processing): the same network with **random weights** (the floor), the trained networks at
 # one scale and at four scales (200/256/320/400 for 256-px training; the same ratios at this
 # profile's size, printed below), each followed by PCA to 256 fitted on the training images
-# (method `bot`) and by descriptor stretching (method `bot+stretch`).
+# (method `bot`); the Barlow-initialised network also with descriptor stretching at the published
+# c = 2.5 (method `bot+stretch`: same model, so its features come from the feature cache, not a
+# second extraction; a random-weights run and a trained one cannot share).
 
 # %%
 opts = RunOptions(extract=ExtractConfig(batch_size=32, num_workers=PLAN["workers"]),
@@ -333,7 +365,8 @@ runs, results = {}, {}
 def _run(label, folder, method, **model):
     spec = get_method(method)
     over = {f"model.{k}": v for k, v in {**base, **model}.items()}
-    res = run_method(spec, bench.root, run_dir(NOTEBOOK, folder, results_dir, profile), overrides=over, opts=opts)
+    with timed(f"run {label}"):
+        res = run_method(spec, bench.root, run_dir(NOTEBOOK, folder, results_dir, profile), overrides=over, opts=opts)
     runs[label], results[label] = read_predictions(res.out), res
     return res
 
@@ -368,7 +401,12 @@ for what, (a, b) in pairs.items():
     t = interval_table(bench.gt, {a: runs[a], b: runs[b]}, baseline=b)
     abl.append({"trick": what, "Δ µAP": t.loc[a, "Δ µAP"], "lo": t.loc[a, "Δ lo"], "hi": t.loc[a, "Δ hi"],
                 "separable": not (t.loc[a, "Δ lo"] <= 0 <= t.loc[a, "Δ hi"])})
-display(pd.DataFrame(abl).set_index("trick").round(4))
+abl = pd.DataFrame(abl).set_index("trick")
+display(abl.round(4))
+for what, r in abl.iterrows():
+    verdict = "a gain (interval above 0)" if r["lo"] > 0 else "a loss (interval below 0)" if r["hi"] < 0 else \
+        "not separable at this budget (the interval holds 0)"
+    print(f"{what}: {r['Δ µAP']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}]: {verdict}")
 
 # %% [markdown]
 # ## Step 7: descriptor stretching, tuned on one half and reported on the other
@@ -376,7 +414,11 @@ display(pd.DataFrame(abl).set_index("trick").round(4))
 # q' = c · (mean of the n = 5 largest q·t over the training descriptors) · q, references unchanged:
 # for a unit reference, ‖q' − r‖² = ‖q'‖² − 2 q'·r + 1, so a query that resembles many training
 # images gets a longer vector and larger distances to everything. The factor c (published 2.5,
-# 2.0 and 3.0 tried) is chosen on one seeded half of the queries and reported on the other.
+# 2.0 and 3.0 tried) is chosen on one seeded half of the queries and reported on the other, next to
+# the same network without stretching on the same two halves. The published factor was set for a
+# ResNet-50 trained for 25 epochs; with a small network whose queries all sit close to many
+# training images, the penalty may rank queries by noise: the first row of the table says whether
+# any factor beats no stretching here.
 
 # %%
 feat = run_dir(NOTEBOOK, "trained_barlow", results_dir, profile) / "features"
@@ -387,9 +429,13 @@ tune_q, report_q = query_halves(bench.gt.query_ids, seed)
 spec = get_method("bot+stretch")
 predict = lambda c: evaluate_prepared(bench, qids, rids, prepare(spec, xq, xb, xt, spec.resolve({"c": c})[1]))[1]  # noqa: E731
 sw = sweep_halves(bench.gt, [0.5, 1.0, 2.0, 2.5, 3.0, 4.0], predict, tune_q, report_q)
-display(sw.table.round(4))
+plain = sweep_halves(bench.gt, ["no stretching"], lambda _: runs["trained from Barlow Twins (multi-scale)"],
+                     tune_q, report_q)
+display(pd.concat([plain.table, sw.table], ignore_index=True).round(4))
 print(f"c chosen on the tuning half: {sw.chosen} (µAP {sw.tuned:.4f}); on the reporting half: µAP {sw.reported:.4f} "
-      f"(the reporting half alone would pick {sw.best_on_report})")
+      f"(the reporting half alone would pick {sw.best_on_report}); without stretching on the reporting half: "
+      f"µAP {plain.reported:.4f}, so the tuned stretching {'helps' if sw.reported > plain.reported else 'does not help'} "
+      f"at this budget")
 
 # %% [markdown]
 # ## Step 8: per family, and the calibration pictures
@@ -405,22 +451,29 @@ px.bar(fam, x="family", y="micro_ap", color="run", barmode="group", error_y=fam[
        error_y_minus=fam["micro_ap"] - fam["lo"], title="µAP per family (95 % bootstrap intervals)").show()
 
 # %% [markdown]
-# The score of each query's true pair against its best wrong pair, before and after stretching,
-# the precision-recall curves, then the missed copies and the most confident false positives of
-# the best run.
+# The score of each query's true pair against its best wrong pair, before and after stretching
+# (method `bot+stretch`, the published c = 2.5), the precision-recall curves, then the missed
+# copies and the most confident false positives of the best run of Step 6.
 
 # %%
 two = {k: runs[k] for k in ("trained from Barlow Twins (multi-scale)", "trained from Barlow Twins + stretch")}
 cal = calibration_table(bench.gt, two)
 calibration_figure(cal, cols=2).show()
 pr_figure(pr_curves(bench.gt, two)).show()
-best = "trained from Barlow Twins + stretch"
+best = table["µAP"].idxmax()  # the best run of Step 6's table
+print(f"failures of the best run: {best}")
 sheet, cases = failure_gallery(bench, runs[best], results[best].metrics["isc2021"]["threshold_at_p90"], n=3)
 display(cases.round(3))
 if sheet is not None:
     display(sheet)
-print(f"notebook time: {time.perf_counter() - t_notebook:.0f} s (Barlow Twins {barlow_seconds:.0f} s, "
-      f"training {train_seconds:.0f} s)")
+
+# %% [markdown]
+# Where the time went: each phase's wall and CPU seconds (user + system, this kernel and its
+# finished loader workers). On a shared machine wall time depends on the load; CPU seconds less so.
+
+# %%
+cost["whole notebook"] = {"wall s": time.perf_counter() - t_notebook, "CPU s": cpu_seconds() - c_notebook}
+display(pd.DataFrame(cost).T.round(0))
 
 # %% [markdown]
 # ## What the paper reported, and why it differs here
@@ -435,12 +488,16 @@ print(f"notebook time: {time.perf_counter() - t_notebook:.0f} s (Barlow Twins {b
 # trained for 25 epochs of 8,000 iterations (batch 128, 4 GPUs) on 100,000 training images with
 # 20 offline copies each, at 256 px, plus a YOLOv5 overlay detector on the queries (not used here:
 # no detector is trained in this lesson) and multi-scale at 200-400 px. The `cpu` lesson trains a
-# ResNet-18 **from random weights**, or from a Barlow Twins pretraining of a few epochs on the same
-# 1,000 images, for two epochs over 500 of them as classes at 64 px, with views made on the fly,
-# and three test scales instead of four. Expect the trained networks
-# clearly above random weights, the Barlow Twins gain small and possibly inside its interval (a
-# few epochs on 1,000 images are not ImageNet), multi-scale and stretching each a small gain, and
-# disc-synth's absolute µAP not comparable with DISC21 (1,000 references instead of 1M).
+# ResNet-18 **from random weights**, or from a five-epoch Barlow Twins pretraining on the same
+# 1,000 images, for three epochs over all 1,000 of them as classes (186 steps of 16 classes x 4
+# views) at 64 px, with views made on the fly, and three test scales instead of four. The floor is
+# not zero: random convolutions, GeM and a PCA fitted on the training images already find the
+# mildly edited copies, which is why the lesson compares against that floor rather than against
+# chance, and the notebook stops if the trained network's gain over it has an interval reaching 0.
+# The verdicts printed under the ablation table are this run's: a trick whose interval holds 0 is
+# not separable at this budget (five epochs of Barlow Twins on 1,000 images are not 1,000 epochs
+# on ImageNet, and a short curve that barely moves gives little to start from), and
+# disc-synth's absolute µAP is not comparable with DISC21's (1,000 references instead of 1M).
 #
 # ## Exercises
 #
@@ -451,6 +508,7 @@ print(f"notebook time: {time.perf_counter() - t_notebook:.0f} s (Barlow Twins {b
 # 3. Use the offline layout (`--offline DIR --copies 5` on the command line, or
 #    `write_offline_copies` + `BoTConfig(offline=...)`): fewer distinct views per class. Expect a
 #    lower µAP at the same number of steps.
-# 4. Pretrain Barlow Twins for twice the epochs. Does the initialisation gain leave its interval?
+# 4. Pretrain Barlow Twins for twice the epochs (`PLAN["bt_epochs"]`). Does the loss fall further, and does
+#    the initialisation gain leave its interval?
 # 5. Try the stretching factors 2.0 and 3.0 the authors submitted: compare them on the reporting
 #    half with the chosen one.
