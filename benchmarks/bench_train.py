@@ -2,7 +2,7 @@
 against the bare forward + loss + backward + optimiser step of its model on preloaded tensors.
 
     .venv/bin/python benchmarks/bench_train.py [--recipes ssquare sscd] [--scales lesson published]
-        [--backbone resnet18] [--size 64] [--batch-size 32] [--steps 6] [--rounds 3] [--workers 1]
+        [--backbone resnet18] [--size 64] [--batch-size 32] [--steps 6] [--rounds 3] [--workers N] [--loader auto]
         [--device cpu|cuda] [--amp auto]
 
 Target: the pipeline keeps at least 80 % of the bare step's throughput (training images per
@@ -174,8 +174,8 @@ def measure(recipe: str, paths, a, d: Path) -> None:
 
     opt = {"ssquare": dict(optimizer="adam", lr=1e-3, lr_schedule="plateau", weight_decay=0.0, grad_clip=1.0),
            "sscd": dict(optimizer="lars", lr=0.3 * a.batch_size / 256, lr_schedule="cosine", weight_decay=1e-6)}
-    cfg = TrainConfig(batch_size=a.batch_size, num_workers=a.workers, amp=a.amp, device=a.device, seed=0,
-                      **opt[recipe])
+    cfg = TrainConfig(batch_size=a.batch_size, num_workers=a.workers, loader=a.loader, amp=a.amp, device=a.device,
+                      seed=0, **opt[recipe])
     bare, full, cpu_b, cpu_f = [], [], [], []
     for r in range(a.rounds):
         net, crit, ds, x, y, per_step = setups(recipe, paths, a, cfg)
@@ -212,11 +212,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="measured steps per round (after 3 of warm-up; published: 4)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of bare and trainer measurements "
                                                           "(published: 2)")
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=None, help="default: the recipes' default (the usable cores, "
+                                                              "at most 4)")
+    ap.add_argument("--loader", default="auto", choices=["auto", "overlap", "sync"], help="the trainer's loader")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--amp", default="auto")
     a = ap.parse_args()
-    print(f"{a.backbone}, {a.workers} worker(s), {a.device}, amp {a.amp}; {torch.get_num_threads()} torch threads; "
+    if a.workers is None:
+        from imsim_lab.train.recipes.base import default_workers
+
+        a.workers = default_workers()
+    from imsim_lab.train.trainer import resolve_loader
+
+    print(f"{a.backbone}, {a.workers} worker(s), loader {resolve_loader(a.loader, a.device, a.workers)}, "
+          f"{a.device}, amp {a.amp}; {torch.get_num_threads()} torch threads; "
           f"each round the median of its steps after {WARMUP} of warm-up; load average "
           f"{' '.join(f'{v:.2f}' for v in _load())}")
     if a.device.startswith("cuda"):

@@ -343,10 +343,10 @@ def test_the_published_schedule_commands_parse_as_the_recipe_says(capsys):
     assert steps[-1].argv == ()
 
 
-@pytest.mark.parametrize("cores, workers", [(1, 0), (2, 1), (3, 2), (16, 4)])
-def test_loader_workers_default_to_the_cores_the_step_leaves(monkeypatch, cores, workers):
-    """More workers than free cores only take CPU from the training step (4 on a 2-core machine had
-    3 loader processes and 2 torch threads on 2 cores)."""
+@pytest.mark.parametrize("cores, workers", [(1, 0), (2, 2), (3, 3), (16, 4)])
+def test_loader_workers_default_to_the_usable_cores(monkeypatch, cores, workers):
+    """The default was 4 whatever the machine (on 2 cores: 4 processes making views beside the step's
+    2 threads); now every usable core, at most 4, none on a single core."""
     import argparse
 
     from imsim_lab.train.recipes import base

@@ -101,6 +101,43 @@ def test_a_resume_may_change_the_loader_workers(tmp_path):
         _run(tmp_path / "cut", replace(cfg, lr=0.01))
 
 
+def test_sync_loader_gives_the_batches_of_the_in_process_loader(tmp_path):
+    """loader="sync" (two forked processes make each batch between the steps) trains exactly the
+    network that the in-process loader trains, and "auto" picks it on a CPU with two workers."""
+    from dataclasses import replace
+
+    from imsim_lab.train.trainer import resolve_loader
+
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=0.05, checkpoint_every=0, seed=1)
+    inline = _run(tmp_path / "inline", cfg)
+    sync = _run(tmp_path / "sync", replace(cfg, num_workers=2, loader="sync"))
+    a, b = _weights(inline.weights), _weights(sync.weights)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["loss"] for r in inline.history] == [r["loss"] for r in sync.history]
+    assert resolve_loader("auto", "cpu", 2) == "sync" and resolve_loader("auto", "cpu", 1) == "overlap"
+    assert resolve_loader("auto", "cuda", 4) == "overlap" and resolve_loader("sync", "cpu", 0) == "inline"
+    with pytest.raises(ValueError, match="loader"):
+        TrainConfig(loader="threads")
+
+
+def test_sync_loader_names_a_bad_item_and_leaves_no_process(tmp_path):
+    import multiprocessing
+
+    from imsim_lab.train.data import TrainDataError
+
+    class Broken(Items):
+        def __getitem__(self, key):
+            if key[0] == 5:
+                raise TrainDataError("/data/T000005.jpg: unreadable training image (OSError: truncated)")
+            return super().__getitem__(key)
+
+    with pytest.raises(TrainDataError, match="T000005.jpg: unreadable"):
+        train(make_net(), XBMContrastiveLoss(16, 40), Broken(), TrainConfig(batch_size=4, num_workers=2, loader="sync",
+                                                                          checkpoint_every=0), tmp_path / "r")
+    assert not multiprocessing.active_children()
+
+
 def test_other_configuration_is_refused(tmp_path):
     _run(tmp_path / "r", TrainConfig(epochs=1, batch_size=4, max_steps=2))
     with pytest.raises(TrainError, match="another configuration"):

@@ -206,3 +206,56 @@ def collate(items):
     x = torch.from_numpy(np.concatenate([it[0] for it in items]))
     y = torch.from_numpy(np.concatenate([it[1] for it in items]))
     return x, y
+
+
+# ------------------------------------------------------------------------------------------------
+# "sync" loading: a pool of processes makes each batch while the training step waits
+
+_POOL_DATASET = None
+
+
+def _pool_init(dataset) -> None:
+    """Pool worker start (forked: ``dataset`` is inherited, not pickled): one torch thread."""
+    global _POOL_DATASET
+    import torch
+
+    torch.set_num_threads(1)
+    _POOL_DATASET = dataset
+
+
+def _pool_item(key):
+    return _POOL_DATASET[key]
+
+
+class SyncBatches:
+    """Batches made by ``workers`` forked processes *between* training steps, not during them.
+
+    A DataLoader's workers make the next batches while the step runs: on a machine whose cores the
+    step's threads already fill (a CPU run), each worker time slice stops one of the step's threads
+    and the others wait for it at the next barrier, so the step loses more CPU than the views cost.
+    Here the step and the views take turns and each phase uses every core. Items are addressed by
+    ``(index, epoch)``, so the batches equal the DataLoader's. Use as a context manager; ``batches()``
+    yields collated ``(x, y)``. An item's error (e.g. :class:`TrainDataError`) is raised in the caller.
+    """
+
+    def __init__(self, dataset, workers: int):
+        if workers < 1:
+            raise ValueError("SyncBatches needs at least one worker")
+        self.dataset, self.workers, self.pool = dataset, int(workers), None
+
+    def __enter__(self):
+        import multiprocessing
+
+        self.pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_pool_init,
+                                                             initargs=(self.dataset,))
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.terminate()
+        self.pool.join()
+        return False
+
+    def batches(self, keys):
+        for batch in keys:
+            chunk = max(1, -(-len(batch) // self.workers))
+            yield collate(self.pool.map(_pool_item, batch, chunksize=chunk))

@@ -43,10 +43,11 @@ from torch import nn
 from ..atomic import atomic_path, atomic_write_text
 from ..distributed import all_reduce_grads, dist_info
 from ..errors import ImsimError
-from .data import EpochBatches, collate
+from .data import EpochBatches, SyncBatches, collate
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 CHANNELS_LAST_MODES = ("auto", "on", "off")
+LOADER_MODES = ("auto", "overlap", "sync")
 LR_SCHEDULES = ("constant", "linear", "cosine", "plateau")  # plateau: imsim_lab.train.schedules
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars")  # lars: imsim_lab.train.lars
 CHECKPOINT, WEIGHTS, HISTORY = "checkpoint.pt", "weights.pt", "history.json"
@@ -75,7 +76,11 @@ class TrainConfig:
         amp: one of :data:`AMP_MODES`.
         channels_last: ``auto`` (channels-last weights and inputs on CUDA, where convolutions run
             faster in it under AMP; contiguous on CPU), ``on`` or ``off``.
-        num_workers: DataLoader workers.
+        num_workers: processes that make the batches (0: in the training process).
+        loader: how those processes feed the step: ``overlap`` (a DataLoader: the next batches are
+            made while the step runs), ``sync`` (:class:`~imsim_lab.train.data.SyncBatches`: made
+            between steps, every core for each phase: faster on a CPU whose cores the step's
+            threads fill) or ``auto`` (``sync`` on a CPU device with at least two workers, else ``overlap``).
         checkpoint_every: optimiser steps between checkpoints (0: only at the end).
         log_every: optimiser steps between history records.
         seed: seeds the model-side RNGs and the data order.
@@ -105,10 +110,12 @@ class TrainConfig:
     hold_steps: int = 0
     warmup_start: float = 0.0
     channels_last: str = "auto"
+    loader: str = "auto"
 
     def __post_init__(self):
         for name, value, allowed in (("amp", self.amp, AMP_MODES), ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
                                      ("channels_last", self.channels_last, CHANNELS_LAST_MODES),
+                                     ("loader", self.loader, LOADER_MODES),
                                      ("optimizer", self.optimizer, OPTIMIZERS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
@@ -126,11 +133,11 @@ class TrainConfig:
 
 
 #: fields added after run folders existed, with their defaults (left out of ``to_dict`` at the default)
-_LATER_FIELDS = {"hold_steps": 0, "warmup_start": 0.0, "channels_last": "auto"}
+_LATER_FIELDS = {"hold_steps": 0, "warmup_start": 0.0, "channels_last": "auto", "loader": "auto"}
 
 #: how a run is executed, not what it computes (items are addressed by (index, epoch): the batches are the
 #: same for any number of loader workers); recorded, but a resume may change them
-EXECUTION_FIELDS = ("num_workers", "channels_last")
+EXECUTION_FIELDS = ("num_workers", "channels_last", "loader")
 
 
 def _identity(described: dict) -> dict:
@@ -170,6 +177,18 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     if cfg.lr_schedule == "cosine":
         return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
     return cfg.lr
+
+
+def resolve_loader(mode: str, device: str, workers: int) -> str:
+    """``inline`` (no worker), ``overlap`` or ``sync`` (``auto``: sync on a CPU device with two or more
+    workers, overlap otherwise)."""
+    if mode not in LOADER_MODES:
+        raise ValueError(f"loader must be one of {LOADER_MODES}, not {mode!r}")
+    if workers < 1:
+        return "inline"
+    if mode == "auto":  # one sync worker would make every batch on one core while the others wait
+        return "sync" if not device.startswith("cuda") and workers >= 2 else "overlap"
+    return mode
 
 
 def resolve_channels_last(mode: str, device: str) -> bool:
@@ -376,53 +395,64 @@ def train(model: nn.Module, criterion: nn.Module, dataset, config: TrainConfig, 
     model.train()
     criterion.train()
     t_start = time.perf_counter()
-    while step < total:
-        epoch, within = divmod(step, steps_per_epoch)
-        batches = sampler.batches(epoch, within * config.accum_steps)[: (steps_per_epoch - within) * config.accum_steps]
-        # an own generator: creating a loader must not draw from the global torch RNG (exact resume)
-        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=config.num_workers,
-                            pin_memory=device.startswith("cuda"), generator=torch.Generator().manual_seed(epoch))
-        running, micro = 0.0, 0
-        for x, y in loader:
-            x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
-            last_micro = (micro + 1) % config.accum_steps == 0
-            sync = ddp.no_sync() if (world > 1 and not last_micro) else _null()
-            with sync:
-                with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    emb = ddp(x)
-                loss = criterion(emb.float(), y) / config.accum_steps
-                scaler.scale(loss).backward()
-            running += float(loss.detach())
-            micro += 1
-            if not last_micro:
-                continue
-            lr = lr_at(step, total, config)
-            if config.lr_schedule == "plateau":
-                from .schedules import epoch_losses, plateau_lr
+    mode = resolve_loader(config.loader, device, config.num_workers)
+    pool = SyncBatches(dataset, config.num_workers).__enter__() if mode == "sync" else None
+    try:
+        while step < total:
+            epoch, within = divmod(step, steps_per_epoch)
+            batches = sampler.batches(epoch, within * config.accum_steps)
+            batches = batches[: (steps_per_epoch - within) * config.accum_steps]
+            if pool is not None:
+                loader = pool.batches(batches)
+            else:
+                # an own generator: creating a loader must not draw from the global torch RNG (exact resume)
+                loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
+                                    num_workers=config.num_workers if mode == "overlap" else 0,
+                                    pin_memory=device.startswith("cuda"), generator=torch.Generator().manual_seed(epoch))
+            running, micro = 0.0, 0
+            for x, y in loader:
+                x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
+                last_micro = (micro + 1) % config.accum_steps == 0
+                sync = ddp.no_sync() if (world > 1 and not last_micro) else _null()
+                with sync:
+                    with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                        emb = ddp(x)
+                    loss = criterion(emb.float(), y) / config.accum_steps
+                    scaler.scale(loss).backward()
+                running += float(loss.detach())
+                micro += 1
+                if not last_micro:
+                    continue
+                lr = lr_at(step, total, config)
+                if config.lr_schedule == "plateau":
+                    from .schedules import epoch_losses, plateau_lr
 
-                lr = plateau_lr(lr, epoch_losses(history, steps_per_epoch)) if history else lr
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            if world > 1:
-                all_reduce_grads(criterion, world)
-            if config.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % config.log_every == 0 or step == total:
-                rec = {"step": step, "epoch": step / steps_per_epoch, "loss": running, "lr": lr,
-                       "seconds": round(time.perf_counter() - t_start, 3)}
-                history.append(rec)
-                if on_step and rank == 0:
-                    on_step(rec)
-            running = 0.0
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
-                save()
-            if step >= total:
-                break
+                    lr = plateau_lr(lr, epoch_losses(history, steps_per_epoch)) if history else lr
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                if world > 1:
+                    all_reduce_grads(criterion, world)
+                if config.grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if step % config.log_every == 0 or step == total:
+                    rec = {"step": step, "epoch": step / steps_per_epoch, "loss": running, "lr": lr,
+                           "seconds": round(time.perf_counter() - t_start, 3)}
+                    history.append(rec)
+                    if on_step and rank == 0:
+                        on_step(rec)
+                running = 0.0
+                if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
+                    save()
+                if step >= total:
+                    break
+    finally:
+        if pool is not None:
+            pool.__exit__(None, None, None)
     save(final=True)
     if world > 1:
         import torch.distributed as dist

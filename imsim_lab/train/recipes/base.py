@@ -142,11 +142,13 @@ def training_summary(recipe: str, result, world: int, images_per_step: int,
 
 
 def default_workers() -> int:
-    """Loader workers per rank by default: the usable cores less one (the training step's), at most 4.
-    On 2 cores that is 1: more workers than free cores only take CPU from the step."""
+    """Loader workers per rank by default: every usable core, at most 4 (none on a single core). On a
+    CPU run the trainer's ``auto`` loader then makes each batch with all of them between the steps
+    (:class:`~imsim_lab.train.data.SyncBatches`); on CUDA they work while the GPU steps."""
     from ...system import usable_cores
 
-    return max(0, min(4, usable_cores() - 1))
+    cores = usable_cores()
+    return min(4, cores) if cores > 1 else 0
 
 
 def add_trainer_arguments(p) -> None:
@@ -154,8 +156,8 @@ def add_trainer_arguments(p) -> None:
     interval, seed and device (one definition, the same defaults and help in every recipe)."""
     p.add_argument("--amp", default="auto", help="auto (bf16/fp16 on CUDA, off on CPU), off, bf16 or fp16")
     p.add_argument("--workers", type=int, default=default_workers(),
-                   help="DataLoader worker processes per rank (default: the usable cores less one for the "
-                        f"training step, at most 4: {default_workers()} here)")
+                   help="processes per rank that make the training batches (default: the usable cores, at "
+                        f"most 4: {default_workers()} here)")
     p.add_argument("--checkpoint-every", type=int, default=200, help="optimiser steps between checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda (default: CUDA if present)")
