@@ -29,9 +29,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..data.augment import Assets, apply_op, sample_ops
+from ..data.augment import Assets
 from .data import TrainDataError, _ImagesById, load_rgb, to_array
-from .views import random_resized_crop, view_rng
+from .views import crop_and_edit, view_rng
 
 #: the "epoch" of the offline copies' generators: one no online view uses
 OFFLINE_EPOCH = 2**31 - 1
@@ -85,19 +85,8 @@ def bot_view(img: Image.Image, size: int, rng: np.random.Generator, assets: Asse
              ops: Sequence[BoTOp] = BOT_OPS, strength: tuple[float, float] = STRENGTH) -> tuple[Image.Image, list[str]]:
     """One augmented copy: a random resized crop (area 0.2-1) at ``size``, then each op of ``ops``
     with its probability at a strength drawn in ``strength``. Returns (image, families applied)."""
-    assets = assets or Assets.default()
-    out = random_resized_crop(img, size, CROP_SCALE, rng)
-    applied = []
-    for op in ops:
-        if rng.random() >= op.p:
-            continue
-        s = float(rng.uniform(*strength))
-        for o in sample_ops(op.family, s, rng, out.size, assets):
-            out = apply_op(out, o, assets).convert("RGB")
-        applied.append(op.family)
-    if out.size != (size, size):
-        out = out.resize((size, size), Image.BILINEAR)
-    return out, applied
+    return crop_and_edit(img, size, CROP_SCALE, rng, assets or Assets.default(),
+                         [(op.family, op.p, lambda g: float(g.uniform(*strength))) for op in ops])
 
 
 def online_step(img: Image.Image, size: int, rng: np.random.Generator, pad: int = PAD) -> Image.Image:

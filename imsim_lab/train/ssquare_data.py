@@ -20,9 +20,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..data.augment import Assets, apply_op, sample_ops
+from ..data.augment import Assets
 from .data import TrainDataError, _ImagesById, load_rgb, to_array
-from .views import random_resized_crop, view_rng
+from .views import crop_and_edit, view_rng
 
 
 @dataclass(frozen=True)
@@ -59,19 +59,10 @@ def query_view(img: Image.Image, size: int, intensity: float, rng: np.random.Gen
                assets: Assets | None = None, ops: Sequence[QueryOp] = QUERY_OPS) -> tuple[Image.Image, list[str]]:
     """One query-like view of ``img`` at ``size`` x ``size``: a mild crop (area 0.8-1), then each op of
     ``ops`` with its probability at ``intensity``. Returns (image, names of the ops applied)."""
-    assets = assets or Assets.default()
-    out = random_resized_crop(img, size, CROP_AREA, rng)
-    applied = []
-    for op in ops:
-        if rng.random() >= op.probability(intensity):
-            continue
-        strength = float(rng.uniform(0.5, 1.0) * min(1.0, max(intensity, 0.1)))
-        for o in sample_ops(op.family, strength, rng, out.size, assets):
-            out = apply_op(out, o, assets).convert("RGB")
-        applied.append(op.family)
-    if out.size != (size, size):
-        out = out.resize((size, size), Image.BILINEAR)
-    return out, applied
+    scale = min(1.0, max(intensity, 0.1))
+    return crop_and_edit(img, size, CROP_AREA, rng, assets or Assets.default(),
+                         [(op.family, op.probability(intensity), lambda g: float(g.uniform(0.5, 1.0) * scale))
+                          for op in ops])
 
 
 def crop_factor(min_area: float) -> float:

@@ -125,6 +125,28 @@ def random_resized_crop(img: Image.Image, size: int, scale: tuple[float, float],
     return img.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + s, y0 + s))
 
 
+def crop_and_edit(img: Image.Image, size: int, area: tuple[float, float], rng: np.random.Generator,
+                  assets: Assets, ops) -> tuple[Image.Image, list[str]]:
+    """A random resized crop of ``area`` at ``size``, then each of ``ops`` = ``(family, probability,
+    draw_strength)`` in order: fires when ``rng.random() < probability``, at strength
+    ``draw_strength(rng)``, edited by the augmentation family's sampled ops. Returns (the view at
+    ``size`` x ``size``, the families applied). The query-like views of S-square
+    (:func:`imsim_lab.train.ssquare_data.query_view`) and Bag of Tricks' copies
+    (:func:`imsim_lab.train.bot_data.bot_view`) are this loop with their own ops."""
+    out = random_resized_crop(img, size, area, rng)
+    applied = []
+    for family, p, draw_strength in ops:
+        if rng.random() >= p:
+            continue
+        strength = draw_strength(rng)
+        for o in sample_ops(family, strength, rng, out.size, assets):
+            out = apply_op(out, o, assets).convert("RGB")
+        applied.append(family)
+    if out.size != (size, size):
+        out = out.resize((size, size), Image.BILINEAR)
+    return out, applied
+
+
 def random_erase(x: np.ndarray, rng: np.random.Generator, scale=(0.02, 0.33), ratio=(0.3, 3.3)) -> np.ndarray:
     """torchvision's RandomErasing(value="random") on a (3, h, w) normalised array (a copy)."""
     _, h, w = x.shape
