@@ -7,8 +7,8 @@ against the bare forward + loss + backward + optimiser step of its model on prel
 
 Target: the pipeline keeps at least 80 % of the bare step's throughput (training images per
 second; an SSCD image is two views). Two scales by default: ``lesson``, the ``--size`` and
-``--batch-size`` given (default the CPU lessons' 64 px, batch 32), and ``published``, each recipe's training resolution
-(the default ``--size`` of ``imsim-lab train ssquare`` / ``sscd``: 160 and 224 px; batch 16, 4
+``--batch-size`` given (default the CPU lessons' 64 px, batch 32), and ``published``, each recipe's
+training resolution (the default ``--size`` of ``imsim-lab train ssquare`` / ``sscd``: 160 and 224 px; batch 16, 4
 steps, 2 rounds to keep the run short). At 64 px a resnet18 step costs about as much CPU per image
 as decoding and editing the view, so on 2 cores the lesson scale is bounded by the share of the
 CPU that the views take; the figures below print that share.
@@ -20,9 +20,9 @@ On CUDA the bare step and the trainer both run with the trainer's AMP (``--amp``
 On a machine shared with other jobs the load changes within a minute, so the two are measured in
 ``--rounds`` alternating rounds (bare, then trainer, then bare...) and the ratio is taken per round
 (the median is printed with the range). The CPU seconds per image of each (this process and its
-DataLoader workers, over the measured steps only) are printed too: they change far less with the load than the wall time, and
-``bare / trainer`` CPU per image is what the pipeline would keep on an idle machine whose cores the
-bare step already fills.
+loader workers, over the measured steps only) are printed too: they change far less with the load
+than the wall time, and ``bare / trainer`` CPU per image is what the pipeline would keep on an idle
+machine whose cores the bare step already fills.
 """
 
 from __future__ import annotations
@@ -202,6 +202,8 @@ def measure(recipe: str, paths, a, d: Path) -> None:
 
 
 def main() -> None:
+    from imsim_lab.train.trainer import LOADER_MODES, resolve_loader
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", nargs="+", default=["ssquare", "sscd"], choices=["ssquare", "sscd"])
     ap.add_argument("--scales", nargs="+", default=["lesson", "published"], choices=["lesson", "published"])
@@ -214,7 +216,7 @@ def main() -> None:
                                                           "(published: 2)")
     ap.add_argument("--workers", type=int, default=None, help="default: the recipes' default (the usable cores, "
                                                               "at most 4)")
-    ap.add_argument("--loader", default="auto", choices=["auto", "overlap", "sync"], help="the trainer's loader")
+    ap.add_argument("--loader", default="auto", choices=LOADER_MODES, help="the trainer's loader")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--amp", default="auto")
     a = ap.parse_args()
@@ -222,8 +224,6 @@ def main() -> None:
         from imsim_lab.train.recipes.base import default_workers
 
         a.workers = default_workers()
-    from imsim_lab.train.trainer import resolve_loader
-
     print(f"{a.backbone}, {a.workers} worker(s), loader {resolve_loader(a.loader, a.device, a.workers)}, "
           f"{a.device}, amp {a.amp}; {torch.get_num_threads()} torch threads; "
           f"each round the median of its steps after {WARMUP} of warm-up; load average "

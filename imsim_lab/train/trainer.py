@@ -32,6 +32,7 @@ import json
 import math
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -180,10 +181,8 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def resolve_loader(mode: str, device: str, workers: int) -> str:
-    """``inline`` (no worker), ``overlap`` or ``sync`` (``auto``: sync on a CPU device with two or more
-    workers, overlap otherwise)."""
-    if mode not in LOADER_MODES:
-        raise ValueError(f"loader must be one of {LOADER_MODES}, not {mode!r}")
+    """``inline`` (no worker), ``overlap`` or ``sync`` for a :data:`LOADER_MODES` ``mode`` (``auto``: sync on
+    a CPU device with two or more workers, overlap otherwise)."""
     if workers < 1:
         return "inline"
     if mode == "auto":  # one sync worker would make every batch on one core while the others wait
@@ -192,9 +191,8 @@ def resolve_loader(mode: str, device: str, workers: int) -> str:
 
 
 def resolve_channels_last(mode: str, device: str) -> bool:
-    """Whether the trainer keeps weights and 4-D inputs channels-last (``auto``: on CUDA only)."""
-    if mode not in CHANNELS_LAST_MODES:
-        raise ValueError(f"channels_last must be one of {CHANNELS_LAST_MODES}, not {mode!r}")
+    """Whether the trainer keeps weights and 4-D inputs channels-last for a :data:`CHANNELS_LAST_MODES`
+    ``mode`` (``auto``: on CUDA only)."""
     return mode == "on" or (mode == "auto" and device.startswith("cuda"))
 
 
@@ -327,7 +325,8 @@ def train(model: nn.Module, criterion: nn.Module, dataset, config: TrainConfig, 
         for stale in out.glob(".*.tmp*"):  # a write cut short by a kill; the finished files are intact
             stale.unlink(missing_ok=True)
     if cfg_path.is_file():
-        old, new = _identity(json.loads(cfg_path.read_text())), _identity(json.loads(json.dumps(described, default=str)))
+        old = _identity(json.loads(cfg_path.read_text()))
+        new = _identity(json.loads(json.dumps(described, default=str)))
         if old != new:
             diff = sorted(f"train.{k}" for k in set(old["train"]) | set(new["train"])
                           if old["train"].get(k) != new["train"].get(k))
@@ -396,8 +395,7 @@ def train(model: nn.Module, criterion: nn.Module, dataset, config: TrainConfig, 
     criterion.train()
     t_start = time.perf_counter()
     mode = resolve_loader(config.loader, device, config.num_workers)
-    pool = SyncBatches(dataset, config.num_workers).__enter__() if mode == "sync" else None
-    try:
+    with SyncBatches(dataset, config.num_workers) if mode == "sync" else nullcontext() as pool:
         while step < total:
             epoch, within = divmod(step, steps_per_epoch)
             batches = sampler.batches(epoch, within * config.accum_steps)
@@ -407,13 +405,13 @@ def train(model: nn.Module, criterion: nn.Module, dataset, config: TrainConfig, 
             else:
                 # an own generator: creating a loader must not draw from the global torch RNG (exact resume)
                 loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
-                                    num_workers=config.num_workers if mode == "overlap" else 0,
-                                    pin_memory=device.startswith("cuda"), generator=torch.Generator().manual_seed(epoch))
+                                    num_workers=config.num_workers, pin_memory=device.startswith("cuda"),
+                                    generator=torch.Generator().manual_seed(epoch))
             running, micro = 0.0, 0
             for x, y in loader:
                 x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
                 last_micro = (micro + 1) % config.accum_steps == 0
-                sync = ddp.no_sync() if (world > 1 and not last_micro) else _null()
+                sync = ddp.no_sync() if (world > 1 and not last_micro) else nullcontext()
                 with sync:
                     with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                         emb = ddp(x)
@@ -450,9 +448,6 @@ def train(model: nn.Module, criterion: nn.Module, dataset, config: TrainConfig, 
                     save()
                 if step >= total:
                     break
-    finally:
-        if pool is not None:
-            pool.__exit__(None, None, None)
     save(final=True)
     if world > 1:
         import torch.distributed as dist
@@ -460,11 +455,3 @@ def train(model: nn.Module, criterion: nn.Module, dataset, config: TrainConfig, 
         dist.barrier()
     return TrainResult(out, step, total, history, time.perf_counter() - t0, resumed_from,
                        out / WEIGHTS if (out / WEIGHTS).is_file() else None)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

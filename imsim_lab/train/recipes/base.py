@@ -155,9 +155,10 @@ def add_trainer_arguments(p) -> None:
     """The options every recipe passes to the shared trainer: AMP, loader workers, checkpoint
     interval, seed and device (one definition, the same defaults and help in every recipe)."""
     p.add_argument("--amp", default="auto", help="auto (bf16/fp16 on CUDA, off on CPU), off, bf16 or fp16")
-    p.add_argument("--workers", type=int, default=default_workers(),
-                   help="processes per rank that make the training batches (default: the usable cores, at "
-                        f"most 4: {default_workers()} here)")
+    workers = default_workers()
+    p.add_argument("--workers", type=int, default=workers,
+                   help=f"processes per rank that make the training batches (default: the usable cores, at "
+                        f"most 4: {workers} here)")
     p.add_argument("--checkpoint-every", type=int, default=200, help="optimiser steps between checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda (default: CUDA if present)")
