@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from IPython.display import display
 
 from imsim_lab.analysis.calibration import calibration_figure, calibration_table, failure_gallery, pr_curves, sweep_halves
-from imsim_lab.analysis.intervals import family_interval_table, interval_table
+from imsim_lab.analysis.intervals import family_interval_table, interval_table, paired_differences
 from imsim_lab.analysis.report.figures import pr_figure
 from imsim_lab.features import ExtractConfig
 from imsim_lab.features.models import get_config
@@ -396,12 +396,7 @@ if profile == "cpu":
 pairs = {"multi-scale (trained from random)": ("trained from random (multi-scale)", "trained from random, one scale"),
          "Barlow Twins init vs random init": ("trained from Barlow Twins (multi-scale)", "trained from random (multi-scale)"),
          "stretching (Barlow init)": ("trained from Barlow Twins + stretch", "trained from Barlow Twins (multi-scale)")}
-abl = []
-for what, (a, b) in pairs.items():
-    t = interval_table(bench.gt, {a: runs[a], b: runs[b]}, baseline=b)
-    abl.append({"trick": what, "Δ µAP": t.loc[a, "Δ µAP"], "lo": t.loc[a, "Δ lo"], "hi": t.loc[a, "Δ hi"],
-                "separable": not (t.loc[a, "Δ lo"] <= 0 <= t.loc[a, "Δ hi"])})
-abl = pd.DataFrame(abl).set_index("trick")
+abl = paired_differences(bench.gt, runs, pairs)
 display(abl.round(4))
 for what, r in abl.iterrows():
     verdict = "a gain (interval above 0)" if r["lo"] > 0 else "a loss (interval below 0)" if r["hi"] < 0 else \

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from IPython.display import display
 from PIL import Image
 
-from imsim_lab.analysis.intervals import family_interval_table, interval_table
+from imsim_lab.analysis.intervals import family_interval_table, interval_table, paired_differences
 from imsim_lab.features import ExtractConfig
 from imsim_lab.features.models.weights import sha256_file
 from imsim_lab.features.store import load_features
@@ -270,12 +270,7 @@ if profile == "cpu":
 # %%
 pairs = {"entropy term (with mixup)": ("entropy + mixup", "no entropy + mixup"),
          "mixup (with entropy)": ("entropy + mixup", "entropy, no mixup")}
-abl = []
-for what, (a, b) in pairs.items():
-    t = interval_table(bench.gt, {a: runs[a], b: runs[b]}, baseline=b)
-    abl.append({"trick": what, "Δ µAP": t.loc[a, "Δ µAP"], "lo": t.loc[a, "Δ lo"], "hi": t.loc[a, "Δ hi"],
-                "separable": not (t.loc[a, "Δ lo"] <= 0 <= t.loc[a, "Δ hi"])})
-display(pd.DataFrame(abl).set_index("trick").round(4))
+display(paired_differences(bench.gt, runs, pairs).round(4))
 
 # %% [markdown]
 # ## Step 6: what the entropy term does to nearest-neighbour distances

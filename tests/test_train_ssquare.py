@@ -232,7 +232,7 @@ def test_cuda_drip_with_amp(bench, tmp_path, amp):
 
 
 def test_interval_tables_agree_with_evaluate_and_pair_the_resamples():
-    from imsim_lab.analysis.intervals import family_interval_table, interval_table
+    from imsim_lab.analysis.intervals import family_interval_table, interval_table, paired_differences
     from imsim_lab.data.benchmark import load_benchmark
     from imsim_lab.eval.metrics import evaluate
     from support import scored_predictions
@@ -255,6 +255,14 @@ def test_interval_tables_agree_with_evaluate_and_pair_the_resamples():
                             abs_tol=1e-9)
         f = family_interval_table(b, runs, n_boot=20)
         assert set(f["run"]) == {"good", "bad"} and (f["lo"] <= f["micro_ap"] + 1e-12).all()
+        # the lessons' ablation table: each pair's row is the paired Δ of interval_table with the same resamples
+        abl = paired_differences(b.gt, runs, {"good over bad": ("good", "bad"), "bad over itself": ("bad", "bad")},
+                                 n_boot=50)
+        row = abl.loc["good over bad"]
+        assert (row["Δ µAP"], row["lo"], row["hi"]) == (t.loc["good", "Δ µAP"], t.loc["good", "Δ lo"],
+                                                       t.loc["good", "Δ hi"])
+        assert row["separable"] == (not row["lo"] <= 0 <= row["hi"])
+        assert not abl.loc["bad over itself", "separable"] and abl.loc["bad over itself", "Δ µAP"] == 0
 
 
 @pytest.mark.parametrize("name", ["ssquare", "sscd"])

@@ -5,7 +5,8 @@ replacement, the same resamples for every run: a paired bootstrap) and each figu
 official metric under those query weights (:func:`~imsim_lab.analysis.report.weighted.weighted_metrics`).
 A difference whose interval contains 0 is not separable on this benchmark. ``queries`` restricts a
 table to a subset (e.g. the held-out half of a tune/report split) the way ``evaluate(queries=...)``
-does. Used by ``notebooks/04_descriptor_2nd_ssquare`` and ``notebooks/09_sscd``.
+does. Used by the lessons (``notebooks/04_descriptor_2nd_ssquare``, ``05_descriptor_3rd_bag_of_tricks``,
+``09_sscd``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,25 @@ def interval_table(gt, runs: Mapping[str, object], protocol: str = "isc2021", n_
             row["Δ lo"], row["Δ hi"] = float(np.nanquantile(d, q)), float(np.nanquantile(d, 1 - q))
         rows.append(row)
     return pd.DataFrame(rows).set_index("run")
+
+
+def paired_differences(gt, runs: Mapping[str, object], pairs: Mapping[str, tuple[str, str]],
+                       protocol: str = "isc2021", n_boot: int = 200, seed: int = 0,
+                       queries: Sequence[str] | None = None, level: float = 0.95) -> pd.DataFrame:
+    """Each ablation ``name -> (run with the trick, run without it)`` as the paired difference in µAP
+    (:func:`interval_table` of the two with the second as baseline).
+
+    Returns one row per name (index ``trick``): ``Δ µAP``, ``lo``, ``hi`` and ``separable`` (the
+    interval excludes 0).
+    """
+    rows = []
+    for what, (a, b) in pairs.items():
+        t = interval_table(gt, {a: runs[a], b: runs[b]}, protocol, n_boot, seed, baseline=b, queries=queries,
+                           level=level)
+        lo, hi = t.loc[a, "Δ lo"], t.loc[a, "Δ hi"]
+        rows.append({"trick": what, "Δ µAP": t.loc[a, "Δ µAP"], "lo": lo, "hi": hi,
+                     "separable": not (lo <= 0 <= hi)})
+    return pd.DataFrame(rows).set_index("trick")
 
 
 def family_interval_table(bench, runs: Mapping[str, object], protocol: str = "isc2021", n_boot: int = 200,
