@@ -137,6 +137,15 @@ def contact_sheet(images: Sequence, captions: Sequence[str] = (), size: int = 16
     return sheet
 
 
+def copy_pairs_sheet(bench, n: int = 4, size: int = 140):
+    """The first ``n`` queries with a match next to their originals (:func:`contact_sheet`, captions
+    ``query ID`` / ``original ID``): what a copy is, the opening picture of a lesson."""
+    pos = bench.queries[bench.queries["has_match"]].head(n)
+    pairs = list(zip(pos["query_id"], pos["reference_id"]))
+    return contact_sheet([im for q, r in pairs for im in (bench.load_image(q), bench.load_image(r))],
+                         [c for q, r in pairs for c in (f"query {q}", f"original {r}")], size=size, cols=2 * n)
+
+
 # ------------------------------------------------------------------------------------------------
 # shared features and query halves
 

@@ -69,8 +69,8 @@ from imsim_lab.features.models import get_config
 from imsim_lab.features.models.bot import BoTNet, MultiScalePreprocess, WaveBlock, scaled_scales
 from imsim_lab.features.models.weights import sha256_file
 from imsim_lab.features.store import load_features
-from imsim_lab.lessons import check_profile, contact_sheet, evaluate_prepared, lesson_benchmark, query_halves, run_dir
-from imsim_lab.methods import MethodSpec, get_method, prepare
+from imsim_lab.lessons import check_profile, contact_sheet, copy_pairs_sheet, evaluate_prepared, lesson_benchmark, query_halves, run_dir
+from imsim_lab.methods import get_method, prepare
 from imsim_lab.runfolder import read_predictions
 from imsim_lab.runner import RunOptions, run_method
 from imsim_lab.train.barlow import BarlowConfig, barlow_twins_loss, train_barlow
@@ -135,11 +135,7 @@ SCALES = PLAN["scales"] or scaled_scales(PLAN["size"])
 bench = lesson_benchmark(profile, results_dir, seed, disc21_root)
 display(pd.Series(bench.counts(), name=bench.name).to_frame().T)
 train_paths = [bench.image_path(i) for i in bench.training_ids]
-pos = bench.queries[bench.queries["has_match"]].head(4)
-display(contact_sheet([im for q, r in zip(pos["query_id"], pos["reference_id"])
-                       for im in (bench.load_image(q), bench.load_image(r))],
-                      [c for q, r in zip(pos["query_id"], pos["reference_id"]) for c in (f"query {q}", f"original {r}")],
-                      size=140, cols=8))
+display(copy_pairs_sheet(bench))
 
 # %% [markdown]
 # ## Step 1: the network, piece by piece

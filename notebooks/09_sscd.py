@@ -60,7 +60,7 @@ from imsim_lab.analysis.intervals import family_interval_table, interval_table, 
 from imsim_lab.features import ExtractConfig
 from imsim_lab.features.models.weights import sha256_file
 from imsim_lab.features.store import load_features
-from imsim_lab.lessons import check_profile, contact_sheet, feature_cache, lesson_benchmark, run_dir
+from imsim_lab.lessons import check_profile, contact_sheet, copy_pairs_sheet, feature_cache, lesson_benchmark, run_dir
 from imsim_lab.methods import MethodSpec
 from imsim_lab.runfolder import read_predictions
 from imsim_lab.runner import RunOptions, run_method
@@ -101,11 +101,7 @@ LAM = 30.0 if profile == "full" else LAMBDA_SMALL_BATCH
 bench = lesson_benchmark(profile, results_dir, seed, disc21_root)
 display(pd.Series(bench.counts(), name=bench.name).to_frame().T)
 train_paths = [bench.image_path(i) for i in bench.training_ids]
-pos = bench.queries[bench.queries["has_match"]].head(4)
-display(contact_sheet([im for q, r in zip(pos["query_id"], pos["reference_id"])
-                       for im in (bench.load_image(q), bench.load_image(r))],
-                      [c for q, r in zip(pos["query_id"], pos["reference_id"]) for c in (f"query {q}", f"original {r}")],
-                      size=140, cols=8))
+display(copy_pairs_sheet(bench))
 
 # %% [markdown]
 # ## Step 1: the model
