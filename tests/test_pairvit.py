@@ -2,6 +2,7 @@
 shared trainer), the ``pairvit`` matcher against a brute-force scoring, and the ``train pairvit`` recipe."""
 
 import json
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -298,6 +299,35 @@ def test_the_matcher_loads_its_classifiers_once_per_device(scene, monkeypatch):
     assert calls == [str(w) for w in scene.weights] and np.array_equal(a.scores, b.scores)
 
 
+def test_prefetching_the_next_chunk_changes_nothing_but_the_overlap(scene, monkeypatch):
+    params = {**TINY, "weights_path": ",".join(map(str, scene.weights)), "top": 2, "query_chunk": 1}
+    off = create_matcher("pairvit", {**params, "prefetch": "off"}).score(scene.pairs, scene.ctx)
+    on = create_matcher("pairvit", {**params, "prefetch": "on"}).score(scene.pairs, scene.ctx)
+    auto = create_matcher("pairvit", params).score(scene.pairs, scene.ctx)  # a CPU: no prefetch
+    assert (off.report["prefetch"], on.report["prefetch"], auto.report["prefetch"]) == (False, True, False)
+    assert np.array_equal(off.scores, on.scores) and np.array_equal(off.scores, auto.scores)
+    for k in off.extras:
+        assert np.array_equal(off.extras[k], on.extras[k], equal_nan=off.extras[k].dtype.kind == "f"), k
+    for k in ("failed", "images_decoded", "classifier_pairs", "pairs_unscored"):
+        assert on.report[k] == off.report[k], k
+    assert on.report["failed"]["query"] == ["Q00002"]
+    # an error while the next chunk is decoded reaches the caller, and no decoding thread is left
+    m = create_matcher("pairvit", {**params, "prefetch": "on"})
+    real = m._load_chunk
+
+    def fails_on_the_last(ctx, cq, cr):
+        if cq[0] == "Q00002":
+            raise OSError("disk gone")
+        return real(ctx, cq, cr)
+
+    monkeypatch.setattr(m, "_load_chunk", fails_on_the_last)
+    with pytest.raises(OSError, match="disk gone"):
+        m.score(scene.pairs, scene.ctx)
+    assert not [t for t in threading.enumerate() if t.name.startswith("imsim-pairvit")]
+    with pytest.raises(ImsimError, match="prefetch must be one of auto, on, off, not 'yes'"):
+        create_matcher("pairvit", {**params, "prefetch": "yes"})
+
+
 def test_the_matcher_refuses_unknown_images_and_bad_weights(scene, tmp_path):
     params = {**TINY, "weights_path": str(scene.weights[0])}
     bad = CandidatePairs(np.array(["Q00000", "Q00009"]), np.array(["R000000", "R000000"]), np.zeros(2),
@@ -322,11 +352,12 @@ def test_the_matcher_refuses_unknown_images_and_bad_weights(scene, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_amp_scoring_agrees_with_cpu(scene):
-    params = {**TINY, "weights_path": str(scene.weights[0]), "top": 2, "best_only": False, "amp": "fp16"}
+    params = {**TINY, "weights_path": str(scene.weights[0]), "top": 2, "best_only": False, "amp": "fp16",
+              "query_chunk": 1}
     cpu = create_matcher("pairvit", params).score(scene.pairs, scene.ctx)
     ctx = MatchContext(scene.ctx.queries, scene.ctx.references, scene.ctx.work, device="cuda")
     gpu = create_matcher("pairvit", params).score(scene.pairs, ctx)
-    assert gpu.report["device"] == "cuda"
+    assert gpu.report["device"] == "cuda" and gpu.report["prefetch"]  # auto: the next chunk decoded meanwhile
     assert np.allclose(gpu.scores, cpu.scores, atol=5e-3)
 
 

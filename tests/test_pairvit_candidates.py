@@ -214,6 +214,47 @@ def test_gray_halves_are_the_resized_three_channel_gray_image_and_decode_luma():
     assert _Halves(cfg, VIEWS.get("pairvit_query")((1, 1)))(img).shape == (8, 32, 16, 3)
 
 
+def test_reduced_decoding_keeps_every_view_a_reduction_and_the_halves_close(tmp_path):
+    from PIL import Image
+
+    from imsim_lab.features.dataset import ImageSource, read_image
+    from imsim_lab.features.views import WHOLE, View, apply_view, parent_size_for, view_size
+    from imsim_lab.methods.pairvit import _Halves
+
+    views = VIEWS.get("pairvit_query")((1, 1))
+    # 112 x 56 halves: a half of the width must keep 56 px, a rotated half of the height 112 px
+    assert parent_size_for(views, 56, 112) == (112, 112)
+    assert parent_size_for([WHOLE], 56, 112) == (56, 112)
+    assert parent_size_for([View("r", (0, 0, 1, 0.5), 90)], 56, 112) == (112, 112)
+    assert parent_size_for([View("c", (0.25, 0.25, 0.75, 0.75))], 30, 10) == (60, 20)
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).resize((640, 480), Image.BICUBIC)
+    jpg, png = tmp_path / "a.jpg", tmp_path / "a.png"
+    photo.save(jpg, quality=92)
+    photo.save(png)
+    need = parent_size_for(views, 56, 112)
+    small = read_image(jpg, mode="L", decode_size=lambda w, h: need)
+    assert small.size == (160, 120) and small.mode == "L"  # 1/4: both sides still >= 112
+    assert read_image(jpg, decode_size=lambda w, h: (200, 200)).size == (320, 240)  # 1/2
+    assert read_image(png, decode_size=lambda w, h: need).size == (640, 480)  # not a JPEG: in full
+    assert read_image(jpg, mode="L").size == (640, 480)
+    for v in views:  # no view is enlarged from the reduced image to its 56 x 112 half
+        w, h = view_size(v, small.size)
+        assert w >= 56 and h >= 112 and apply_view(small, v).size == (w, h), v.name
+    # the matcher's halves from the reduced decode are within a few grey levels of the full one
+    cfg = PairViTConfig("vit_tiny_patch16_224", 112, 56, depth=1)
+    src = ImageSource.files(["a"], [jpg], "q")
+    got = {}
+    for reduced in (True, False):
+        h = _Halves(cfg, views, reduced)
+        assert (getattr(h, "decode_size", None) is not None) == reduced
+        _, arr, err = src.dataset(h, ["a"])[0]
+        assert err is None and arr.shape == (8, 112, 56, 3)
+        got[reduced] = arr.astype(float)
+    diff = np.abs(got[True] - got[False])
+    assert 0 < diff.mean() < 2 and np.percentile(diff, 99) <= 12
+
+
 def test_roc_area_is_the_mann_whitney_probability():
     rng = np.random.default_rng(0)
     y = rng.random(200) < 0.3

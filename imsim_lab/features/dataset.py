@@ -28,12 +28,16 @@ class ImageTooLarge(ValueError):
     """An image over :data:`MAX_PIXELS` (reported as a failure by id, not decoded)."""
 
 
-def read_image(path: str | Path, max_pixels: int = MAX_PIXELS, mode: str = "RGB"):
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS, mode: str = "RGB",
+               decode_size: Callable[[int, int], tuple[int, int]] | None = None):
     """Open and fully decode an image as RGB, or as luma with ``mode="L"`` (raises on any problem,
     :class:`ImageTooLarge` above ``max_pixels`` before decoding: only the header is read).
 
     With ``mode="L"`` a JPEG is decoded straight to its luma plane (the JFIF Y channel, which is
-    ITU-R 601 luma: within rounding of converting the decoded RGB), skipping the chroma."""
+    ITU-R 601 luma: within rounding of converting the decoded RGB), skipping the chroma.
+    ``decode_size``: ``(w, h) -> (min_w, min_h)``, the least size the caller needs of an image of size
+    ``(w, h)``; a JPEG is then decoded at the smallest of libjpeg's scales 1/2, 1/4, 1/8 that keeps both
+    (``Image.draft``: the scaling is done on the DCT coefficients, a low-pass reduction), in full otherwise."""
     import warnings
 
     from PIL import Image
@@ -46,8 +50,8 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS, mode: str = "RGB"
             if w * h > max_pixels:
                 raise ImageTooLarge(f"{w}x{h} = {w * h / 1e6:.0f} megapixels, over the limit of "
                                     f"{max_pixels / 1e6:.0f} (skipped)")
-            if mode == "L" and im.format == "JPEG":
-                im.draft("L", im.size)
+            if im.format == "JPEG" and (mode == "L" or decode_size is not None):
+                im.draft(mode if mode == "L" else "RGB", tuple(decode_size(w, h)) if decode_size else im.size)
             im.load()
             return im if im.mode == mode else im.convert(mode)
 
@@ -65,8 +69,10 @@ class ImageFiles:
     def __getitem__(self, i: int):
         try:
             # a preprocessing that only needs luma says so (``decode_mode = "L"``: local features)
+            # and one that needs fewer pixels than the file has says how many (``decode_size``)
             mode = getattr(self.preprocess, "decode_mode", "RGB")
-            return i, self.preprocess(read_image(self.paths[i], mode=mode)), None
+            size = getattr(self.preprocess, "decode_size", None)
+            return i, self.preprocess(read_image(self.paths[i], mode=mode, decode_size=size)), None
         except Exception as e:  # noqa: BLE001 - any failure is reported by id, not raised
             return i, None, f"{type(e).__name__}: {e}"
 

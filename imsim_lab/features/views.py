@@ -229,6 +229,20 @@ def apply_view(img, view: View):
     return out.transpose(_TRANSPOSE[view.rotation]) if view.rotation else out
 
 
+def parent_size_for(views: Sequence[View], width: int, height: int) -> tuple[int, int]:
+    """The smallest parent ``(w, h)`` in pixels from which every view of ``views``, resized to
+    ``width`` x ``height``, is still a reduction and not an enlargement (a rotation by 90 or 270
+    swaps which side of the box becomes the output's width). A decoder may then decode a larger
+    image at reduced scale (``Image.draft``) and lose nothing the views keep."""
+    need_w, need_h = 1, 1
+    for v in views:
+        x0, y0, x1, y1 = v.box
+        ow, oh = (height, width) if v.rotation in (90, 270) else (width, height)
+        need_w = max(need_w, math.ceil(ow / (x1 - x0) - 1e-9))
+        need_h = max(need_h, math.ceil(oh / (y1 - y0) - 1e-9))
+    return need_w, need_h
+
+
 def oracle_boxes(bench, query_id: str) -> list[View]:
     """The box of the source image inside a disc-synth query, from its recorded ops.
 

@@ -16,12 +16,17 @@
 
 A pair outside the ``top`` keeps its first score (the 8 views include the first views, so a re-scored
 pair never scores below its first score). A pair with an unreadable image scores :data:`UNSCORED`.
-Each image is decoded once per query chunk: a query once, as all its views.
+Each image is decoded once per query chunk: a query once, as all its views. On CUDA the next chunk is
+decoded on a background thread while the current one is scored (``prefetch``); on a CPU it is not: the
+decoding threads would take the cores the classifier's own threads compute on (the trainer's loader
+makes the same choice, :func:`imsim_lab.train.trainer.resolve_loader`).
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -33,6 +38,7 @@ from .spec import METHODS, MethodSpec
 
 #: the score of a pair whose query or reference cannot be read (below every score given)
 UNSCORED = -2.0
+PREFETCH_MODES = ("auto", "on", "off")
 FIRST_VIEWS = ("whole", "left", "right", "vcenter")
 
 
@@ -66,15 +72,26 @@ def best_only_scores(query_codes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.where(keep, scores, np.asarray(scores, np.float64) - 1.0)
 
 
+def _at_least(need: tuple[int, int], w: int, h: int) -> tuple[int, int]:
+    return need
+
+
 class _Halves:
     """The matcher's preprocessing of one image: its halves (:func:`~imsim_lab.train.pairvit.pair_half`),
     of each of ``views`` (stacked, (v, h, w, 3)) or of the whole image ((h, w, 3)). A grayscale classifier
     asks for JPEGs decoded straight to luma (``decode_mode``, :func:`imsim_lab.features.dataset.read_image`):
-    the chroma planes are neither decoded nor converted."""
+    the chroma planes are neither decoded nor converted. With ``reduced`` a JPEG is decoded at the smallest
+    DCT scale from which every view is still reduced to its half (``decode_size``,
+    :func:`~imsim_lab.features.views.parent_size_for`): a 640 x 480 photo is decoded at 160 x 120 for
+    112 x 56 halves, in full for the published 224 x 112."""
 
-    def __init__(self, config, views=None):
+    def __init__(self, config, views=None, reduced: bool = True):
         self.config, self.views = config, views
         self.decode_mode = "L" if config.gray else "RGB"
+        if reduced:
+            from ..features.views import WHOLE, parent_size_for
+
+            self.decode_size = partial(_at_least, parent_size_for(views or [WHOLE], config.width, config.height))
 
     def __call__(self, img):
         from ..train.pairvit import pair_half
@@ -82,6 +99,23 @@ class _Halves:
         if self.views is None:
             return pair_half(img, self.config)
         return np.stack([pair_half(apply_view(img, v), self.config) for v in self.views])
+
+
+class _Tally:
+    """What :meth:`PairViTMatcher.score` fills chunk by chunk: per pair (first score, per-view scores,
+    final score, re-scored, valid) and the run's counts (seconds per stage, images decoded, failures by
+    id, classifier pairs)."""
+
+    def __init__(self, n: int, views: int):
+        self.first = np.full(n, np.nan)
+        self.per_view = np.full((n, views), np.nan)
+        self.final = np.full(n, UNSCORED)
+        self.rescored = np.zeros(n, bool)
+        self.valid = np.zeros(n, bool)
+        self.seconds = {"decode": 0.0, "decode_work": 0.0, "first": 0.0, "rescore": 0.0}
+        self.decoded = {"query": 0, "reference": 0}
+        self.failed: dict = {"query": {}, "reference": {}}
+        self.forwards = 0
 
 
 @MATCHERS.register("pairvit")
@@ -102,13 +136,18 @@ class PairViTMatcher(Matcher):
         query_chunk: queries whose images are decoded together: memory is about (8 views x queries +
             their references) x height x width x 3 bytes (64 queries of 100 candidates at 224 x 112: 0.5 GB).
         threads: decoding threads.
+        prefetch: ``auto`` (on with CUDA, off on a CPU), ``on`` or ``off``: decode the next query chunk
+            while the current one is scored (two chunks in memory instead of one).
+        reduced_decode: decode each JPEG at the smallest scale its halves need (see ``_Halves``); ``False``
+            decodes every image in full (the training images are decoded in full).
     """
 
     def __init__(self, weights_path="", backbone: str = "vit_large_patch16_224", height: int = 224, width: int = 112,
                  gray: bool = True, depth: int | None = None, embed_dim: int | None = None,
                  num_heads: int | None = None, top: int = 100, first_views: Sequence[str] | str = FIRST_VIEWS,
                  views: str = "pairvit_query", best_only: bool = True, batch_size: int = 64, amp: str = "auto",
-                 query_chunk: int = 64, threads: int = 2, patch_size: int | None = None):
+                 query_chunk: int = 64, threads: int = 2, patch_size: int | None = None, prefetch: str = "auto",
+                 reduced_decode: bool = True):
         from ..train.pairvit import PairViTConfig
 
         self.paths = _paths(weights_path)
@@ -126,6 +165,9 @@ class PairViTMatcher(Matcher):
             raise ImsimError("pairvit: top, batch_size and query_chunk must be >= 1")
         self.top, self.best_only, self.batch_size = int(top), bool(best_only), int(batch_size)
         self.amp, self.query_chunk, self.threads = amp, int(query_chunk), max(1, int(threads))
+        if prefetch not in PREFETCH_MODES:
+            raise ImsimError(f"pairvit: prefetch must be one of {', '.join(PREFETCH_MODES)}, not {prefetch!r}")
+        self.prefetch, self.reduced_decode = prefetch, bool(reduced_decode)
 
     # -- the classifier over indexed pairs ----------------------------------------------------------
 
@@ -176,11 +218,66 @@ class PairViTMatcher(Matcher):
         failed = {str(ids[i]): err for i, arr, err in got if err is not None}
         return [arr for _, arr, _ in got], failed
 
-    def _query_views(self, img):
-        return _Halves(self.config, self.views)(img)
+    def _load_chunk(self, ctx: MatchContext, cq: np.ndarray, cr: np.ndarray) -> dict:
+        """Decode the queries ``cq`` (all their views) and the references ``cr`` of one chunk: stacked
+        uint8 arrays (a failed image is a black one, marked in ``qok``/``rok``) and the failures by id."""
+        t = time.perf_counter()
+        nv, h, w = len(self.views), self.config.height, self.config.width
+        qarr, qfail = self._decode(ctx.queries, cq, _Halves(self.config, self.views, self.reduced_decode))
+        rarr, rfail = self._decode(ctx.references, cr, _Halves(self.config, None, self.reduced_decode))
+        return {"cq": cq, "cr": cr, "qfail": qfail, "rfail": rfail,
+                "qok": np.array([a is not None for a in qarr], bool), "rok": np.array([a is not None for a in rarr], bool),
+                "q": np.concatenate([a if a is not None else np.zeros((nv, h, w, 3), np.uint8) for a in qarr]),
+                "r": np.stack([a if a is not None else np.zeros((h, w, 3), np.uint8) for a in rarr]),
+                "seconds": time.perf_counter() - t}
 
-    def _reference(self, img):
-        return _Halves(self.config)(img)
+    def _score_chunk(self, models, device, got: dict, chunk: np.ndarray, c0: int, qc: np.ndarray, rids: np.ndarray,
+                     st: "_Tally", t: float) -> None:
+        """Score the pairs ``chunk`` (indices into the pairs) of one decoded chunk ``got`` into ``st``:
+        first pass, then the top pairs of each query with every view. ``t``: when the chunk was asked for
+        (the wait for its images is ``seconds["decode"]``; the decoding itself ``seconds["decode_work"]``)."""
+        import torch
+
+        nv = len(self.views)
+        first, per_view, final, seconds = st.first, st.per_view, st.final, st.seconds
+        decoded, failed = st.decoded, st.failed
+        decoded["query"] += len(got["cq"])
+        decoded["reference"] += len(got["cr"])
+        failed["query"].update(got["qfail"])
+        failed["reference"].update(got["rfail"])
+        # channels first once per image, not once per pair
+        qv = torch.from_numpy(got["q"]).to(device).permute(0, 3, 1, 2).contiguous()
+        rv = torch.from_numpy(got["r"]).to(device).permute(0, 3, 1, 2).contiguous()
+        q_local = qc[chunk] - c0
+        r_local = np.searchsorted(got["cr"], rids[chunk])
+        ok = got["qok"][q_local] & got["rok"][r_local]
+        st.valid[chunk] = ok
+        seconds["decode"] += time.perf_counter() - t
+        seconds["decode_work"] += got["seconds"]
+        # first pass: mean over models per view, max over the first views
+        t = time.perf_counter()
+        sel = chunk[ok]
+        nf = len(self.first)
+        rr = np.repeat(r_local[ok], nf)
+        qq = (np.repeat(q_local[ok], nf) * nv + np.tile(self.first, len(sel)))
+        s = self.forward(models, rv, qv, rr, qq, device).mean(1).reshape(len(sel), nf)
+        st.forwards += len(rr) * len(models)
+        first[sel] = s.max(1)
+        seconds["first"] += time.perf_counter() - t
+        # re-scoring of the top pairs: max over all views per model, mean over models
+        t = time.perf_counter()
+        keep, _ = top_per_query(qc[chunk], np.nan_to_num(first[chunk], nan=-np.inf), self.top, ok)
+        sel = chunk[keep]
+        rr = np.repeat(r_local[keep], nv)
+        qq = np.repeat(q_local[keep], nv) * nv + np.tile(np.arange(nv), len(sel))
+        s = self.forward(models, rv, qv, rr, qq, device).reshape(len(sel), nv, len(models))
+        st.forwards += len(rr) * len(models)
+        per_view[sel] = s.mean(2)
+        final[sel] = s.max(1).mean(1)
+        st.rescored[sel] = True
+        rest = chunk[ok & ~keep]
+        final[rest] = first[rest]
+        seconds["rescore"] += time.perf_counter() - t
 
     # -- scoring ----------------------------------------------------------------------------------------
 
@@ -203,69 +300,34 @@ class PairViTMatcher(Matcher):
         device = ctx.device or ("cuda" if torch.cuda.is_available() else "cpu")
         models = self.load(device)
         nv = len(self.views)
-        first = np.full(n, np.nan)
-        per_view = np.full((n, nv), np.nan)
-        final = np.full(n, UNSCORED)
-        rescored = np.zeros(n, bool)
-        valid = np.zeros(n, bool)
+        st = _Tally(n, nv)
         qu, qc = np.unique(qids, return_inverse=True)
-        seconds = {"decode": 0.0, "first": 0.0, "rescore": 0.0}
-        decoded = {"query": 0, "reference": 0}
-        failed: dict = {"query": {}, "reference": {}}
-        forwards = 0
         bar = ctx.bar("pair classifier", len(qu))
+        starts = list(range(0, len(qu), self.query_chunk))
+        chunk_refs = {c0: np.unique(rids[(qc >= c0) & (qc < c0 + self.query_chunk)]) for c0 in starts}
+        prefetch = self.prefetch == "on" or (self.prefetch == "auto" and device.startswith("cuda"))
+        pool = ThreadPoolExecutor(1, thread_name_prefix="imsim-pairvit") if prefetch and len(starts) > 1 else None
+        load = lambda c0: self._load_chunk(ctx, qu[c0:c0 + self.query_chunk], chunk_refs[c0])  # noqa: E731
         t_all = time.perf_counter()
-        for c0 in range(0, len(qu), self.query_chunk):
-            chunk = np.flatnonzero((qc >= c0) & (qc < c0 + self.query_chunk))
-            t = time.perf_counter()
-            cq = qu[c0:c0 + self.query_chunk]
-            cr = np.unique(rids[chunk])
-            qarr, qfail = self._decode(ctx.queries, cq, _Halves(self.config, self.views))
-            rarr, rfail = self._decode(ctx.references, cr, _Halves(self.config))
-            decoded["query"] += len(cq)
-            decoded["reference"] += len(cr)
-            failed["query"].update(qfail)
-            failed["reference"].update(rfail)
-            qok = np.array([a is not None for a in qarr])
-            rok = np.array([a is not None for a in rarr])
-            h, w = self.config.height, self.config.width
-            blank = np.zeros((h, w, 3), np.uint8)
-            qv = torch.from_numpy(np.concatenate([a if a is not None else np.zeros((nv, h, w, 3), np.uint8)
-                                                  for a in qarr])).to(device).permute(0, 3, 1, 2).contiguous()
-            rv = torch.from_numpy(np.stack([a if a is not None else blank for a in rarr])).to(device)
-            rv = rv.permute(0, 3, 1, 2).contiguous()  # channels first once per image, not once per pair
-            q_local = qc[chunk] - c0
-            r_local = np.searchsorted(cr, rids[chunk])
-            ok = qok[q_local] & rok[r_local]
-            valid[chunk] = ok
-            seconds["decode"] += time.perf_counter() - t
-            # first pass: mean over models per view, max over the first views
-            t = time.perf_counter()
-            sel = chunk[ok]
-            nf = len(self.first)
-            rr = np.repeat(r_local[ok], nf)
-            qq = (np.repeat(q_local[ok], nf) * nv + np.tile(self.first, len(sel)))
-            s = self.forward(models, rv, qv, rr, qq, device).mean(1).reshape(len(sel), nf)
-            forwards += len(rr) * len(models)
-            first[sel] = s.max(1)
-            seconds["first"] += time.perf_counter() - t
-            # re-scoring of the top pairs: max over all views per model, mean over models
-            t = time.perf_counter()
-            keep, _ = top_per_query(qc[chunk], np.nan_to_num(first[chunk], nan=-np.inf), self.top, ok)
-            sel = chunk[keep]
-            rr = np.repeat(r_local[keep], nv)
-            qq = np.repeat(q_local[keep], nv) * nv + np.tile(np.arange(nv), len(sel))
-            s = self.forward(models, rv, qv, rr, qq, device).reshape(len(sel), nv, len(models))
-            forwards += len(rr) * len(models)
-            per_view[sel] = s.mean(2)
-            final[sel] = s.max(1).mean(1)
-            rescored[sel] = True
-            rest = chunk[ok & ~keep]
-            final[rest] = first[rest]
-            seconds["rescore"] += time.perf_counter() - t
-            if bar:
-                bar(len(cq))
+        try:
+            ahead = pool.submit(load, starts[0]) if pool else None
+            for k, c0 in enumerate(starts):
+                chunk = np.flatnonzero((qc >= c0) & (qc < c0 + self.query_chunk))
+                t = time.perf_counter()
+                if pool:  # this chunk was decoded while the previous one was scored; start the next one
+                    got = ahead.result()
+                    ahead = pool.submit(load, starts[k + 1]) if k + 1 < len(starts) else None
+                else:
+                    got = load(c0)
+                self._score_chunk(models, device, got, chunk, c0, qc, rids, st, t)
+                if bar:
+                    bar(len(got["cq"]))
+        finally:
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)
         total = time.perf_counter() - t_all
+        first, per_view, final, rescored, valid = st.first, st.per_view, st.final, st.rescored, st.valid
+        seconds, decoded, failed, forwards = st.seconds, st.decoded, st.failed, st.forwards
         _, first_rank = top_per_query(qc, np.nan_to_num(first, nan=-np.inf), self.top, valid)
         if self.best_only:
             final = np.where(valid, best_only_scores(qc, np.where(valid, final, -np.inf)), UNSCORED)
@@ -276,7 +338,8 @@ class PairViTMatcher(Matcher):
         report = {
             "weights": self.paths, "models": len(models), "classifier": self.config.to_dict(),
             "layout": list(self.config.layout), "device": device, "top": self.top, "best_only": self.best_only,
-            "first_views": [names[k] for k in self.first], "views": names,
+            "first_views": [names[k] for k in self.first], "views": names, "prefetch": pool is not None,
+            "reduced_decode": self.reduced_decode,
             "pairs": n, "pairs_rescored": int(rescored.sum()), "pairs_unscored": int((~valid).sum()),
             "classifier_pairs": int(forwards),
             "classifier_pairs_per_query": round(forwards / max(len(qu), 1), 2),
@@ -297,7 +360,8 @@ METHODS.add("pairvit", MethodSpec(
             "backbone": "vit_large_patch16_224", "height": 224, "width": 112, "gray": True, "depth": None,
             "embed_dim": None, "num_heads": None, "top": 100, "first_views": list(FIRST_VIEWS),
             "views": "pairvit_query", "best_only": True, "batch_size": 64, "amp": "auto", "query_chunk": 64,
-            "threads": 2, "patch_size": None},
+            "threads": 2, "patch_size": None, "prefetch": "auto",
+            "reduced_decode": True},
     description="top-k candidates of a descriptor run rescored by a ViT pair classifier on [reference | query] "
                 "(each 224x112, grayscale): whole + vertical halves first, the top 100 per query again over 8 "
                 "query views (max over views, mean over models), best reference per query kept; give "
