@@ -5,6 +5,7 @@ classifier's forward pass alone on the same number of pairs, preloaded as input 
     .venv/bin/python benchmarks/bench_pairvit.py [--queries 16] [--refs 8] [--top 8] [--size 112x56]
                                                  [--depth 4] [--batch 32] [--threads 2] [--repeats 7]
                                                  [--prefetch auto|on|off] [--query-chunk 64] [--full-decode]
+                                                 [--device cpu|cuda]
 
 Target: the matcher keeps at least 90 % of the forward-only throughput (classifier pairs per second).
 Both are also given per CPU second of the process (``cpu_ratio``): on a shared machine wall time
@@ -15,7 +16,9 @@ the weights); images are synthetic JPEGs of DISC21-like sizes (long side 640) in
 workload has the method's shape: every candidate is re-scored (``top`` = candidates per query, as the
 published 100 of 100) and every candidate is a reference of its own, as at DISC21 scale where two queries
 of a chunk rarely share one: about one image decoded per 10 classifier pairs, as in a run. The matcher
-runs with the method's defaults (decoding threads, prefetch, query chunk) unless told otherwise. Both
+runs with the method's defaults (decoding threads, prefetch, query chunk) unless told otherwise.
+``--device cuda``: both sides on the GPU under the matcher's autocast (``amp=auto``), the forward's
+inputs preloaded there; the matcher then decodes the next chunk while the GPU scores the current one. Both
 sides run with the same torch threads, interleaved, and keep the best of ``--repeats`` passes; each
 round's own ratio (the matcher, then the forward pass, back to back) is printed with their median.
 """
@@ -53,18 +56,24 @@ def make_images(folder: Path, prefix: str, n: int, seed: int) -> list[Path]:
     return out
 
 
-def forward_only(net, cfg: PairViTConfig, n_pairs: int, batch: int, repeats: int = 3) -> tuple[float, float]:
-    """Classifier pairs per second on preloaded (batch, 3, h, 2w) inputs (sigmoid included): (per wall
-    second, per CPU second of the process), the best of ``repeats``."""
-    x = torch.randn(batch, 3, cfg.height, 2 * cfg.width)
-    with torch.inference_mode():
+def forward_only(net, cfg: PairViTConfig, n_pairs: int, batch: int, repeats: int = 3, device: str = "cpu",
+                 amp: str = "auto") -> tuple[float, float]:
+    """Classifier pairs per second on preloaded (batch, 3, h, 2w) inputs on ``device`` (sigmoid and the
+    copy of the scores to the host included, under the matcher's autocast): (per wall second, per CPU
+    second of the process), the best of ``repeats``."""
+    from imsim_lab.train.trainer import resolve_amp
+
+    dtype = resolve_amp(amp, device)
+    x = torch.randn(batch, 3, cfg.height, 2 * cfg.width, device=device)
+    with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=dtype or torch.float32,
+                                                enabled=dtype is not None):
         net(x[:2])  # warm-up
         best, best_cpu = 0.0, 0.0
         for _ in range(repeats):
             t, c = time.perf_counter(), time.process_time()
             done = 0
             while done < n_pairs:
-                torch.sigmoid(net(x[: min(batch, n_pairs - done)])).cpu().numpy()
+                torch.sigmoid(net(x[: min(batch, n_pairs - done)]).float()).cpu().numpy()
                 done += batch
             best = max(best, n_pairs / (time.perf_counter() - t))
             best_cpu = max(best_cpu, n_pairs / max(time.process_time() - c, 1e-9))
@@ -83,6 +92,7 @@ def main() -> None:
     ap.add_argument("--prefetch", choices=PREFETCH_MODES, default=DEFAULTS["prefetch"])
     ap.add_argument("--query-chunk", type=int, default=DEFAULTS["query_chunk"])
     ap.add_argument("--full-decode", action="store_true", help="decode every JPEG in full (reduced_decode=False)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the matcher's amp=auto on both sides)")
     ap.add_argument("--repeats", type=int, default=7, help="passes of each, interleaved (best kept, and the "
                                                            "median of the rounds' own ratios)")
     args = ap.parse_args()
@@ -90,6 +100,7 @@ def main() -> None:
     cfg = PairViTConfig("vit_tiny_patch16_224", h, w, depth=args.depth)
     torch.manual_seed(0)
     net = PairViT(cfg).eval()
+    device = args.device
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         weights = tmp / "weights.pt"
@@ -102,12 +113,13 @@ def main() -> None:
         pr = np.array(rids)[rng.permutation(len(rids))]  # each candidate a reference of its own
         pairs = CandidatePairs(pq, pr, rng.random(len(pq)), np.tile(np.arange(args.refs), len(qids)))
         ctx = MatchContext(ImageSource.files(qids, qp, "q"), ImageSource.files(rids, rp, "r"), tmp / "work",
-                           device="cpu")
+                           device=device)
         m = create_matcher("pairvit", {"weights_path": str(weights), "backbone": cfg.backbone, "height": h,
                                        "width": w, "depth": args.depth, "top": args.top, "batch_size": args.batch,
                                        "threads": args.threads, "prefetch": args.prefetch,
                                        "query_chunk": args.query_chunk, "reduced_decode": not args.full_decode})
         m.score(CandidatePairs(pq[:1], pr[:1], pairs.scores[:1], pairs.ranks[:1]), ctx)  # warm-up
+        net_dev = net.to(device)
         seconds, cpu_seconds, fwd_pps, fwd_cpu_pps = np.inf, np.inf, 0.0, 0.0
         rounds = []  # each round's own ratio: the matcher and the forward pass measured back to back
         for _ in range(args.repeats):  # interleaved, best of each: a loaded machine is noisy
@@ -116,7 +128,7 @@ def main() -> None:
             dt = time.perf_counter() - t
             seconds = min(seconds, dt)
             cpu_seconds = min(cpu_seconds, time.process_time() - c)
-            f, fc = forward_only(net, cfg, res.report["classifier_pairs"], args.batch, repeats=1)
+            f, fc = forward_only(net_dev, cfg, res.report["classifier_pairs"], args.batch, repeats=1, device=device)
             fwd_pps, fwd_cpu_pps = max(fwd_pps, f), max(fwd_cpu_pps, fc)
             rounds.append(res.report["classifier_pairs"] / dt / f)
     n_cls = res.report["classifier_pairs"]
@@ -133,7 +145,8 @@ def main() -> None:
                       "images_decoded_per_query": res.report["images_decoded_per_query"],
                       "seconds": res.report["seconds"], "prefetch": res.report["prefetch"],
                       "reduced_decode": res.report["reduced_decode"],
-                      "decoding_threads": args.threads, "torch_threads": torch.get_num_threads()}, indent=1))
+                      "decoding_threads": args.threads, "torch_threads": torch.get_num_threads(),
+                      "device": res.report["device"]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -245,6 +245,10 @@ EOF
     run_section "pytest gpu: pair ViT scoring and NT-Xent training (AMP)" 60 \
       "$PY" -m pytest -q -p no:xdist -p no:cacheprovider -m gpu -ra --tb=short --junitxml="$WORK/pytest_pairvit.xml" \
       tests/test_pairvit.py tests/test_pairvit_candidates.py
+    # re-scoring on CUDA (AMP, the next chunk decoded meanwhile) against the forward alone on the GPU
+    run_section "pair ViT re-scoring throughput on CUDA (bench_pairvit)" 60 --measured \
+      "$PY" benchmarks/bench_pairvit.py --device cuda --size 224x112 --depth 12 --batch 64 --queries 64 --refs 20 \
+      --top 20 --threads 8 --query-chunk 16 --repeats 3
   else
     not_run "pytest gpu: pair ViT scoring and NT-Xent training (AMP)" "torch sees no CUDA device"
   fi

@@ -1,0 +1,31 @@
+"""benchmarks/bench_pairvit.py runs end to end at toy size with the method's shape and defaults."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from imsim_lab.methods import get_method
+
+
+def _bench():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_pairvit.py"
+    spec = importlib.util.spec_from_file_location("bench_pairvit", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_runs_at_toy_size_with_the_methods_defaults(monkeypatch, capsys):
+    bench = _bench()
+    monkeypatch.setattr(sys, "argv", ["bench_pairvit", "--queries", "3", "--refs", "2", "--top", "2", "--size", "32x16",
+                                      "--depth", "1", "--batch", "4", "--repeats", "2", "--query-chunk", "2"])
+    bench.main()
+    out = json.loads(capsys.readouterr().out)
+    defaults = get_method("pairvit").params
+    # 3 queries x 2 candidates: 4 first views + 8 views each (every candidate re-scored), one model
+    assert out["pairs"] == 6 and out["classifier_pairs"] == 6 * (4 + 8)
+    assert out["decoding_threads"] == defaults["threads"] and out["reduced_decode"] is True
+    assert out["prefetch"] is False  # auto on a CPU
+    assert out["images_decoded_per_query"] == (3 + 6) / 3  # each candidate a reference of its own
+    assert len(out["ratio_rounds"]) == 2 and out["ratio"] > 0 and out["cpu_ratio"] > 0
