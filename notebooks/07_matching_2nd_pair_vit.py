@@ -447,10 +447,11 @@ display(cases)
 # what the table above says, interval included. Read it next to the two held-out AUCs of step 2. The one
 # that matters here is the **hard** one: the candidates are, by construction, the references the
 # descriptor finds most alike, so re-scoring must separate a copy from its look-alikes, not from random
-# images. Measured in `cpu` (one torch thread; 4 min 42 s at load 1.6-2.7, 7 min 8 s at load 3-5, the
-# same figures both times): AUC 0.694 [0.652, 0.735] with
+# images. Measured in `cpu` (one torch thread; 6 min 20 s at load 3.4-3.8 with two other jobs, after the
+# matcher began decoding each JPEG at the smallest scale its halves need): AUC 0.694 [0.652, 0.735] with
 # random negatives, 0.569 [0.520, 0.615] with hard ones (both above chance, the hard one barely), and
-# re-scoring + best only **lost** 0.101 µAP [−0.155, −0.057] against the candidates alone: a classifier
+# re-scoring + best only **lost** 0.100 µAP [−0.153, −0.056] against the candidates alone (0.101
+# [−0.155, −0.057] with every image decoded in full: the reduced decoding moved it by 0.001): a classifier
 # this weak on hard pairs reorders the candidates mostly at random, and its sigmoid scores are not
 # comparable across queries either (the calibration picture: 77 % of the true pairs sit at or below the
 # median best wrong pair after re-scoring, 92 % with best only, against 35 % for the descriptor's
