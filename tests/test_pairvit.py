@@ -178,6 +178,26 @@ def test_pair_input_from_channels_first_halves_is_the_same_tensor():
     assert a.is_contiguous() and torch.equal(a, b) and torch.allclose(a, want, atol=1e-5)
 
 
+def test_pixel_input_folds_the_normalisation_into_the_patch_embedding():
+    from imsim_lab.train.pairvit import PairViT, pixel_input
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    net = PairViT(cfg).eval()
+    raw = pixel_input(net)
+    g = torch.Generator().manual_seed(1)
+    r = torch.randint(0, 256, (5, 3, cfg.height, cfg.width), dtype=torch.uint8, generator=g)
+    q = torch.randint(0, 256, (5, 3, cfg.height, cfg.width), dtype=torch.uint8, generator=g)
+    with torch.no_grad():
+        want = net(pair_tensor(r, q, cfg, channels_first=True))
+        x = pair_tensor(r, q, cfg, channels_first=True, normalise=False)
+        assert x.min() >= 0 and x.max() <= 255 and x.max() > 1  # pixel values, not normalised
+        got = raw(x)
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(net(x), want, atol=1e-2)  # the original network on raw pixels differs
+    assert net.backbone.patch_embed.proj.weight.data_ptr() != raw.backbone.patch_embed.proj.weight.data_ptr()
+
+
 def test_patch_size_override_changes_the_token_grid_and_is_refused_across(tmp_path):
     net = PairViT(tiny_config(patch_size=8))
     assert tuple(net.backbone.patch_embed.grid_size) == (4, 4)

@@ -173,8 +173,9 @@ class PairViTMatcher(Matcher):
 
     def load(self, device: str):
         """The classifiers on ``device``, loaded once per matcher and device (a second ``score`` call
-        reuses them: building and reading a ViT costs more than scoring a small batch)."""
-        from ..train.pairvit import load_pairvit
+        reuses them: building and reading a ViT costs more than scoring a small batch), each taking pixel
+        values 0-255 (:func:`~imsim_lab.train.pairvit.pixel_input`: the normalisation is in its weights)."""
+        from ..train.pairvit import load_pairvit, pixel_input
 
         if not self.paths:
             raise ImsimError("pairvit: give the classifier's weights with -p weights_path=OUT/weights.pt "
@@ -182,7 +183,7 @@ class PairViTMatcher(Matcher):
         cache = self.__dict__.setdefault("_models", {})
         if device not in cache:
             cache.clear()
-            cache[device] = [load_pairvit(p, self.config, device) for p in self.paths]
+            cache[device] = [pixel_input(load_pairvit(p, self.config, device)) for p in self.paths]
         return cache[device]
 
     def forward(self, models, refs, qviews, r_rows: np.ndarray, q_rows: np.ndarray, device: str) -> np.ndarray:
@@ -203,7 +204,7 @@ class PairViTMatcher(Matcher):
                                                     enabled=amp is not None):
             for a in range(0, len(r_rows), self.batch_size):
                 x = pair_tensor(refs[ri[a:a + self.batch_size]], qviews[qi[a:a + self.batch_size]], self.config,
-                                channels_first=True)
+                                channels_first=True, normalise=False)
                 for m, net in enumerate(models):
                     out[a:a + len(x), m] = torch.sigmoid(net(x).float()).reshape(-1).cpu().numpy()
         return out

@@ -118,19 +118,22 @@ def pair_half(img, config: PairViTConfig) -> np.ndarray:
 
 
 def pair_tensor(refs: torch.Tensor, queries: torch.Tensor, config: PairViTConfig,
-                channels_first: bool = False) -> torch.Tensor:
+                channels_first: bool = False, normalise: bool = True) -> torch.Tensor:
     """(b, h, w, 3) uint8 references and queries -> (b, 3, h, 2w) float, normalised, reference left.
 
     ``channels_first``: the halves are already (b, 3, h, w) uint8 (a matcher permutes each decoded
     half once instead of once per pair). One allocation: each half is copied (uint8 -> float) straight
     into its side of the output, which is then normalised in place (``(x / 255 - mean) / std`` as one
-    multiply and one subtraction per channel)."""
+    multiply and one subtraction per channel). ``normalise=False``: the pixel values 0-255 as floats, the
+    input of :func:`pixel_input`'s copy of the classifier."""
     if not channels_first:
         refs, queries = refs.permute(0, 3, 1, 2), queries.permute(0, 3, 1, 2)
     b, _, h, w = refs.shape
     x = torch.empty((b, 3, h, w + queries.shape[3]), dtype=torch.float32, device=refs.device)
     x[..., :w].copy_(refs)
     x[..., w:].copy_(queries)
+    if not normalise:
+        return x
     std = torch.tensor(config.std, dtype=torch.float64)
     scale = (1.0 / (255.0 * std)).to(torch.float32).view(1, 3, 1, 1).to(x.device)
     shift = (torch.tensor(config.mean, dtype=torch.float64) / std).to(torch.float32).view(1, 3, 1, 1).to(x.device)
@@ -154,6 +157,34 @@ class PairViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+
+def pixel_input(net: PairViT) -> PairViT:
+    """A copy of ``net`` that takes pixel values 0-255 (``pair_tensor(..., normalise=False)``) and gives
+    the same logits: the input normalisation ``(x / 255 - mean) / std`` is a per-channel affine map, and the
+    ViT's first layer, the patch embedding, is a convolution without padding (one patch per stride), so the
+    map is folded into its weights and bias: ``W' = W s_c``, ``b' = b - sum_c,i,j W m_c / std_c`` with
+    ``s_c = 1 / (255 std_c)``. Same to float rounding; the matcher saves two passes over every batch."""
+    import copy
+
+    proj = net.backbone.patch_embed.proj
+    if tuple(proj.padding) != (0, 0) or getattr(net.backbone.patch_embed, "dynamic_img_pad", False):
+        raise PairViTError("pixel_input: the patch embedding pads its input; the normalisation cannot be folded")
+    out = copy.deepcopy(net)
+    p = out.backbone.patch_embed.proj
+    std = torch.tensor(net.config.std, dtype=torch.float64)
+    scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
+    shift = (torch.tensor(net.config.mean, dtype=torch.float64) / std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        w = p.weight.double()
+        bias = (p.bias.double() if p.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64))
+        bias = bias - (w * shift).sum(dim=(1, 2, 3))
+        p.weight.copy_((w * scale).to(p.weight.dtype))
+        if p.bias is None:
+            p.bias = torch.nn.Parameter(bias.to(p.weight.dtype))
+        else:
+            p.bias.copy_(bias.to(p.bias.dtype))
+    return out
 
 
 def _read_state(path: Path) -> dict:
