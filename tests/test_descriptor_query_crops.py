@@ -213,3 +213,28 @@ def test_the_robustness_suites_refuse_a_run_with_query_crops(bench, tmp_path, mo
     ctx = open_run(tmp_path / "run")
     with pytest.raises(RobustnessError, match="queries.crops"):
         evaluate_query_set(ctx, ["new"], ctx.xq[:1], ["R000000"], opts=_opts())
+
+
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available() and __import__("os").environ.get("IMSIM_REQUIRE_GPU") != "1",
+                           reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@_CUDA
+def test_the_crops_on_cuda_replace_the_same_rows_as_on_the_cpu(bench, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from imsim_lab.eval.formats import read_descriptors
+    from imsim_lab.runner import QUERY_CROPS, run_method
+
+    qids = _qids(bench)
+    _fake_detections(monkeypatch, dict(zip(qids, [0.97, 0.5, 0.9, 0.95, 0.1, 0.91])))
+    det = _detector(tmp_path / "det.pt")
+    over = {**BOT, "queries.crops": str(det)}
+    cpu = run_method("bot", bench, tmp_path / "cpu", over, opts=_opts())
+    gpu = run_method("bot", bench, tmp_path / "gpu", over, opts=replace(_opts(), device="cuda"))
+    assert gpu.config["query_crops"]["replaced"] == cpu.config["query_crops"]["replaced"] == 3
+    a, b = (np.load(tmp_path / d / QUERY_CROPS)["views"] for d in ("cpu", "gpu"))
+    assert np.array_equal(a, b)
+    xa, xb = (read_descriptors(tmp_path / d / "descriptors.h5").xq for d in ("cpu", "gpu"))
+    assert ((xa * xb).sum(1) > 0.98).all()  # the GPU embeds with autocast: close, not bit-identical
