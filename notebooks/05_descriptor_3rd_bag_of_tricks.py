@@ -79,6 +79,7 @@ from imsim_lab.features.models import create_model, get_config
 from imsim_lab.features.models.bot import BoTNet, MultiScalePreprocess, WaveBlock, scaled_scales
 from imsim_lab.features.models.weights import sha256_file
 from imsim_lab.features.query_crops import BOT_THRESHOLD, box_query_descriptors, detected_boxes
+from imsim_lab.features.views import View, apply_view
 from imsim_lab.features.store import load_features
 from imsim_lab.lessons import check_profile, contact_sheet, copy_pairs_sheet, evaluate_prepared, lesson_benchmark, query_halves, run_dir
 from imsim_lab.methods import get_method, prepare
@@ -505,7 +506,7 @@ for k in np.argsort(-np.where(replaced(LOW), det_conf, -1))[:4]:
     if has_rec[k]:
         d.rectangle(list(recorded[k] * [w, h, w, h]), outline="lime", width=3)
     d.rectangle(list(det_boxes[k] * [w, h, w, h]), outline="red", width=3)
-    pics += [shown_im, D.crop(im, det_boxes[k])]
+    pics += [shown_im, apply_view(im, View("detector", tuple(det_boxes[k])))]  # the view the library embeds
     caps += [f"{qids[k]} {fam_of.get(qids[k], '')} conf {det_conf[k]:.2f}", "the crop that replaces it"]
 if pics:
     display(contact_sheet(pics, caps, size=160, cols=4))
