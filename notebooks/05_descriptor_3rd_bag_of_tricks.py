@@ -633,7 +633,7 @@ if len(fam_crop):
 # 0.8, 20 pass 0.7, 126 pass 0.5; its box recall at IoU 0.5 is 0.006 at 0.90 and 0.38 at 0.5), so the
 # published threshold changes nothing here (Δ 0.0000). The threshold chosen on the tuning half, 0.7
 # (µAP 0.4630 against 0.4627 without the crop), replaces 20 queries and on the reporting half gives
-# 0.3655 against 0.3655: a difference of −3e-5, no practical change (the reporting half alone would
+# 0.3655 against 0.3655: a difference of −4.5e-5, no practical change (the reporting half alone would
 # have picked 0.6, at 0.3769). The recorded boxes say how much room there is: replacing the 170
 # queries that have one gives **+0.136 [+0.094, +0.187]** µAP on all queries and +0.683 [+0.541,
 # +0.817] on the target copies; per family `paste` +0.725 [+0.375, +1.000], `combine` +0.691,
