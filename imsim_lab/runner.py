@@ -111,6 +111,8 @@ def _stable(d: dict) -> dict:
         if d["candidates"].get("crops") is not None:  # the detector's crop as the query (which one decides)
             keys += ("crops", "crops_threshold", "crops_sha256")
         d["candidates"] = {k: v for k, v in d["candidates"].items() if k in keys}
+    if isinstance(d.get("query_crops"), dict):  # the detector's crop replaces the query: which checkpoint decides
+        d["query_crops"] = {k: v for k, v in d["query_crops"].items() if k in ("sha256", "threshold")}
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
 
@@ -140,6 +142,8 @@ def resolve_config(spec: MethodSpec, bench, overrides: dict | None, opts: RunOpt
         config |= {"post": spec.post, "model": mcfg.to_dict(), "model_args": model_args,
                    "model_fingerprint": mcfg.fingerprint(),
                    "weights": mcfg.weights if not mcfg.weights_path else f"path:{mcfg.weights_path}"}
+        if params.get("queries.crops"):  # Bag of Tricks: the overlay detector's crop replaces the query
+            config["query_crops"] = _query_crops_record(params)
     else:
         source = spec.candidate_source(params)
         cand = {**asdict(source), "run": None, **_candidate_model(source, opts)}
@@ -166,6 +170,20 @@ def _crops_record(source, cand: dict) -> dict:
         raise ImsimError(f"{source.crops}: overlay detector checkpoint not found (candidates.crops)")
     OverlayNet.load(source.crops)
     return {**cand, "crops_sha256": checkpoint_digest(source.crops)}
+
+
+def _query_crops_record(params: dict) -> dict:
+    """A descriptor method's ``queries.crops``: the detector checkpoint (resolved path), its sha256 and
+    the threshold; a checkpoint that is missing or of another shape: one line naming it, before the
+    run folder is written."""
+    from .features.detector import OverlayNet, checkpoint_digest
+
+    path = Path(params["queries.crops"])
+    if not path.is_file():
+        raise ImsimError(f"{path}: overlay detector checkpoint not found (queries.crops)")
+    OverlayNet.load(path)
+    return {"detector": str(path.resolve()), "sha256": checkpoint_digest(path),
+            "threshold": float(params["queries.crops_threshold"])}
 
 
 def _candidate_model(source, opts: RunOptions) -> dict:
@@ -414,9 +432,13 @@ def _descriptor_track(spec, bench, config, out, opts, progress, timings, images)
     model_args, params = config["model_args"], config["params"]
     fsets = extract_splits(spec, model_args, bench, out / "features", opts, progress, timings, images,
                            config["model_fingerprint"])
+    xq, crops = fsets["query"].x, {}
+    if config.get("query_crops"):  # Bag of Tricks: each query with a confident box is replaced by the crop
+        with _Phase(timings, "query_crops"):
+            xq, crops = _replace_queries_by_crops(spec, model_args, bench, config, fsets["query"], out, opts)
     with _Phase(timings, "postprocess"):
         xt = fsets["training"].x if "training" in fsets else None
-        prep = prepare(spec, fsets["query"].x, fsets["reference"].x, xt, params, opts.backend)
+        prep = prepare(spec, xq, fsets["reference"].x, xt, params, opts.backend)
     qids, rids = fsets["query"].ids, fsets["reference"].ids
     with _Phase(timings, "search"):
         preds = protocol_predictions(prep, qids, rids, bench.gt, opts)
@@ -428,7 +450,47 @@ def _descriptor_track(spec, bench, config, out, opts, progress, timings, images)
     if config["weights"] == "random" and spec.model not in ("gist", "pdq"):
         notes["weights"] = "RANDOM weights: figures are a floor, not the method's accuracy"
     failed = {n: len(fs.failed) for n, fs in fsets.items() if fs.failed}
-    return preds, descriptors, {"notes": notes, "failed_images": failed}
+    return preds, descriptors, {"notes": notes, "failed_images": failed, **crops}
+
+
+#: the run folder's record of which queries were replaced by their overlay crop (``queries.crops``)
+QUERY_CROPS = "query_crops.npz"
+
+
+def _replace_queries_by_crops(spec, model_args: dict, bench, config: dict, fq, out: Path, opts: RunOptions):
+    """The query descriptors of a descriptor run with ``queries.crops``: each query on which the
+    detector keeps a box over the threshold is replaced by the descriptor of its crop, made with the
+    run's own model and preprocessing (:func:`imsim_lab.features.query_crops.crop_query_descriptors`,
+    the one code path of the matching track's ``candidates.crops`` too). The crops' descriptors are
+    kept under the feature cache (keyed on the model's fingerprint, the storage dtype and the query
+    listing) or in ``RUN/query_crops/``; ``RUN/query_crops.npz`` lists each query's view and box.
+    Returns (xq, {"query_crops": the record with its report: queries, crops replaced, seconds})."""
+    from .atomic import atomic_write_npz
+    from .features.detector import OverlayNet, checkpoint_digest
+    from .features.models import create_model
+    from .features.query_crops import crop_query_descriptors
+
+    rec = dict(config["query_crops"])
+    path = Path(rec["detector"])
+    if not path.is_file():
+        raise ImsimError(f"{path}: overlay detector checkpoint not found (queries.crops)")
+    digest = checkpoint_digest(path)
+    if digest != rec["sha256"]:
+        raise ImsimError(f"{path}: the overlay detector checkpoint changed while the run started (sha256 differs)")
+    det = OverlayNet.load(path)
+    if opts.feature_cache:
+        folder = (Path(opts.feature_cache) / f"query_crops-{spec.model}-{config['model_fingerprint']}-"
+                  f"{opts.extract.dtype}" / (config.get("images") or {}).get("query", ""))
+    else:
+        folder = out / "query_crops"
+    model = create_model(spec.model, device=opts.device, **model_args)
+    ids = np.asarray(fq.ids).astype(str)
+    xq, views, boxes, report = crop_query_descriptors(model, det, digest, rec["threshold"],
+                                                      bench_images(bench, config, "query"), ids, fq.x, folder,
+                                                      opts.extract)
+    atomic_write_npz(out / QUERY_CROPS, query_ids=ids, views=views, boxes=boxes)
+    report = {k: v for k, v in report.items() if k not in ("sha256", "threshold")}
+    return xq, {"query_crops": {**rec, "replaced": report["crops"], "report": {**report, "cache": str(folder)}}}
 
 
 def _link_split(src: Path, dst: Path, name: str) -> None:

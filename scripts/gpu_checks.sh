@@ -290,6 +290,14 @@ EOF
     not_run "pytest gpu: Bag of Tricks training" "torch sees no CUDA device"
   fi
 
+  if ((CUDA > 0)); then  # Bag of Tricks (issue 13): the overlay crop of the queries (queries.crops) embedded on CUDA
+    run_section "pytest gpu: Bag of Tricks query crops on CUDA" 60 \
+      "$PY" -m pytest -q -p no:xdist -p no:cacheprovider -m gpu -ra --tb=short --junitxml="$WORK/pytest_bot_crops.xml" \
+      tests/test_descriptor_query_crops.py
+  else
+    not_run "pytest gpu: Bag of Tricks query crops" "torch sees no CUDA device"
+  fi
+
   if ((CUDA > 0)); then
     local models=(resnet50)
     ((SSCD_ONNX)) && models+=(sscd)

@@ -185,6 +185,9 @@ def evaluate_query_set(ctx: RunContext, qids: Sequence[str], xq: np.ndarray, tru
     if ctx.spec.track == "matching":
         preds = _matching_predictions(ctx, q_new, x_new, set(map(str, did)), images, work, opts)
     else:
+        if ctx.config.get("query_crops"):  # the new queries would need the detector's crops as well: not made here
+            raise RobustnessError(f"{ctx.path}: a run with queries.crops (the overlay crop replaces the query) cannot "
+                                  "be re-evaluated by the robustness suites; run one without it")
         prep = prepare(ctx.spec, np.concatenate([x_new, dx]), ctx.xb, ctx.xt, ctx.params, opts.backend)
         preds = protocol_predictions(prep, allq, ctx.rids.astype(object), gt, opts)
     metrics = evaluate_protocols(gt, preds)

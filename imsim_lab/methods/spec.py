@@ -28,6 +28,31 @@ CANDIDATE_KEYS = ("candidates.method", "candidates.k", "candidates.budget")
 ALL = "all"
 #: candidate-source parameters a matching method may leave out (their default keeps the plain k-NN)
 OPTIONAL_CANDIDATE_KEYS = ("candidates.views", "candidates.crops", "candidates.crops_threshold")
+#: parameters any descriptor method may take, left out of its configuration unless ``queries.crops`` is set:
+#: an overlay detector checkpoint whose crop replaces each query it finds a box on at the confidence
+#: ``queries.crops_threshold`` (Bag of Tricks' test pipeline, :mod:`imsim_lab.features.query_crops`)
+OPTIONAL_QUERY_KEYS = ("queries.crops", "queries.crops_threshold")
+
+
+def query_crops_params(params: dict) -> dict:
+    """``params`` of a descriptor method with ``queries.crops`` checked: without a detector (None or
+    empty) both keys are dropped (the configuration is a plain run's); with one, the threshold
+    defaults to :data:`~imsim_lab.features.query_crops.BOT_THRESHOLD` (0.90) and must be in [0, 1)."""
+    from ..features.query_crops import BOT_THRESHOLD
+
+    out = dict(params)
+    det = out.get("queries.crops")
+    if det is None or det == "":
+        out.pop("queries.crops", None)
+        out.pop("queries.crops_threshold", None)
+        return out
+    if not isinstance(det, str):
+        raise ValueError(f"queries.crops must be an overlay detector checkpoint path, not {det!r}")
+    t = out.setdefault("queries.crops_threshold", BOT_THRESHOLD)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) < 1.0:
+        raise ValueError(f"queries.crops_threshold must be a confidence in [0, 1), not {t!r}")
+    out["queries.crops_threshold"] = float(t)
+    return out
 
 
 @dataclass(frozen=True)
@@ -125,6 +150,7 @@ class MethodSpec:
         matcher: matching track: the matcher name in :data:`~imsim_lab.methods.matchers.MATCHERS`.
         params: default parameters (overridable per run): the post-processing's, or for a matching
             method the matcher's plus ``candidates.method``, ``candidates.k``, ``candidates.budget``.
+            Any descriptor method also takes :data:`OPTIONAL_QUERY_KEYS` (the overlay crop as the query).
         needs_training: extract the training split (background set) too.
         description, paper: for ``imsim-lab methods``.
     """
@@ -161,7 +187,8 @@ class MethodSpec:
         for k, v in (overrides or {}).items():
             if k.startswith("model.") and self.track == "descriptor":
                 model_args[k[len("model."):]] = v
-            elif k in params or (self.track == "matching" and k in OPTIONAL_CANDIDATE_KEYS):
+            elif k in params or (self.track == "matching" and k in OPTIONAL_CANDIDATE_KEYS) \
+                    or (self.track == "descriptor" and k in OPTIONAL_QUERY_KEYS):
                 params[k] = v
             else:
                 known = sorted(params) + (["model.<setting>"] if self.track == "descriptor" else [])
@@ -170,6 +197,8 @@ class MethodSpec:
                 raise KeyError(f"method {self.name!r} has no parameter {k!r}{hint}; parameters: {', '.join(known)}")
         if self.track == "matching":
             CandidateSource.from_params(params)
+        else:
+            params = query_crops_params(params)
         return model_args, params
 
     def candidate_source(self, params: dict | None = None) -> CandidateSource:
