@@ -39,8 +39,9 @@
 #
 # **What it costs** (measured, `notebooks/README.md`): `smoke` about a minute; `cpu` (a ResNet-18
 # trained **from random weights** and from a short Barlow Twins pretraining, at 64 px, on the
-# `small` benchmark) at most 15 minutes on 2 cores, of which the overlay crop (training the small
-# detector, detecting, embedding the crops, the threshold sweep and two runs) about 35 CPU s;
+# `small` benchmark) at most 15 minutes on 2 cores (measured: 9 min 54 s with one torch thread at load
+# 1.2-2.6, 667 CPU s), of which the overlay crop (training the small detector, detecting, embedding the
+# crops, the threshold sweep and two runs) about 35 CPU s;
 # `full` (the published recipe on DISC21, 4 GPUs) not run here: its commands are printed and tested
 # at toy size.
 
