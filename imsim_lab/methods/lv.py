@@ -496,7 +496,9 @@ def specialist_backbone(folder: str) -> tuple[str, dict]:
     if not weights.is_file():
         raise ImsimError(f"{weights}: weights file of specialist {p} not found (the training has not finished)")
     mc = model_config(bc)
-    args = {"backbone": bc.backbone, "input_size": bc.size, "waveblock": bc.waveblock,
+    # embedded at the training size, one scale (D2LV's test at its 256-px training size): the
+    # descriptors' resize follows ``scales``, not ``input_size`` (features/models/bot.py)
+    args = {"backbone": bc.backbone, "input_size": bc.size, "scales": [bc.size], "waveblock": bc.waveblock,
             "weights_path": str(weights.resolve()), "weights_sha256": sha256_file(weights)}
     if variant == "d2lv":
         args["dim"] = int(mc.dim)
@@ -556,10 +558,13 @@ def _scale_args(model_name: str, args: dict, scale: int | None) -> dict:
 
     if scale is None:
         return {}
-    rule = get_config(model_name, **args).resize
-    key = {"square": "input_size", "short_side": "short_side", "long_side": "long_side"}.get(rule)
+    cfg = get_config(model_name, **args)
+    key = {"square": "input_size", "short_side": "short_side", "long_side": "long_side"}.get(cfg.resize)
     if key is None:
-        raise ImsimError(f"lv: scales= needs a model that resizes its input; {model_name!r} has resize {rule!r}")
+        raise ImsimError(f"lv: scales= needs a model that resizes its input; {model_name!r} has resize {cfg.resize!r}")
+    if "scales" in cfg.extra:
+        # BoT / D2LV descriptors resize to each of their own ``scales`` (features/models/bot.py)
+        return {key: int(scale), "scales": [int(scale)]}
     return {key: int(scale)}
 
 
