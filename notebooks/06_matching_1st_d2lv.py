@@ -48,9 +48,9 @@
 # tests run it; figures are not measurements); `cpu` on the `small` benchmark at most 15 minutes on
 # 2 cores, with the views embedded at a **short side of 112 pixels** instead of SSCD's 288 and **3
 # candidates per query** (D2LV searches all references: here local verification re-scores the SSCD
-# candidates); measured 9 min 58 s at load 2.6-3.9 with one torch thread from an empty results
-# folder (`small` built), of which the specialists step (three toy trainings, four `lv` runs) took
-# 243 CPU seconds; `full` is DISC21 on GPUs, not run here.
+# candidates); measured 9 min 58 s at load 2.6-3.9 and 7 min 57 s at load up to 2.6 with one torch
+# thread from an empty results folder (`small` built), of which the specialists step (three toy
+# trainings, four `lv` runs) took 243 and 259 CPU seconds; `full` is DISC21 on GPUs, not run here.
 
 # %% tags=["parameters"]
 profile = "smoke"        # "smoke" | "cpu" | "full"
