@@ -355,7 +355,10 @@ class LocalVerification(Matcher):
             directions = self.config.directions if scale is None else ("aq_or",)
             rv = ref_views if scale is None else "identity"
             qsets, rsets, tsets = [], [], []
-            for label, model_name, args in self.backbones:
+            # only the members of a set that searches OQ+AR embed the reference splits (D2LV's
+            # specialists search AQ+OR: their references are the whole images)
+            splits = [any(i in m and "oq_ar" in dd for _, m, dd in self.sets) for i in range(len(self.backbones))]
+            for i, (label, model_name, args) in enumerate(self.backbones):
                 btag = label if scale is None else f"{label}@{scale}"
                 model = create_model(model_name, device=ctx.device, **{**args, **_scale_args(model_name, args, scale)})
                 t, c = time.perf_counter(), _cpu()
@@ -364,7 +367,7 @@ class LocalVerification(Matcher):
                 seconds[f"extract_query_{btag}"], cpu[f"extract_query_{btag}"] = time.perf_counter() - t, _cpu() - c
                 t, c = time.perf_counter(), _cpu()
                 rparts = [("identity", ViewConfig(("identity",), self.min_side))]
-                if rv != "identity":
+                if rv != "identity" and splits[i]:
                     rparts.append((rv, lambda pid, size, rv=rv: [x for x in make_views(rv, size) if not x.is_whole]))
                 rs = _concat([self._extract(model, ctx.references, rids, gen, rsizes, rfolder, {"views": name}, config)
                               for name, gen in rparts])
@@ -392,7 +395,8 @@ class LocalVerification(Matcher):
                                      "reference_bytes": int(np.asarray(rs.x).nbytes),
                                      "skipped_query_views": qs.skipped, "skipped_reference_views": rs.skipped})
             t, c = time.perf_counter(), _cpu()
-            qtab, rtab = qsets[0], rsets[0]
+            # the reference table: a backbone that embeds the splits (the others' split rows are NaN, unused)
+            qtab, rtab = qsets[0], max(rsets, key=len)
             xq, xr = [_aligned(qtab, x) for x in qsets], [_aligned(rtab, x) for x in rsets]
             bq = br = None
             if norm is not None:
@@ -496,7 +500,9 @@ def specialist_backbone(folder: str) -> tuple[str, dict]:
     if not weights.is_file():
         raise ImsimError(f"{weights}: weights file of specialist {p} not found (the training has not finished)")
     mc = model_config(bc)
-    args = {"backbone": bc.backbone, "input_size": bc.size, "waveblock": bc.waveblock,
+    # embedded at the training size, one scale (D2LV's test at its 256-px training size): the
+    # descriptors' resize follows ``scales``, not ``input_size`` (features/models/bot.py)
+    args = {"backbone": bc.backbone, "input_size": bc.size, "scales": [bc.size], "waveblock": bc.waveblock,
             "weights_path": str(weights.resolve()), "weights_sha256": sha256_file(weights)}
     if variant == "d2lv":
         args["dim"] = int(mc.dim)
@@ -556,10 +562,13 @@ def _scale_args(model_name: str, args: dict, scale: int | None) -> dict:
 
     if scale is None:
         return {}
-    rule = get_config(model_name, **args).resize
-    key = {"square": "input_size", "short_side": "short_side", "long_side": "long_side"}.get(rule)
+    cfg = get_config(model_name, **args)
+    key = {"square": "input_size", "short_side": "short_side", "long_side": "long_side"}.get(cfg.resize)
     if key is None:
-        raise ImsimError(f"lv: scales= needs a model that resizes its input; {model_name!r} has resize {rule!r}")
+        raise ImsimError(f"lv: scales= needs a model that resizes its input; {model_name!r} has resize {cfg.resize!r}")
+    if "scales" in cfg.extra:
+        # BoT / D2LV descriptors resize to each of their own ``scales`` (features/models/bot.py)
+        return {key: int(scale), "scales": [int(scale)]}
     return {key: int(scale)}
 
 
