@@ -29,3 +29,4 @@ def test_runs_at_toy_size_with_the_methods_defaults(monkeypatch, capsys):
     assert out["prefetch"] is False  # auto on a CPU
     assert out["images_decoded_per_query"] == (3 + 6) / 3  # each candidate a reference of its own
     assert len(out["ratio_rounds"]) == 2 and out["ratio"] > 0 and out["cpu_ratio"] > 0
+    assert 0 < out["bound_same_cores"] < 1 and out["decode_alone_seconds"] > 0
