@@ -41,16 +41,17 @@
 # * the specialists: a baseline model and a grayscale and a blur specialist trained here, each
 #   alone and the three sets united as D2LV unites them, per family with paired intervals (does a
 #   specialist help on its own family?), and the published loop of 33 models as commands;
-# * what the published pipeline adds that is not here (selective search and score normalisation in
-#   these runs, 30 more models) and what it costs at DISC21 scale.
+# * what the published pipeline adds that is not here (score normalisation in these runs, 30 more
+#   models) and what it costs at DISC21 scale.
 #
 # **What it costs** (measured, `notebooks/README.md`): `smoke` about two minutes on 2 cores (the
 # tests run it; figures are not measurements); `cpu` on the `small` benchmark at most 15 minutes on
 # 2 cores, with the views embedded at a **short side of 112 pixels** instead of SSCD's 288 and **3
 # candidates per query** (D2LV searches all references: here local verification re-scores the SSCD
-# candidates); measured 9 min 58 s at load 2.6-3.9 and 7 min 57 s at load up to 2.6 with one torch
-# thread from an empty results folder (`small` built), of which the specialists step (three toy
-# trainings, four `lv` runs) took 243 and 259 CPU seconds; `full` is DISC21 on GPUs, not run here.
+# candidates); measured 8 min 23 s at load 1.0-1.7 (673 CPU s) with one torch thread from an empty
+# results folder (`small` built), selective search in Step 5 included; before that step 9 min 58 s at
+# load 2.6-3.9 and 7 min 57 s at load up to 2.6, of which the specialists step (three toy trainings,
+# four `lv` runs) took 243 and 259 CPU seconds; `full` is DISC21 on GPUs, not run here.
 
 # %% tags=["parameters"]
 profile = "smoke"        # "smoke" | "cpu" | "full"
@@ -253,7 +254,9 @@ display(cand[cand.is_true].groupby("family").direction.value_counts().unstack(fi
 # adds the recorded box of the source in each disc-synth query: the upper bound of any overlay detector.
 # The detector row adds the boxes of a trained one instead (D2LV ran YOLOv5 at confidence 0.1): the
 # small overlay detector of lesson 08 (`imsim_lab.features.detector`, its settings), trained here on
-# composites of the training images only.
+# composites of the training images only. The last row adds D2LV's selective-search proposals (regions of
+# at least 2,000 pixels, aspect ratio at most 2, NMS at IoU 0.5, up to 10 per query; OpenCV's fast mode,
+# `imsim_lab.features.proposals`) to the query views.
 
 # %%
 t = time.perf_counter()
@@ -277,6 +280,10 @@ variants = {
     "whole only": {"query_views": [], "directions": ["aq_or"]},
     "+ oracle overlay boxes (upper bound)": {"oracle": str(bench.root)},
     "+ trained detector boxes": {"detector": str(det_path)},
+    # D2LV's selective-search proposals (OpenCV's fast mode), on the query resized to a long side of 160
+    # px here (256 by default: 0.16 CPU s per query against 0.06 at 160, about the same boxes)
+    "+ selective search proposals": {"query_views": ["rotations", "center", "halves", "selective_search"],
+                                     "selective_search_side": 160},
 }
 for label, over in variants.items():
     out, _ = lv("sscd_lv_" + "".join(c if c.isalnum() else "_" for c in label.lower())[:40], **over)
@@ -539,9 +546,9 @@ if pics:
 # * Here: one or two released descriptors for Steps 2-8 and, in Step 9, three toy models trained
 #   from random weights (ResNet-18, 48 px, 48 steps: baseline, grayscale, blur) instead of 33,
 #   1,000 references, 3 candidates per query from SSCD (local verification cannot find a reference
-#   SSCD did not propose), views at a short side of 112 pixels, neither selective search nor score
-#   normalisation (the `selective_search` view family and `score_norm` came after the recorded
-#   figures; see `imsim_lab/methods/lv.py`). With a thousand references the global descriptor
+#   SSCD did not propose), views at a short side of 112 pixels, selective search on the query at a long
+#   side of 160 pixels (its own step in Step 5), no score normalisation (`score_norm` came after the
+#   recorded figures; see `imsim_lab/methods/lv.py`). With a thousand references the global descriptor
 #   already ranks most copies first (R@1 0.92 for SSCD on `small`), so the room for a gain is the
 #   calibration across queries.
 #   In the `cpu` run recorded in `notebooks/README.md` that is where the gain went: +0.042 µAP

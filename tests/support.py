@@ -12,7 +12,9 @@ other. The fixtures built from these helpers live in ``tests/conftest.py``.
 * :func:`scored_predictions`: every (query, reference) pair scored with noise;
 * :class:`Streamed`: a model wrapper that takes the CPU-streams extraction path;
 * :func:`make_robust_bench`, :func:`make_runs`, :data:`FAST`, :data:`SMALL_MODEL`: the minimal
-  benchmark and the two ``timm_random`` runs of the robustness suites.
+  benchmark and the two ``timm_random`` runs of the robustness suites;
+* :func:`lv_scene`: six candidate pairs of a benchmark, their match context and ``d2lv``'s parameters
+  cut to one query view (the specialists' tests).
 """
 
 from __future__ import annotations
@@ -275,3 +277,23 @@ def app(monkeypatch, runs_dir, page, timeout: float = 120, **params):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def lv_scene(bench_root: Path, work: Path):
+    """(pairs, ctx, params): the first six queries paired with the first six references of the
+    benchmark at ``bench_root``, a match context with the training images, and ``d2lv``'s parameters
+    with only the centre query view, no budget and 8-px minimum sides."""
+    import numpy as np
+
+    from imsim_lab.data.benchmark import load_benchmark
+    from imsim_lab.methods import CandidatePairs, MatchContext, get_method
+    from imsim_lab.runner import bench_images
+
+    bench = load_benchmark(bench_root)
+    q, r = bench.query_ids[:6], bench.reference_ids[:6]
+    pairs = CandidatePairs(np.array(q), np.array(r), np.linspace(0, 1, 6), np.zeros(6, np.int64))
+    ctx = MatchContext(bench_images(bench, {}, "query"), bench_images(bench, {}, "reference"), work,
+                       training=bench_images(bench, {}, "training"))
+    params = {**get_method("d2lv").params, "query_views": ["center"], "budget_per_query": None, "min_side": 8,
+              "min_query_side": 8}
+    return pairs, ctx, params

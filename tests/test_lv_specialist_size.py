@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from imsim_lab.cli import main
+from support import lv_scene
 
 
 def test_specialist_and_extra_scales_embed_at_their_own_size(tiny_bench, tmp_path):
@@ -33,9 +34,7 @@ def test_specialist_and_extra_scales_embed_at_their_own_size(tiny_bench, tmp_pat
 def test_only_the_sets_that_search_oq_ar_embed_the_reference_splits(tiny_bench, tmp_path):
     """D2LV's specialists search AQ+OR only: their references are embedded whole, the baseline's
     19 splits are embedded for the baseline set alone, and the union is still the max of the sets."""
-    from imsim_lab.data.benchmark import load_benchmark
-    from imsim_lab.methods import CandidatePairs, MatchContext, create_matcher, get_method
-    from imsim_lab.runner import bench_images
+    from imsim_lab.methods import create_matcher
 
     dirs = {}
     for name in ("baseline", "grayscale"):
@@ -43,13 +42,9 @@ def test_only_the_sets_that_search_oq_ar_embed_the_reference_splits(tiny_bench, 
         assert main(["train", "d2lv", "--bench", str(tiny_bench), "--out", dirs[name], "--backbone", "test_resnet",
                      "--size", "32", "--k", "2", "--batch-size", "4", "--workers", "0", "--max-steps", "1",
                      "--specialist", name, "--device", "cpu", "--json"]) == 0
-    bench = load_benchmark(tiny_bench)
-    q, r = bench.query_ids[:6], bench.reference_ids[:6]
-    pairs = CandidatePairs(np.array(q), np.array(r), np.linspace(0, 1, 6), np.zeros(6, np.int64))
-    ctx = MatchContext(bench_images(bench, {}, "query"), bench_images(bench, {}, "reference"), tmp_path / "w",
-                       training=bench_images(bench, {}, "training"))
-    base = {**get_method("d2lv").params, "query_views": ["center"], "budget_per_query": None, "min_side": 8,
-            "min_query_side": 8, "score_norm": False}
+    pairs, ctx, base = lv_scene(tiny_bench, tmp_path / "w")
+    base["score_norm"] = False
+    r = pairs.reference_ids
     both = create_matcher("lv", {**base, "specialists": {k: [v] for k, v in dirs.items()}}).score(pairs, ctx)
     per = {b["backbone"].split(":")[0]: b for b in both.report["backbones"]}
     assert per["grayscale"]["reference_views"] == len(r)            # the whole references only

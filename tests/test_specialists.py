@@ -103,18 +103,11 @@ def test_train_d2lv_specialist_is_recorded_and_bad_names_exit_2(trained, tiny_be
 
 
 def test_d2lv_combines_the_specialists_as_the_max_over_sets(trained, tiny_bench, tmp_path):
-    from imsim_lab.data.benchmark import load_benchmark
     from imsim_lab.errors import ImsimError
-    from imsim_lab.methods import CandidatePairs, MatchContext, create_matcher, get_method
-    from imsim_lab.runner import bench_images
+    from imsim_lab.methods import create_matcher
+    from support import lv_scene
 
-    bench = load_benchmark(tiny_bench)
-    q, r = bench.query_ids[:6], bench.reference_ids[:6]
-    pairs = CandidatePairs(np.array(q), np.array(r), np.linspace(0, 1, 6), np.zeros(6, np.int64))
-    ctx = MatchContext(bench_images(bench, {}, "query"), bench_images(bench, {}, "reference"), tmp_path / "w",
-                       training=bench_images(bench, {}, "training"))
-    base = {**get_method("d2lv").params, "query_views": ["center"], "budget_per_query": None, "min_side": 8,
-            "min_query_side": 8}
+    pairs, ctx, base = lv_scene(tiny_bench, tmp_path / "w")
     both = {"baseline": [str(trained["baseline"])], "grayscale": [str(trained["grayscale"])]}
     res = create_matcher("lv", {**base, "specialists": both}).score(pairs, ctx)
     alone = {k: create_matcher("lv", {**base, "specialists": {k: v}}).score(pairs, ctx) for k, v in both.items()}
