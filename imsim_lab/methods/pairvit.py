@@ -305,22 +305,22 @@ class PairViTMatcher(Matcher):
         qu, qc = np.unique(qids, return_inverse=True)
         bar = ctx.bar("pair classifier", len(qu))
         starts = list(range(0, len(qu), self.query_chunk))
-        chunk_refs = {c0: np.unique(rids[(qc >= c0) & (qc < c0 + self.query_chunk)]) for c0 in starts}
+        members = [np.flatnonzero((qc >= c0) & (qc < c0 + self.query_chunk)) for c0 in starts]  # pairs per chunk
         prefetch = self.prefetch == "on" or (self.prefetch == "auto" and device.startswith("cuda"))
         pool = ThreadPoolExecutor(1, thread_name_prefix="imsim-pairvit") if prefetch and len(starts) > 1 else None
-        load = lambda c0: self._load_chunk(ctx, qu[c0:c0 + self.query_chunk], chunk_refs[c0])  # noqa: E731
+        load = lambda k: self._load_chunk(ctx, qu[starts[k]:starts[k] + self.query_chunk],  # noqa: E731
+                                          np.unique(rids[members[k]]))
         t_all = time.perf_counter()
         try:
-            ahead = pool.submit(load, starts[0]) if pool else None
+            ahead = pool.submit(load, 0) if pool else None
             for k, c0 in enumerate(starts):
-                chunk = np.flatnonzero((qc >= c0) & (qc < c0 + self.query_chunk))
                 t = time.perf_counter()
                 if pool:  # this chunk was decoded while the previous one was scored; start the next one
                     got = ahead.result()
-                    ahead = pool.submit(load, starts[k + 1]) if k + 1 < len(starts) else None
+                    ahead = pool.submit(load, k + 1) if k + 1 < len(starts) else None
                 else:
-                    got = load(c0)
-                self._score_chunk(models, device, got, chunk, c0, qc, rids, st, t)
+                    got = load(k)
+                self._score_chunk(models, device, got, members[k], c0, qc, rids, st, t)
                 if bar:
                     bar(len(got["cq"]))
         finally:
