@@ -13,6 +13,7 @@ other. The fixtures built from these helpers live in ``tests/conftest.py``.
 * :class:`Streamed`: a model wrapper that takes the CPU-streams extraction path;
 * :func:`make_robust_bench`, :func:`make_runs`, :data:`FAST`, :data:`SMALL_MODEL`: the minimal
   benchmark and the two ``timm_random`` runs of the robustness suites;
+* :func:`load_script`: a script of the repository (``benchmarks/``, ``explorer/``) imported as a module;
 * :func:`lv_scene`: six candidate pairs of a benchmark, their match context and ``d2lv``'s parameters
   cut to one query view (the specialists' tests).
 """
@@ -297,3 +298,15 @@ def lv_scene(bench_root: Path, work: Path):
     params = {**get_method("d2lv").params, "query_views": ["center"], "budget_per_query": None, "min_side": 8,
               "min_query_side": 8}
     return pairs, ctx, params
+
+
+def load_script(relpath: str):
+    """The repository's script ``relpath`` (e.g. ``"benchmarks/bench_train.py"``) imported as a module
+    named after its file: scripts are not part of the package."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

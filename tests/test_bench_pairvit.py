@@ -1,19 +1,14 @@
 """benchmarks/bench_pairvit.py runs end to end at toy size with the method's shape and defaults."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 from imsim_lab.methods import get_method
+from support import load_script
 
 
 def _bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_pairvit.py"
-    spec = importlib.util.spec_from_file_location("bench_pairvit", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_pairvit.py")
 
 
 def test_runs_at_toy_size_with_the_methods_defaults(monkeypatch, capsys):

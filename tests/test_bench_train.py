@@ -1,17 +1,13 @@
 """benchmarks/bench_train.py: its CPU count sees the loader workers, and it runs end to end at toy size."""
 
-import importlib.util
 import multiprocessing
 import time
-from pathlib import Path
+
+from support import load_script
 
 
 def _bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
-    spec = importlib.util.spec_from_file_location("bench_train", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_train.py")
 
 
 def _spin(seconds):

@@ -1,21 +1,14 @@
 """The render-time script of the explorer (explorer/bench_render.py) on a small synthetic run."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from imsim_lab.eval.metrics import evaluate
 from imsim_lab.analysis.report import discover_runs, leaderboard, load_run_data
-
-SCRIPT = Path(__file__).resolve().parents[1] / "explorer" / "bench_render.py"
+from support import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_render", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("explorer/bench_render.py")
 
 
 @pytest.mark.slow

@@ -175,15 +175,10 @@ def test_faiss_gpu_sharded_float16_keypoint_search_matches_numpy():
 
 def test_benchmark_peak_memory_counts_faiss_allocations():
     """benchmarks/bench_keypoints.py's PeakMemory sees memory that faiss allocates (tracemalloc does not)."""
-    import importlib.util
-    from pathlib import Path
-
     import faiss
+    from support import load_script
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_keypoints.py"
-    spec = importlib.util.spec_from_file_location("bench_keypoints", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/bench_keypoints.py")
     x = np.random.default_rng(0).random((100_000, 128), dtype=np.float32)  # 51 MB, allocated before
     with bench.PeakMemory() as pm:
         index = faiss.IndexFlatL2(128)
